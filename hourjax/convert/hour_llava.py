@@ -1,0 +1,78 @@
+"""Key table and config mapping for official Hour-LLaVA checkpoints (`model_type` "hour_llava_qwen")."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from hourjax.convert import memaug, qwen2, siglip
+from hourjax.convert.rules import Rule, copy, linear, prefixed
+from hourjax.models.forgetting import ForgettingConfig
+from hourjax.models.hour_llava import HourLlavaConfig
+from hourjax.models.memaug import MemAugConfig
+from hourjax.models.siglip import SiglipConfig
+
+VISION_PREFIX = "model.vision_tower.vision_tower.vision_model."
+MEMAUG_PREFIX = "model.vision_resampler."
+# The official tower is so400m with its last layer deleted and no head (spec §1.2).
+SO400M_KEPT = SiglipConfig(num_layers=26, use_head=False)
+
+
+def projector_rules(vision_width: int, hidden: int, first: str, second: str) -> list[Rule]:
+  return [linear("projector/linear_1/kernel", f"{first}.weight", (vision_width,), (hidden,)),
+          copy("projector/linear_1/bias", f"{first}.bias"),
+          linear("projector/linear_2/kernel", f"{second}.weight", (hidden,), (hidden,)),
+          copy("projector/linear_2/bias", f"{second}.bias")]
+
+
+def rules(c: HourLlavaConfig) -> list[Rule]:
+  r = prefixed(qwen2.rules(c.llm, "model.", "lm_head.weight"), "llm", "")
+  r += prefixed(siglip.rules(c.vision), "vision", VISION_PREFIX)
+  r += projector_rules(c.vision.hidden_size, c.llm.hidden_size, "model.mm_projector.0", "model.mm_projector.2")
+  r.append(copy("image_newline", "model.image_newline"))
+  if c.use_memaug:
+    r += prefixed(memaug.rules(c.memaug), "memaug", MEMAUG_PREFIX)
+  return r
+
+
+def ignore(c: HourLlavaConfig) -> tuple[str, ...]:
+  return qwen2.ignore(c.llm) + siglip.IGNORE
+
+
+def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
+  if d.get("model_type") != "hour_llava_qwen":
+    raise ValueError(f"config model_type={d.get('model_type')!r}, expected 'hour_llava_qwen'")
+  for key, want in (("mm_projector_type", "mlp2x_gelu"), ("mm_resampler_type", "memaug"),
+                    ("mm_spatial_pool_mode", "bilinear")):
+    if d.get(key, want) != want:
+      raise ValueError(f"config {key}={d.get(key)!r} is not supported (only {want!r})")
+  llm = qwen2.config_from_hf(d)
+  v = d.get("vision_config")
+  if v:   # fixtures and hourjax exports record the kept tower; real checkpoints name so400m
+    vision = siglip.config_from_hf({**v, "num_hidden_layers": v.get(
+        "num_hidden_layers_kept", v.get("num_hidden_layers")), "vision_use_head": False})
+  else:
+    vision = SO400M_KEPT
+  if d.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
+    raise ValueError(f"mm_hidden_size={d['mm_hidden_size']} != SigLIP width {vision.hidden_size}")
+  mem = MemAugConfig(hidden_size=llm.hidden_size, num_heads=llm.num_heads, num_kv_heads=llm.num_kv_heads,
+                     depth=d.get("memaug_depth", 4), rope_theta=llm.rope_theta)
+  forget = ForgettingConfig(spatial=d.get("spatial_sampling_type", "random"))
+  return dataclasses.replace(HourLlavaConfig(vision=vision, llm=llm, memaug=mem, forgetting=forget),
+                             **overrides)
+
+
+def config_to_hf(c: HourLlavaConfig) -> dict[str, Any]:
+  d = qwen2.config_to_hf(c.llm)
+  vision = siglip.config_to_hf(c.vision)
+  vision.update(num_hidden_layers_kept=c.vision.num_layers, num_patches_per_side=c.vision.patches_per_side)
+  d.update(model_type="hour_llava_qwen", architectures=["HourLlavaQwenForCausalLM"],
+           rope_scaling=None, mm_resampler_type="memaug", memaug_depth=c.memaug.depth,
+           spatial_sampling_type=c.forgetting.spatial, mm_projector_type="mlp2x_gelu",
+           mm_hidden_size=c.vision.hidden_size, mm_vision_tower="google/siglip-so400m-patch14-384",
+           mm_vision_select_layer=-2, mm_vision_select_feature="patch",
+           mm_patch_merge_type="spatial_unpad", mm_newline_position="grid",
+           mm_spatial_pool_mode="bilinear", mm_spatial_pool_stride=None,
+           image_aspect_ratio="anyres_max_9", tokenizer_model_max_length=32768,
+           tokenizer_padding_side="right", mm_use_im_start_end=False, mm_use_im_patch_token=False,
+           use_mm_proj=True, add_faster_video=False, use_pos_skipping=False, vision_config=vision)
+  return d

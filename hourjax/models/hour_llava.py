@@ -1,0 +1,270 @@
+"""Hour-LLaVA: video -> memory -> decayed queries -> MemAug -> LLM.
+
+Read top to bottom, this file is the model's data flow (paper §4, official
+`prepare_inputs_labels_for_multimodal`), batched with padding masks and static shapes:
+
+1. frames -> SigLIP (last kept layer, before post-LN) -> bilinear 27x27 -> 8x8 -> mlp2x_gelu
+   projector: the full video tokens, g = 64 per frame (a single image: 729, unpooled).
+2. memory repository: every padded frame's g tokens plus the learned `image_newline`, with
+   position ids t * (g + 1) + s.
+3. forgetting: per retained frame, k spatially kept tokens plus the newline -> decayed queries,
+   keeping their memory position ids.
+4. MemAug query = [prefix text; decayed queries; suffix text] with the official positions
+   (prefix 0..P-1, visual P + memory id, suffix after the largest visual id). Training form:
+   only text tokens whose label is ignore_index are queries; inference form (labels=None):
+   every prompt token is.
+5. MemAug outputs at the visual slots replace the `<image>` placeholder in the LLM input.
+6. Qwen2 -> logits.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hourjax.models import forgetting as fg
+from hourjax.models.forgetting import ForgettingConfig, VideoLayout
+from hourjax.models.layers import dense, gelu_exact
+from hourjax.models.memaug import MemAug, MemAugConfig
+from hourjax.models.qwen2 import Qwen2, Qwen2Config
+from hourjax.models.siglip import SiglipConfig, SiglipVision
+from hourjax.parallel import axes as ax
+
+IMAGE_TOKEN_INDEX = -200
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass(frozen=True)
+class HourLlavaConfig:
+  vision: SiglipConfig
+  llm: Qwen2Config
+  memaug: MemAugConfig
+  forgetting: ForgettingConfig = ForgettingConfig()
+  feature_layer: int = -1          # SigLIP layer read (HF hidden_states index), before post-LN
+  pool_size: int = 8               # video frames: bilinear resize of the patch grid to pool x pool
+  use_memaug: bool = True          # False: decayed queries go straight to the LLM (baseline)
+
+  def __post_init__(self):
+    if self.memaug.hidden_size != self.llm.hidden_size:
+      raise ValueError(f"memaug.hidden_size={self.memaug.hidden_size} must equal "
+                       f"llm.hidden_size={self.llm.hidden_size}")
+
+
+def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """[out, in] weights of torch `interpolate(mode="bilinear", align_corners=False)` along one
+  axis, without antialiasing: source = (i + 0.5) * in / out - 0.5, clamped at 0."""
+  w = np.zeros((size_out, size_in), np.float64)
+  scale = np.float32(size_in) / np.float32(size_out)
+  for i in range(size_out):
+    src = max(float(np.float32(scale * (i + 0.5) - 0.5)), 0.0)
+    i0 = min(int(np.floor(src)), size_in - 1)
+    i1 = min(i0 + 1, size_in - 1)
+    frac = src - i0
+    w[i, i0] += 1.0 - frac
+    w[i, i1] += frac
+  return w.astype(np.float32)
+
+
+def bilinear_pool(tokens: jax.Array, grid_in: int, grid_out: int) -> jax.Array:
+  """[..., grid_in**2, C] -> [..., grid_out**2, C], rows then columns, raster order kept."""
+  m = jnp.asarray(bilinear_matrix(grid_in, grid_out), tokens.dtype)
+  x = tokens.reshape(*tokens.shape[:-2], grid_in, grid_in, tokens.shape[-1])
+  x = jnp.einsum("oi,...ijc->...ojc", m, x, precision=jax.lax.Precision.HIGHEST)
+  x = jnp.einsum("pj,...ojc->...opc", m, x, precision=jax.lax.Precision.HIGHEST)
+  return x.reshape(*tokens.shape[:-2], grid_out * grid_out, tokens.shape[-1])
+
+
+class Projector(nn.Module):
+  """mlp2x_gelu: Linear(C -> H), exact GELU, Linear(H -> H)."""
+  hidden_size: int
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = gelu_exact(dense(self.hidden_size, (ax.VISION_IN, ax.EMBED), name="linear_1", **kw)(x))
+    return dense(self.hidden_size, (ax.EMBED, ax.EMBED), name="linear_2", **kw)(x)
+
+
+def _take_frames(x: jax.Array, frames: jax.Array) -> jax.Array:
+  """x [B, T, ...] gathered at frames [B, N] (-1 -> frame 0, masked by the caller)."""
+  return jnp.take_along_axis(x, jnp.maximum(frames, 0).reshape(*frames.shape, *([1] * (x.ndim - 2))),
+                             axis=1)
+
+
+def _scatter(dest_len: int, slots: jax.Array, values: jax.Array) -> jax.Array:
+  """Place values [B, N, ...] at slots [B, N] of a zero [B, dest_len, ...]; slots >= dest_len drop."""
+  out = jnp.zeros((values.shape[0], dest_len, *values.shape[2:]), values.dtype)
+  return jax.vmap(lambda o, s, v: o.at[s].set(v, mode="drop"))(out, slots, values)
+
+
+class HourLlava(nn.Module):
+  cfg: HourLlavaConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.vision = SiglipVision(c.vision, name="vision", **kw)
+    self.projector = Projector(c.llm.hidden_size, name="projector", **kw)
+    self.image_newline = self.param("image_newline", nn.with_logical_partitioning(
+        nn.initializers.normal(c.llm.hidden_size ** -0.5), (ax.EMBED,)), (c.llm.hidden_size,),
+        self.param_dtype)
+    if c.use_memaug:
+      self.memaug = MemAug(c.memaug, name="memaug", **kw)
+    self.llm = Qwen2(c.llm, name="llm", **kw)
+
+  # -- 1. frames -> full video tokens ------------------------------------------------------------
+  def encode_frames(self, pixel_values: jax.Array, pool: bool) -> jax.Array:
+    """pixels [B, T, h, w, 3] in [-1, 1] -> SigLIP features [B, T, g, C] (pooled to 8x8 if `pool`)."""
+    b, t = pixel_values.shape[:2]
+    feats = self.vision(pixel_values.reshape(b * t, *pixel_values.shape[2:]),
+                        feature_layer=self.cfg.feature_layer)
+    if pool:
+      feats = bilinear_pool(feats, self.cfg.vision.patches_per_side, self.cfg.pool_size)
+    return feats.reshape(b, t, *feats.shape[1:])
+
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, labels: jax.Array | None = None,
+               *, layout: VideoLayout | None = None, pixel_values: jax.Array | None = None,
+               features: jax.Array | None = None, modality: str = "video",
+               rng: jax.Array | None = None) -> dict[str, jax.Array]:
+    """input_ids [B, L] with one IMAGE_TOKEN_INDEX per visual sample (none for text-only);
+    pixel_values [B, T, h, w, 3] or pre-pooled SigLIP `features` [B, T, 64, C];
+    layout from `forgetting.video_layout` / `image_layout`; rng for random forgetting.
+    Returns logits [B, L', V], labels [B, L'] aligned to them (ignore_index on visual tokens
+    and padding) and attention_mask [B, L'].
+    """
+    c = self.cfg
+    input_ids = jnp.asarray(input_ids)
+    valid = jnp.asarray(attention_mask).astype(bool) & (input_ids != IMAGE_TOKEN_INDEX)
+    text = self.llm.embed(jnp.where(valid, input_ids, 0))
+    if layout is None or (pixel_values is None and features is None):
+      return self._decode(text, valid, input_ids, labels, None, None)
+    if modality not in ("video", "image"):
+      raise ValueError(f"modality={modality!r}: expected 'video' or 'image'")
+    rng = jax.random.key(0) if rng is None else rng
+    spatial_key, temporal_key = jax.random.split(rng)
+
+    if features is None:
+      siglip = self.encode_frames(pixel_values, pool=modality == "video")
+    else:
+      siglip = features.reshape(*features.shape[:2], -1, features.shape[-1])
+    frames = self.projector(siglip.astype(self.dtype))                       # [B, T, g, H]
+    self.sow("intermediates", "projected", frames)
+    b, _, g, h = frames.shape
+    grid = int(round(g ** 0.5))
+    newline = self.image_newline.astype(self.dtype)
+
+    # -- 2. the memory repository ------------------------------------------------------------
+    source = jnp.asarray(layout.source_frame)
+    padded = _take_frames(frames, source)                                     # [B, Tp, g, H]
+    padded_valid = source >= 0
+
+    def with_newline(tokens, frame_ids, token_ids):
+      """[B, N, k, H] + newline -> [B, N*(k+1), H] and position ids frame*(g+1) + token."""
+      tokens = jnp.concatenate([tokens, jnp.broadcast_to(newline, (*tokens.shape[:2], 1, h))], 2)
+      ids = jnp.concatenate([token_ids, jnp.full((*token_ids.shape[:2], 1), g)], 2)
+      ids = frame_ids[..., None] * (g + 1) + ids
+      mask = jnp.broadcast_to((frame_ids >= 0)[..., None], ids.shape)
+      return tokens.reshape(b, -1, h), ids.reshape(b, -1), mask.reshape(b, -1)
+
+    # -- 3. forgetting: decayed queries --------------------------------------------------------
+    width = layout.retained_frames.shape[1]
+    count = jnp.asarray(layout.num_retained)
+    if c.forgetting.temporal == "uniform":
+      retained = jnp.asarray(layout.retained_frames)
+    elif c.forgetting.temporal == "random":
+      retained = fg.temporal_random(temporal_key, padded_valid, count, width)
+    elif c.forgetting.temporal == "keyframe":
+      retained = fg.temporal_keyframe(_take_frames(siglip, source).mean(2), padded_valid, count,
+                                      width, c.forgetting.keyframe_neighbours)
+    else:
+      question = self._query_text_mask(input_ids, valid, labels)
+      q_emb = (text * question[..., None]).sum(1) / jnp.maximum(question.sum(1, keepdims=True), 1)
+      retained = fg.temporal_question(padded.mean(2), q_emb, padded_valid, count, width)
+    spatial = fg.spatial_indices(spatial_key, c.forgetting, retained.shape, grid)   # [B, Tr, k]
+    decayed = jnp.take_along_axis(_take_frames(padded, retained), spatial[..., None], axis=2)
+    visual, visual_ids, visual_mask = with_newline(decayed, retained, spatial)
+    self.sow("intermediates", "decayed_queries", visual)
+
+    if c.forgetting.memory_scale == 0.0:
+      memory, memory_ids, memory_mask = visual, visual_ids, visual_mask
+    else:
+      mem_frames = jnp.asarray(layout.memory_frames)
+      memory, memory_ids, memory_mask = with_newline(
+          _take_frames(padded, mem_frames), mem_frames,
+          jnp.broadcast_to(jnp.arange(g), (*mem_frames.shape, g)))
+    memory = ax.constrain(memory, (ax.BATCH, ax.MEMORY, ax.ACT_EMBED))
+    self.sow("intermediates", "memory", memory)
+
+    # -- 4-5. MemAug over [prefix text; decayed queries; suffix text] ------------------------------
+    if c.use_memaug:
+      visual = self._memaug(text, input_ids, valid, labels, visual, visual_ids, visual_mask,
+                            memory, memory_ids, memory_mask)
+    return self._decode(text, valid, input_ids, labels, visual, visual_mask)
+
+  def _query_text_mask(self, input_ids, valid, labels):
+    """Text tokens that join MemAug's query: all prompt tokens, or (training) those labelled ignore."""
+    if labels is None:
+      return valid
+    return valid & (jnp.asarray(labels) == IGNORE_INDEX)
+
+  def _memaug(self, text, input_ids, valid, labels, visual, visual_ids, visual_mask,
+              memory, memory_ids, memory_mask):
+    b, length = input_ids.shape
+    n_vis = visual.shape[1]
+    q_len = length + n_vis
+    pos = jnp.arange(length)[None]
+    is_ph = input_ids == IMAGE_TOKEN_INDEX
+    split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), length)[:, None]
+    query_text = self._query_text_mask(input_ids, valid, labels)
+    prefix, suffix = query_text & (pos < split), query_text & (pos > split)
+    n_prefix = prefix.sum(1, keepdims=True)
+    n_visual = visual_mask.sum(1, keepdims=True)
+    prefix_rank = jnp.cumsum(prefix, 1) - 1
+    suffix_rank = jnp.cumsum(suffix, 1) - 1
+    text_slot = jnp.where(prefix, prefix_rank, jnp.where(suffix, n_prefix + n_visual + suffix_rank, q_len))
+    vis_slot = jnp.where(visual_mask, n_prefix + jnp.arange(n_vis)[None], q_len)
+    queries = _scatter(q_len, text_slot, text) + _scatter(q_len, vis_slot, visual)
+    last_id = jnp.max(jnp.where(visual_mask, visual_ids, -1), 1, keepdims=True)
+    text_ids = jnp.where(prefix, prefix_rank, n_prefix + last_id + 1 + suffix_rank)
+    q_ids = _scatter(q_len, text_slot, text_ids) + _scatter(q_len, vis_slot, n_prefix + visual_ids)
+    q_mask = jnp.arange(q_len)[None] < n_prefix + n_visual + suffix.sum(1, keepdims=True)
+    self.sow("intermediates", "memaug_query", queries)
+    self.sow("intermediates", "memaug_query_position_ids", q_ids)
+    out = self.memaug(queries, memory, q_ids, memory_ids, q_mask, memory_mask)
+    self.sow("intermediates", "memaug_output", out)
+    rows = jnp.minimum(n_prefix + jnp.arange(n_vis)[None], q_len - 1)
+    return jnp.take_along_axis(out, rows[..., None], axis=1)
+
+  # -- 6. splice and decode ----------------------------------------------------------------------
+  def _decode(self, text, valid, input_ids, labels, visual, visual_mask):
+    b, length = input_ids.shape
+    labels = jnp.full((b, length), IGNORE_INDEX) if labels is None else jnp.asarray(labels)
+    labels = jnp.where(valid, labels, IGNORE_INDEX)
+    if visual is None:
+      out_len, n_visual = length, jnp.zeros((b, 1), jnp.int32)
+      slots = jnp.where(valid, jnp.cumsum(valid, 1) - 1, out_len)
+      embeds = _scatter(out_len, slots, text)
+    else:
+      n_vis = visual.shape[1]
+      out_len = length - 1 + n_vis
+      is_ph = input_ids == IMAGE_TOKEN_INDEX
+      split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), length)[:, None]
+      n_visual = visual_mask.sum(1, keepdims=True)
+      rank = jnp.cumsum(valid, 1) - 1
+      slots = jnp.where(valid, rank + jnp.where(jnp.arange(length)[None] > split, n_visual, 0), out_len)
+      n_before = (valid & (jnp.arange(length)[None] < split)).sum(1, keepdims=True)
+      vis_slots = jnp.where(visual_mask, n_before + jnp.arange(n_vis)[None], out_len)
+      embeds = _scatter(out_len, slots, text) + _scatter(out_len, vis_slots, visual.astype(text.dtype))
+    llm_labels = jnp.full((b, out_len), IGNORE_INDEX).at[jnp.arange(b)[:, None], slots].set(
+        labels, mode="drop")
+    mask = jnp.arange(out_len)[None] < valid.sum(1, keepdims=True) + n_visual
+    self.sow("intermediates", "inputs_embeds", embeds)
+    logits, _ = self.llm(inputs_embeds=embeds, attention_mask=mask)
+    return {"logits": logits, "labels": llm_labels, "attention_mask": mask}

@@ -1,0 +1,54 @@
+"""Small building blocks shared by SigLIP, Qwen2, MemAug and the projector."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hourjax.parallel import axes as ax
+
+Dtype = Any
+
+
+def dense(features: int | Sequence[int], names: Sequence[str], *, use_bias: bool, dtype: Dtype,
+          param_dtype: Dtype, name: str, in_axes: int | Sequence[int] = -1,
+          init_std: float = 0.02, precision: jax.lax.PrecisionLike = None) -> nn.DenseGeneral:
+  """DenseGeneral whose kernel carries logical names `names` ([*in, *out]); bias gets the out names."""
+  n_in = 1 if isinstance(in_axes, int) else len(in_axes)
+  return nn.DenseGeneral(
+      features=features, axis=in_axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      precision=precision, name=name,
+      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), tuple(names)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(names[n_in:])))
+
+
+def layer_norm(eps: float, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones, (ax.NORM,)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.NORM,)))
+
+
+class RMSNorm(nn.Module):
+  """Qwen2's RMSNorm: normalise in float32, cast back, then scale."""
+  eps: float
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    weight = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (ax.NORM,)),
+                        (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return weight.astype(self.dtype) * x32.astype(self.dtype)
+
+
+def gelu_exact(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=False)
+
+
+def gelu_tanh(x: jax.Array) -> jax.Array:
+  return jax.nn.gelu(x, approximate=True)

@@ -1,0 +1,108 @@
+"""MemAug: the memory-augmentation module of Hour-LLaVA (official `multimodal_resampler/memaug.py`).
+
+`depth` post-norm blocks, each
+    x = LN1(x + SelfAttn(x))                      queries see each other (question <-> decayed video)
+    x = LN2(x + CrossAttn(x, memory))             queries recall from the full memory repository
+    x = LN3(x + MLP(x))                           Linear(H, 4H) -> exact GELU -> Linear(4H, H)
+LayerNorm eps 1e-5, biases everywhere, GQA with the LLM's head counts, no causal mask. RoPE
+rotates the first half of each head with explicit positions: self-attention uses the query
+positions for q and k; cross-attention uses query positions for q and memory positions for k.
+The memory is the same for every block. Padding masks let samples of different lengths share
+one batched call (the official code runs one sample at a time).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hourjax.models.layers import dense, gelu_exact, layer_norm
+from hourjax.ops.attention import dot_product_attention
+from hourjax.ops.rope import apply_rope, rope_cos_sin
+from hourjax.parallel import axes as ax
+
+
+@dataclasses.dataclass(frozen=True)
+class MemAugConfig:
+  hidden_size: int = 3584
+  num_heads: int = 28
+  num_kv_heads: int = 4
+  depth: int = 4
+  rope_theta: float = 1e6
+  mlp_ratio: int = 4
+  layer_norm_eps: float = 1e-5
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def rotary_dim(self) -> int:
+    return self.head_dim // 2
+
+
+class MemAugAttention(nn.Module):
+  """Self-attention (kv = None) or cross-attention to the memory; q/k/v/o all with biases."""
+  cfg: MemAugConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x, q_rope, kv, k_rope, kv_mask):
+    c = self.cfg
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    q = dense((c.num_heads, c.head_dim), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="q", **kw)(x)
+    k = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), name="k", **kw)(kv)
+    v = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), name="v", **kw)(kv)
+    q, k = apply_rope(q, *q_rope), apply_rope(k, *k_rope)
+    out = dot_product_attention(q, k, v, kv_mask[:, None, :])
+    return dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1), name="o",
+                 **kw)(out)
+
+
+class MemAugBlock(nn.Module):
+  cfg: MemAugConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x, q_rope, query_mask, memory, m_rope, memory_mask):
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    ln = lambda name: layer_norm(c.layer_norm_eps, name=name, **kw)
+    x = ln("norm1")(x + MemAugAttention(c, name="self_attn", **kw)(x, q_rope, x, q_rope, query_mask))
+    x = ln("norm2")(x + MemAugAttention(c, name="cross_attn", **kw)(
+        x, q_rope, memory, m_rope, memory_mask))
+    mk = dict(use_bias=True, **kw)
+    h = gelu_exact(dense(c.mlp_ratio * c.hidden_size, (ax.EMBED, ax.MLP), name="fc1", **mk)(x))
+    h = ax.constrain(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
+    x = ln("norm3")(x + dense(c.hidden_size, (ax.MLP, ax.EMBED), name="fc2", **mk)(h))
+    return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+
+
+class MemAug(nn.Module):
+  """queries [B, Lq, H], memory [B, M, H], positions [B, Lq] / [B, M], masks bool (None = all
+  valid) -> augmented queries [B, Lq, H] (no final norm)."""
+  cfg: MemAugConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, queries: jax.Array, memory: jax.Array, query_positions: jax.Array,
+               memory_positions: jax.Array, query_mask: jax.Array | None = None,
+               memory_mask: jax.Array | None = None) -> jax.Array:
+    c = self.cfg
+    if query_mask is None:
+      query_mask = jnp.ones(queries.shape[:2], bool)
+    if memory_mask is None:
+      memory_mask = jnp.ones(memory.shape[:2], bool)
+    x = ax.constrain(queries.astype(self.dtype), (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+    memory = ax.constrain(memory.astype(self.dtype), (ax.BATCH, ax.MEMORY, ax.ACT_EMBED))
+    q_rope = rope_cos_sin(query_positions, c.rotary_dim, c.rope_theta)
+    m_rope = rope_cos_sin(memory_positions, c.rotary_dim, c.rope_theta)
+    for i in range(c.depth):
+      x = MemAugBlock(c, name=f"layers_{i}", dtype=self.dtype, param_dtype=self.param_dtype)(
+          x, q_rope, query_mask, memory, m_rope, memory_mask)
+    return x

@@ -1,0 +1,175 @@
+"""Qwen2 causal LM, numerically equal to transformers' `Qwen2ForCausalLM`.
+
+GQA attention with q/k/v biases, full-head rotate-half RoPE (theta from config: 1e6, or 1e9
+after ProLongVid's context extension), SwiGLU MLP, RMSNorm, tied or untied head. Takes token
+ids or ready embeddings (Hour-LLaVA splices visual tokens in), explicit positions, a padding
+mask, and an optional KV cache for incremental decoding.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hourjax.models.layers import RMSNorm, dense
+from hourjax.ops.attention import causal_mask, dot_product_attention
+from hourjax.ops.rope import apply_rope, rope_cos_sin
+from hourjax.parallel import axes as ax
+
+
+@dataclasses.dataclass(frozen=True)
+class Qwen2Config:
+  vocab_size: int = 152064
+  hidden_size: int = 3584
+  intermediate_size: int = 18944
+  num_layers: int = 28
+  num_heads: int = 28
+  num_kv_heads: int = 4
+  rope_theta: float = 1e6
+  rms_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Static-size decoding cache. k, v: [layers, B, S, kv_heads, head_dim]; `valid` [B, S]
+  marks slots holding real tokens; `end` is the next slot to write (same for the batch)."""
+  k: jax.Array
+  v: jax.Array
+  valid: jax.Array
+  end: jax.Array
+
+  @classmethod
+  def create(cls, cfg: Qwen2Config, batch: int, max_len: int, dtype: Any = jnp.float32) -> "KVCache":
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+               jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+
+
+class Qwen2Attention(nn.Module):
+  cfg: Qwen2Config
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, cache_kv=None, cache_end=None):
+    c = self.cfg
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    q = dense((c.num_heads, c.head_dim), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), use_bias=True,
+              name="q", **kw)(x)
+    k = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), use_bias=True,
+              name="k", **kw)(x)
+    v = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), use_bias=True,
+              name="v", **kw)(x)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = ax.constrain(q, (ax.BATCH, ax.LENGTH, ax.ACT_HEADS, None))
+    new_kv = None
+    if cache_kv is not None:
+      ck, cv = cache_kv
+      k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_end, axis=1)
+      v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_end, axis=1)
+      new_kv = (k, v)
+    out = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
+    out = dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1),
+                use_bias=False, name="o", **kw)(out)
+    return out, new_kv
+
+
+class Qwen2MLP(nn.Module):
+  cfg: Qwen2Config
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    c = self.cfg
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)
+    gate = dense(c.intermediate_size, (ax.EMBED, ax.MLP), name="gate", **kw)(x)
+    up = dense(c.intermediate_size, (ax.EMBED, ax.MLP), name="up", **kw)(x)
+    h = ax.constrain(jax.nn.silu(gate) * up, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
+    return dense(c.hidden_size, (ax.MLP, ax.EMBED), name="down", **kw)(h)
+
+
+class Qwen2Layer(nn.Module):
+  cfg: Qwen2Config
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x, cos, sin, mask, cache_kv=None, cache_end=None):
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h, new_kv = Qwen2Attention(c, name="attn", **kw)(
+        RMSNorm(c.rms_norm_eps, name="ln1", **kw)(x), cos, sin, mask, cache_kv, cache_end)
+    x = x + h
+    x = x + Qwen2MLP(c, name="mlp", **kw)(RMSNorm(c.rms_norm_eps, name="ln2", **kw)(x))
+    return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED)), new_kv
+
+
+class Qwen2(nn.Module):
+  """`embed(ids)` gives token embeddings; `__call__` runs the decoder and the head.
+
+  __call__(input_ids or inputs_embeds, positions=None, attention_mask=None, cache=None)
+  -> (logits [B, T, V] float32, new cache or None).
+  Without a cache, positions default to 0..T-1 and the causal order is the sequence order.
+  With a cache, the T new tokens take slots cache.end .. cache.end+T-1 and attend every valid
+  earlier slot; `attention_mask` then marks which of the new tokens are real.
+  """
+  cfg: Qwen2Config
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embed_tokens = nn.Embed(
+        c.vocab_size, c.hidden_size, name="embed",
+        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.VOCAB, ax.EMBED)),
+        **kw)
+    self.layers = [Qwen2Layer(c, name=f"layers_{i}", **kw) for i in range(c.num_layers)]
+    self.norm = RMSNorm(c.rms_norm_eps, name="norm", **kw)
+    if not c.tie_word_embeddings:
+      self.lm_head = dense(c.vocab_size, (ax.EMBED, ax.VOCAB), use_bias=False, name="lm_head", **kw)
+
+  def embed(self, input_ids: jax.Array) -> jax.Array:
+    return self.embed_tokens(input_ids)
+
+  def __call__(self, input_ids=None, *, inputs_embeds=None, positions=None, attention_mask=None,
+               cache: KVCache | None = None):
+    x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
+    b, t = x.shape[:2]
+    x = ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+    new_valid = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
+    start = jnp.zeros((), jnp.int32) if cache is None else cache.end
+    q_slots = start + jnp.arange(t)
+    if positions is None:
+      positions = jnp.broadcast_to(q_slots, (b, t))
+    if cache is None:
+      key_valid, k_slots = new_valid, q_slots
+    else:
+      key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, new_valid, start, axis=1)
+      k_slots = jnp.arange(cache.valid.shape[1])
+    mask = causal_mask(q_slots, k_slots)[None] & key_valid[:, None, :]
+    cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+    new_k, new_v = [], []
+    for i, layer in enumerate(self.layers):
+      kv = None if cache is None else (cache.k[i], cache.v[i])
+      x, kv = layer(x, cos, sin, mask, kv, start)
+      if kv is not None:
+        new_k.append(kv[0])
+        new_v.append(kv[1])
+    x = self.norm(x)
+    if self.cfg.tie_word_embeddings:
+      logits = self.embed_tokens.attend(x)
+    else:
+      logits = self.lm_head(x)
+    logits = ax.constrain(logits.astype(jnp.float32), (ax.BATCH, ax.LENGTH, ax.ACT_VOCAB))
+    if cache is None:
+      return logits, None
+    return logits, KVCache(jnp.stack(new_k), jnp.stack(new_v), key_valid, start + t)

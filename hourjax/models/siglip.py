@@ -1,0 +1,145 @@
+"""SigLIP vision tower, numerically equal to transformers' `SiglipVisionModel`.
+
+Input pixels are NHWC in [-1, 1]. Hour-LLaVA reads the output of its last encoder layer *before*
+`post_layernorm` (the official code deletes the 27th layer of so400m; `feature_layer=-1` on a
+26-layer tower is the same thing).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hourjax.models.layers import dense, gelu_tanh, layer_norm
+from hourjax.ops.attention import dot_product_attention
+from hourjax.parallel import axes as ax
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipConfig:
+  hidden_size: int = 1152
+  intermediate_size: int = 4304
+  num_layers: int = 27
+  num_heads: int = 16
+  image_size: int = 384
+  patch_size: int = 14
+  layer_norm_eps: float = 1e-6
+  use_head: bool = False          # attention-pooling (MAP) head, as `vision_use_head`
+  use_post_layernorm: bool = True
+
+  @property
+  def patches_per_side(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def num_patches(self) -> int:
+    return self.patches_per_side ** 2
+
+
+class SiglipAttention(nn.Module):
+  cfg: SiglipConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array, kv: jax.Array | None = None) -> jax.Array:
+    c = self.cfg
+    d = c.hidden_size // c.num_heads
+    kv = x if kv is None else kv
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    q = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="q", **kw)(x)
+    k = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="k", **kw)(kv)
+    v = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="v", **kw)(kv)
+    out = dot_product_attention(q, k, v)
+    return dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1), name="o",
+                 **kw)(out)
+
+
+class SiglipMLP(nn.Module):
+  cfg: SiglipConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    h = gelu_tanh(dense(self.cfg.intermediate_size, (ax.EMBED, ax.MLP), name="fc1", **kw)(x))
+    h = ax.constrain(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
+    return dense(self.cfg.hidden_size, (ax.MLP, ax.EMBED), name="fc2", **kw)(h)
+
+
+class SiglipEncoderLayer(nn.Module):
+  cfg: SiglipConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = x + SiglipAttention(c, name="attn", **kw)(layer_norm(c.layer_norm_eps, name="ln1", **kw)(x))
+    x = x + SiglipMLP(c, name="mlp", **kw)(layer_norm(c.layer_norm_eps, name="ln2", **kw)(x))
+    return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+
+
+class SiglipMAPHead(nn.Module):
+  """Attention pooling with one learned probe (transformers' `SiglipMultiheadAttentionPoolingHead`)."""
+  cfg: SiglipConfig
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    probe = self.param("probe", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, None, ax.EMBED)), (1, 1, c.hidden_size), self.param_dtype)
+    probe = jnp.broadcast_to(probe.astype(self.dtype), (x.shape[0], 1, c.hidden_size))
+    h = SiglipAttention(c, name="attn", **kw)(probe, x)
+    h = h + SiglipMLP(c, name="mlp", **kw)(layer_norm(c.layer_norm_eps, name="ln", **kw)(h))
+    return h[:, 0]
+
+
+class SiglipVision(nn.Module):
+  """Patch embedding + position embedding + pre-LN encoder (+ post-LN, + MAP head).
+
+  `__call__(pixels, feature_layer=i)` returns the hidden state after encoder layer i (HF
+  `hidden_states[i]` indexing: 0 is the embedding output, -1 the last layer), without
+  post-LN, and runs only the layers it needs. With `feature_layer=None` it returns
+  `{"last_hidden_state", "pooler_output"}` like transformers.
+  """
+  cfg: SiglipConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels: jax.Array, feature_layer: int | None = None):
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.Conv(c.hidden_size, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
+                padding="VALID", name="patch_embed",
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.lecun_normal(), (None, None, None, ax.EMBED)),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (ax.EMBED,)),
+                **kw)(pixels.astype(self.dtype))
+    x = x.reshape(x.shape[0], -1, c.hidden_size)
+    pos = self.param("pos_embed", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, ax.EMBED)), (c.num_patches, c.hidden_size),
+        self.param_dtype)
+    x = ax.constrain(x + pos.astype(self.dtype)[None], (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+    # At init every layer and head is built, so checkpoints keep weights this call skips.
+    init = self.is_initializing()
+    last = c.num_layers if feature_layer is None else feature_layer % (c.num_layers + 1)
+    selected = x
+    for i in range(c.num_layers if init else last):
+      x = SiglipEncoderLayer(c, name=f"layers_{i}", **kw)(x)
+      if i + 1 == last:
+        selected = x
+    if feature_layer is not None and not init:
+      return selected
+    out = {"last_hidden_state": x}
+    if c.use_post_layernorm:
+      out["last_hidden_state"] = layer_norm(c.layer_norm_eps, name="post_ln", **kw)(x)
+    if c.use_head:
+      out["pooler_output"] = SiglipMAPHead(c, name="head", **kw)(out["last_hidden_state"])
+    return selected if feature_layer is not None else out
