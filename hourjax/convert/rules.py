@@ -70,7 +70,8 @@ def conv(ours: str, theirs: str) -> Rule:
 
 def prefixed(rules: Iterable[Rule], ours_prefix: str, theirs_prefix: str) -> list[Rule]:
   """The same rules under a parent module (e.g. SigLIP inside Hour-LLaVA)."""
-  return [dataclasses.replace(r, ours=tuple(f"{ours_prefix}/{o}" for o in r.ours),
+  join = (lambda o: f"{ours_prefix}/{o}") if ours_prefix else (lambda o: o)
+  return [dataclasses.replace(r, ours=tuple(join(o) for o in r.ours),
                               theirs=theirs_prefix + r.theirs) for r in rules]
 
 
@@ -130,7 +131,12 @@ def to_params(rules: Sequence[Rule], keys: Iterable[str], get: Callable[[str], n
     if r.theirs not in keys:
       continue
     tensor = get(r.theirs)
-    for path, arr in zip(r.ours, r.to_jax(tensor)):
+    try:
+      converted = r.to_jax(tensor)
+    except ValueError as e:   # a reshape that cannot work: the tensor has the wrong size
+      wrong.append(f"{r.theirs}: got {tuple(tensor.shape)}, cannot become {'/'.join(r.ours)} ({e})")
+      continue
+    for path, arr in zip(r.ours, converted):
       if exp is not None:
         if path not in exp:
           raise ConversionError(f"table maps {r.theirs} to {path}, which the model does not have")
@@ -164,6 +170,14 @@ def to_torch(rules: Sequence[Rule], params: Mapping) -> Iterator[tuple[str, np.n
     except KeyError as e:
       raise ConversionError(f"parameter {e.args[0]} (for {r.theirs}) is missing") from None
     yield r.theirs, r.to_torch(arrays)
+
+
+def find_prefix(keys: Iterable[str], suffix: str) -> str:
+  found = sorted({k[:-len(suffix)] for k in keys if k.endswith(suffix)})
+  if len(found) != 1:
+    raise ConversionError(f"expected one tensor named *{suffix}, found {found or 'none'}")
+  return found[0]
+
 
 
 def _describe(**groups: list[str]) -> str:

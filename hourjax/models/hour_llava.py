@@ -35,7 +35,7 @@ from hourjax.models.siglip import SiglipConfig, SiglipVision
 from hourjax.parallel import axes as ax
 
 IMAGE_TOKEN_INDEX = -200
-IGNORE_INDEX = -100
+from hourjax.ops.loss import IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +125,10 @@ class HourLlava(nn.Module):
     b, t = pixel_values.shape[:2]
     feats = self.vision(pixel_values.reshape(b * t, *pixel_values.shape[2:]),
                         feature_layer=self.cfg.feature_layer)
+    self.sow("intermediates", "siglip_features", feats)
     if pool:
       feats = bilinear_pool(feats, self.cfg.vision.patches_per_side, self.cfg.pool_size)
+      self.sow("intermediates", "pooled_features", feats)
     return feats.reshape(b, t, *feats.shape[1:])
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, labels: jax.Array | None = None,
@@ -191,6 +193,7 @@ class HourLlava(nn.Module):
     decayed = jnp.take_along_axis(_take_frames(padded, retained), spatial[..., None], axis=2)
     visual, visual_ids, visual_mask = with_newline(decayed, retained, spatial)
     self.sow("intermediates", "decayed_queries", visual)
+    self.sow("intermediates", "decayed_query_position_ids", visual_ids)
 
     if c.forgetting.memory_scale == 0.0:
       memory, memory_ids, memory_mask = visual, visual_ids, visual_mask
@@ -240,7 +243,9 @@ class HourLlava(nn.Module):
     out = self.memaug(queries, memory, q_ids, memory_ids, q_mask, memory_mask)
     self.sow("intermediates", "memaug_output", out)
     rows = jnp.minimum(n_prefix + jnp.arange(n_vis)[None], q_len - 1)
-    return jnp.take_along_axis(out, rows[..., None], axis=1)
+    visual_out = jnp.take_along_axis(out, rows[..., None], axis=1)
+    self.sow("intermediates", "memaug_visual_output", visual_out)
+    return visual_out
 
   # -- 6. splice and decode ----------------------------------------------------------------------
   def _decode(self, text, valid, input_ids, labels, visual, visual_mask):

@@ -1,0 +1,119 @@
+"""Import PyTorch checkpoints into hourjax parameters and export them back, by checkpoint kind.
+
+Kinds: "siglip" (SiglipVisionModel, or the vision half of SiglipModel), "qwen2"
+(Qwen2ForCausalLM), "llava_onevision" (LlavaOnevisionForConditionalGeneration) and
+"hour_llava" (official Hour-LLaVA, model_type "hour_llava_qwen"). The last two become an
+hourjax `HourLlava`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from typing import Any
+
+import jax
+import numpy as np
+
+from hourjax.convert import hour_llava, llava_onevision, qwen2, siglip
+from hourjax.convert.io import TorchCheckpoint, write_hf_dir
+from hourjax.convert.rules import ConversionError, Rule, find_prefix, prefixed, to_params, to_torch
+from hourjax.models import build
+
+log = logging.getLogger("hourjax.convert")
+
+SOURCE_KINDS = ("siglip", "qwen2", "llava_onevision", "hour_llava")
+MODEL_KIND = {"siglip": "siglip", "qwen2": "qwen2", "llava_onevision": "hour_llava",
+              "hour_llava": "hour_llava"}
+_MODEL_TYPES = {"siglip_vision_model": "siglip", "siglip": "siglip", "qwen2": "qwen2",
+                "llava_onevision": "llava_onevision", "hour_llava_qwen": "hour_llava"}
+
+
+@dataclasses.dataclass
+class Converted:
+  source_kind: str
+  config: Any                  # the hourjax model config
+  params: dict
+  source_config: dict          # the checkpoint's config.json
+  initialised: list[str]       # parameters the checkpoint did not have, initialised at random
+
+  @property
+  def kind(self) -> str:
+    return MODEL_KIND[self.source_kind]
+
+
+def detect_kind(hf_config: dict) -> str:
+  mt = hf_config.get("model_type")
+  if mt not in _MODEL_TYPES:
+    raise ValueError(f"config.json model_type={mt!r} is not one of {sorted(_MODEL_TYPES)}")
+  return _MODEL_TYPES[mt]
+
+
+def config_from_hf(kind: str, hf_config: dict, **overrides):
+  return {"siglip": siglip.config_from_hf, "qwen2": qwen2.config_from_hf,
+          "llava_onevision": llava_onevision.config_from_hf,
+          "hour_llava": hour_llava.config_from_hf}[kind](hf_config, **overrides)
+
+
+def table(kind: str, cfg, keys=None) -> tuple[list[Rule], tuple[str, ...], tuple[str, ...]]:
+  """(rules, ignored key regexes, optional key regexes) for a checkpoint kind; `keys` (present
+  tensors) lets the table find prefixes that vary between checkpoints; None = export names."""
+  if kind == "siglip":
+    prefix = "" if keys is None else find_prefix(keys, "embeddings.patch_embedding.weight")
+    outside = rf"(?!{re.escape(prefix)}).*" if prefix else r"(?!)"
+    return prefixed(siglip.rules(cfg), "", prefix), siglip.IGNORE + (outside,), ()
+  if kind == "qwen2":
+    decoder = "model." if keys is None else find_prefix(keys, "embed_tokens.weight")
+    return qwen2.rules(cfg, decoder), qwen2.ignore(cfg), ()
+  if kind == "llava_onevision":
+    p = llava_onevision.EXPORT_PREFIXES if keys is None else llava_onevision.prefixes(keys)
+    return llava_onevision.rules(cfg, p), llava_onevision.ignore(cfg, p), ()
+  if kind == "hour_llava":
+    return hour_llava.rules(cfg), hour_llava.ignore(cfg), ()
+  raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of {SOURCE_KINDS}")
+
+
+def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = None,
+                 **config_overrides) -> Converted:
+  """Convert a local PyTorch checkpoint (directory with config.json, or a weights file plus
+  `kind`) into hourjax params, one tensor at a time.
+
+  From LLaVA-OneVision, MemAug has no weights: it is initialised from `key` (required) as the
+  official stage 1 does (normal(0.02) weights, zero biases, unit LayerNorms), and logged.
+  """
+  ckpt = TorchCheckpoint(path)
+  kind = kind or detect_kind(ckpt.config)
+  cfg = config_from_hf(kind, ckpt.config, **config_overrides)
+  keys = ckpt.keys()
+  rules, ignore, _ = table(kind, cfg, keys)
+  expected = build.abstract_params(MODEL_KIND[kind], cfg)
+  if kind == "llava_onevision":
+    expected = {k: v for k, v in expected.items() if k != "memaug"}
+  params, _ = to_params(rules, keys, ckpt.get, expected, ignore=ignore)
+  initialised = []
+  if kind == "llava_onevision" and cfg.use_memaug:
+    if key is None:
+      raise ConversionError("LLaVA-OneVision has no MemAug weights: pass key= to initialise them")
+    params["memaug"] = jax.tree.map(np.asarray, build.init_params("memaug", cfg.memaug, key))
+    initialised = ["memaug"]
+    log.warning("MemAug is not in the LLaVA-OneVision checkpoint %s: initialised at random "
+                "(%d blocks), as the official stage 1 does", path, cfg.memaug.depth)
+  return Converted(kind, cfg, params, ckpt.config, initialised)
+
+
+def export_torch(out_dir: str, kind: str, cfg, params: dict, source_config: dict | None = None,
+                 dtype: Any = None) -> list[str]:
+  """Write params as a directory that transformers' from_pretrained (HF kinds) or the official
+  Hour-LLaVA code loads: safetensors shards + config.json. Returns the weight file names."""
+  rules, _, _ = table(kind, cfg)
+  if kind == "llava_onevision":
+    dropped = [k for k in params if k == "memaug"]
+    if dropped:
+      log.warning("LLaVA-OneVision has no MemAug: its weights are not exported")
+    params = {k: v for k, v in params.items() if k != "memaug"}
+    config = llava_onevision.config_to_hf(cfg, source_config)
+  elif kind == "hour_llava":
+    config = {**(source_config or {}), **hour_llava.config_to_hf(cfg)}
+  else:
+    config = {**(source_config or {}), **{"siglip": siglip.config_to_hf, "qwen2": qwen2.config_to_hf}[kind](cfg)}
+  return write_hf_dir(out_dir, to_torch(rules, params), config, dtype=dtype)

@@ -1,0 +1,178 @@
+"""Reading and writing checkpoint files tensor by tensor.
+
+- `TorchCheckpoint`: a local PyTorch / HF directory (config.json + safetensors or .bin shards)
+  or a single file. safetensors are memory-mapped by a small reader of our own, so bf16
+  tensors stay bf16 (ml_dtypes) and nothing is read before it is asked for.
+- `write_hf_dir`: safetensors shards (+ index) and config.json, flushing one shard at a time.
+- `save_params` / `load_params`: an hourjax parameter checkpoint (Orbax) with its model config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import struct
+from typing import Any, Iterable, Mapping
+
+import ml_dtypes
+import numpy as np
+
+_ST_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+              "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+              "BOOL": np.bool_}
+_ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+
+
+class SafetensorsFile:
+  def __init__(self, path: str):
+    self.path = path
+    with open(path, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      self.header = json.loads(f.read(n))
+    self.metadata = self.header.pop("__metadata__", None) or {}
+    self._offset = 8 + n
+    self._map = np.memmap(path, dtype=np.uint8, mode="r") if os.path.getsize(path) > self._offset else None
+
+  def keys(self) -> list[str]:
+    return list(self.header)
+
+  def get(self, key: str) -> np.ndarray:
+    info = self.header[key]
+    start, end = info["data_offsets"]
+    dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+    raw = self._map[self._offset + start:self._offset + end]
+    return raw.view(dtype).reshape(info["shape"])
+
+
+def write_safetensors(path: str, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None):
+  header: dict[str, Any] = {"__metadata__": dict(metadata or {"format": "pt"})}
+  offset = 0
+  arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+  for k, a in arrays.items():
+    header[k] = {"dtype": _ST_NAMES[a.dtype], "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+    offset += a.nbytes
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for a in arrays.values():
+      f.write(a.tobytes())
+
+
+def _torch_to_numpy(t) -> np.ndarray:
+  import torch  # only for .bin checkpoints
+  if t.dtype == torch.bfloat16:
+    return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+  return t.numpy()
+
+
+class TorchCheckpoint:
+  """All tensors of a checkpoint directory or file, read lazily, with its config.json."""
+
+  def __init__(self, path: str):
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"checkpoint {path} does not exist")
+    files = [path] if os.path.isfile(path) else (
+        sorted(glob.glob(os.path.join(path, "*.safetensors"))) or
+        sorted(glob.glob(os.path.join(path, "*.bin"))))
+    if not files:
+      raise FileNotFoundError(f"no *.safetensors or *.bin weights in {path}")
+    self.path = path
+    cfg_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
+    self.config = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
+    self._where: dict[str, Any] = {}
+    for f in files:
+      if f.endswith(".safetensors"):
+        st = SafetensorsFile(f)
+        for k in st.keys():
+          self._where[k] = st
+      else:
+        import torch
+        sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+        for k in sd:
+          self._where[k] = sd
+
+  def keys(self) -> list[str]:
+    return list(self._where)
+
+  def get(self, key: str) -> np.ndarray:
+    src = self._where[key]
+    return src.get(key) if isinstance(src, SafetensorsFile) else _torch_to_numpy(src[key])
+
+
+def write_hf_dir(out_dir: str, tensors: Iterable[tuple[str, np.ndarray]], config: Mapping[str, Any],
+                 max_shard_bytes: int = 4 << 30, dtype: Any = None) -> list[str]:
+  """Write `model.safetensors` (or numbered shards + index) and config.json; returns file names."""
+  os.makedirs(out_dir, exist_ok=True)
+  shards, current, size, weight_map = [], {}, 0, {}
+
+  def flush():
+    nonlocal current, size
+    if current:
+      name = f"shard-{len(shards):05d}.safetensors"
+      write_safetensors(os.path.join(out_dir, name), current)
+      shards.append((name, list(current)))
+      current, size = {}, 0
+
+  for key, arr in tensors:
+    arr = np.asarray(arr)
+    if dtype is not None and (np.issubdtype(arr.dtype, np.floating) or arr.dtype == ml_dtypes.bfloat16):
+      arr = arr.astype(dtype)
+    if size and size + arr.nbytes > max_shard_bytes:
+      flush()
+    current[key] = arr
+    size += arr.nbytes
+  flush()
+  names = []
+  for i, (name, keys) in enumerate(shards):
+    final = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    os.replace(os.path.join(out_dir, name), os.path.join(out_dir, final))
+    names.append(final)
+    weight_map.update({k: final for k in keys})
+  if len(shards) > 1:
+    total = sum(os.path.getsize(os.path.join(out_dir, n)) for n in names)
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(dict(config), f, indent=2)
+  return names
+
+
+# ---------------------------------------------------------------------------------------------
+# hourjax parameter checkpoints.
+
+META = "hourjax.json"
+
+
+def save_params(path: str, params: Mapping, kind: str, model_config: Any,
+                source_config: Mapping | None = None, source_kind: str | None = None) -> None:
+  """Orbax checkpoint of `params` under path/params plus path/hourjax.json describing the model.
+
+  source_config: the HF config the weights came from, kept so an export can restore it.
+  """
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(path)
+  os.makedirs(path, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(path, "params"), params, force=True)
+  meta = {"kind": kind, "config": dataclasses.asdict(model_config), "scan_layers": False,
+          "source_kind": source_kind or kind, "source_config": dict(source_config or {})}
+  with open(os.path.join(path, META), "w") as f:
+    json.dump(meta, f, indent=2)
+
+
+def read_meta(path: str) -> dict:
+  meta_path = os.path.join(path, META)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"{path} is not an hourjax checkpoint (no {META})")
+  return json.load(open(meta_path))
+
+
+def load_params(path: str, abstract: Any = None) -> Any:
+  """Restore params (onto `abstract`'s shapes/shardings when given, else as saved)."""
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as ckpt:
+    return ckpt.restore(os.path.join(os.path.abspath(path), "params"), abstract)
+

@@ -1,0 +1,76 @@
+"""Build any hourjax model from its kind and config; parameter shapes without allocation."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hourjax.models.forgetting import ForgettingConfig, image_layout
+from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX, HourLlava, HourLlavaConfig
+from hourjax.models.memaug import MemAug, MemAugConfig
+from hourjax.models.qwen2 import Qwen2, Qwen2Config
+from hourjax.models.siglip import SiglipConfig, SiglipVision
+
+CONFIGS = {"siglip": SiglipConfig, "qwen2": Qwen2Config, "memaug": MemAugConfig,
+           "hour_llava": HourLlavaConfig}
+MODELS = {"siglip": SiglipVision, "qwen2": Qwen2, "memaug": MemAug, "hour_llava": HourLlava}
+
+
+def config_from_dict(kind: str, d: dict[str, Any]):
+  """Inverse of dataclasses.asdict for the model configs (nested for Hour-LLaVA)."""
+  if kind == "hour_llava":
+    return HourLlavaConfig(
+        vision=SiglipConfig(**d["vision"]), llm=Qwen2Config(**d["llm"]), memaug=MemAugConfig(**d["memaug"]),
+        forgetting=ForgettingConfig(**d["forgetting"]),
+        **{k: v for k, v in d.items() if k not in ("vision", "llm", "memaug", "forgetting")})
+  if kind not in CONFIGS:
+    raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(CONFIGS)}")
+  return CONFIGS[kind](**d)
+
+
+def build(kind: str, cfg, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> nn.Module:
+  return MODELS[kind](cfg, dtype=dtype, param_dtype=param_dtype)
+
+
+def _init_args(kind: str, cfg) -> tuple[tuple, dict]:
+  if kind == "siglip":
+    return (jnp.zeros((1, cfg.image_size, cfg.image_size, 3)),), {}
+  if kind == "qwen2":
+    return (jnp.zeros((1, 2), jnp.int32),), {}
+  if kind == "memaug":
+    x = jnp.zeros((1, 2, cfg.hidden_size))
+    pos = jnp.zeros((1, 2), jnp.int32)
+    return (x, x, pos, pos), {}
+  size = cfg.vision.image_size
+  ids = jnp.array([[1, IMAGE_TOKEN_INDEX, 2]], jnp.int32)
+  return (ids, jnp.ones_like(ids)), dict(layout=image_layout([True]),
+                                         pixel_values=jnp.zeros((1, 1, size, size, 3)), modality="image")
+
+
+def init_params(kind: str, cfg, key: jax.Array, param_dtype: Any = jnp.float32) -> dict:
+  """Random parameters (plain arrays) with the models' own initialisers."""
+  args, kwargs = _init_args(kind, cfg)
+  model = build(kind, cfg, param_dtype=param_dtype)
+  return nn.unbox(jax.jit(lambda k: model.init(k, *args, **kwargs))(key))["params"]
+
+
+def abstract_params(kind: str, cfg, param_dtype: Any = jnp.float32) -> dict:
+  """ShapeDtypeStructs of every parameter, without allocating anything."""
+  args, kwargs = _init_args(kind, cfg)
+  model = build(kind, cfg, param_dtype=param_dtype)
+  return nn.unbox(jax.eval_shape(lambda k: model.init(k, *args, **kwargs), jax.random.key(0)))["params"]
+
+
+def logical_specs(kind: str, cfg) -> dict:
+  """The logical axis names of every parameter (PartitionSpecs of logical names)."""
+  args, kwargs = _init_args(kind, cfg)
+  model = build(kind, cfg)
+  boxed = jax.eval_shape(lambda k: model.init(k, *args, **kwargs), jax.random.key(0))
+  return nn.get_partition_spec(boxed)["params"]
+
+
+def count_params(tree) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(tree))
+

@@ -1,0 +1,19 @@
+# Sourced by the launch scripts: make ./.venv hold exactly the pinned environment.
+# Re-installs only when pyproject.toml changed since the last install.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.hourjax-installed"
+WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
+  echo "[setup] installing the pinned environment into $VENV (about a minute)" >&2
+  python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[torch,test]" 2>&1 \
+    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
+  "$VENV/bin/python" -c "import hourjax, jax, flax, torch, transformers" \
+    || { echo "[setup] install failed" >&2; exit 1; }
+  echo "$WANT" > "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+cd "$ROOT"
