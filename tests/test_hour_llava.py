@@ -1,0 +1,153 @@
+"""The batched Hour-LLaVA forward: padding never changes a sample's result, text-only samples are
+plain Qwen2, the baseline path, images, forgetting variants under jit, one compile per bucket."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hourjax.models import build
+from hourjax.models.forgetting import ForgettingConfig, image_layout, video_layout
+from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX, HourLlavaConfig
+from hourjax.models.memaug import MemAugConfig
+from hourjax.models.qwen2 import Qwen2Config
+from hourjax.models.siglip import SiglipConfig
+from tools.convert_torch.verify import rel_err
+
+LLM = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                  num_kv_heads=2, tie_word_embeddings=True)
+CFG = HourLlavaConfig(
+    vision=SiglipConfig(hidden_size=16, intermediate_size=32, num_layers=2, num_heads=2, image_size=112,
+                        patch_size=14),
+    llm=LLM, memaug=MemAugConfig(hidden_size=32, num_heads=4, num_kv_heads=2, depth=2),
+    forgetting=ForgettingConfig(spatial="uniform", min_memory_frames=8), pool_size=4)
+
+
+def _sample(rng, length, placeholder):
+  ids = rng.integers(1, LLM.vocab_size, length)
+  labels = np.where(rng.random(length) < 0.4, ids, -100)
+  if placeholder is not None:
+    ids[placeholder], labels[placeholder] = IMAGE_TOKEN_INDEX, -100
+  return ids, labels
+
+
+def _params(cfg=CFG, seed=0):
+  return build.init_params("hour_llava", cfg, jax.random.key(seed))
+
+
+def test_batch_with_padding_equals_each_sample_alone():
+  rng = np.random.default_rng(0)
+  samples = [(_sample(rng, 10, 4), 3), (_sample(rng, 14, 6), 12), (_sample(rng, 7, None), 0)]
+  frames = rng.uniform(-1, 1, (3, 12, 112, 112, 3)).astype(np.float32)
+  model, params = build.build("hour_llava", CFG), _params()
+  ids = np.zeros((3, 14), int)
+  labels = np.full((3, 14), -100)
+  mask = np.zeros((3, 14), int)
+  for i, ((s_ids, s_lab), _) in enumerate(samples):
+    ids[i, :len(s_ids)], labels[i, :len(s_ids)], mask[i, :len(s_ids)] = s_ids, s_lab, 1
+  for with_labels in (True, False):
+    lab = labels if with_labels else None
+    batch = model.apply({"params": params}, ids, mask, lab,
+                        layout=video_layout([t for _, t in samples], CFG.forgetting), pixel_values=frames)
+    for i, ((s_ids, s_lab), t) in enumerate(samples):
+      if t == 0:
+        alone = {"logits": model.apply({"params": params}, s_ids[None],
+                                       method=lambda m, x: m.llm(x)[0])}
+      else:
+        alone = model.apply({"params": params}, s_ids[None], np.ones((1, len(s_ids))),
+                            s_lab[None] if with_labels else None, layout=video_layout([t], CFG.forgetting),
+                            pixel_values=frames[i:i + 1, :t])
+      n = alone["logits"].shape[1]
+      assert bool(batch["attention_mask"][i, :n].all()) and not bool(batch["attention_mask"][i, n:].any())
+      assert rel_err(batch["logits"][i, :n], alone["logits"][0]) < 1e-5, (i, with_labels)
+      if t and with_labels:
+        np.testing.assert_array_equal(batch["labels"][i, :n], alone["labels"][0])
+
+
+def test_training_and_inference_forms_differ_only_through_the_query():
+  rng = np.random.default_rng(1)
+  (ids, labels) = _sample(rng, 12, 3)
+  frames = rng.uniform(-1, 1, (1, 4, 112, 112, 3)).astype(np.float32)
+  model, params = build.build("hour_llava", CFG), _params()
+  kw = dict(layout=video_layout([4], CFG.forgetting), pixel_values=frames, mutable="intermediates")
+  (train, it), (infer, ii) = [model.apply({"params": params}, ids[None], np.ones((1, 12)), lab, **kw)
+                              for lab in (labels[None], None)]
+  n_train = int((labels[:3] == -100).sum())
+  q_train = np.asarray(it["intermediates"]["memaug_query_position_ids"][0][0])
+  q_infer = np.asarray(ii["intermediates"]["memaug_query_position_ids"][0][0])
+  # visual queries sit at P + memory id, P = kept prefix length (3 at inference, fewer in training)
+  first_visual = np.asarray(it["intermediates"]["decayed_query_position_ids"][0][0, 0])
+  assert q_train[n_train] == n_train + first_visual and q_infer[3] == 3 + first_visual
+  assert rel_err(train["logits"], infer["logits"]) > 1e-3
+
+
+def test_baseline_without_memaug_feeds_decayed_queries():
+  cfg = dataclasses.replace(CFG, use_memaug=False)
+  params = _params(cfg)
+  assert "memaug" not in params
+  rng = np.random.default_rng(2)
+  ids, _ = _sample(rng, 9, 2)
+  frames = rng.uniform(-1, 1, (1, 5, 112, 112, 3)).astype(np.float32)
+  _, inter = build.build("hour_llava", cfg).apply(
+      {"params": params}, ids[None], np.ones((1, 9)), layout=video_layout([5], cfg.forgetting),
+      pixel_values=frames, mutable="intermediates")
+  decayed = inter["intermediates"]["decayed_queries"][0][0]
+  embeds = inter["intermediates"]["inputs_embeds"][0][0]
+  np.testing.assert_array_equal(embeds[2:2 + decayed.shape[0]], decayed)
+  assert decayed.shape[0] == 2 * (4 + 1)           # 8 padded frames // 4 retained, 4 kept + newline
+
+
+def test_precomputed_features_equal_pixels():
+  rng = np.random.default_rng(3)
+  ids, labels = _sample(rng, 9, 1)
+  frames = rng.uniform(-1, 1, (1, 6, 112, 112, 3)).astype(np.float32)
+  model, params = build.build("hour_llava", CFG), _params()
+  pooled = model.apply({"params": params}, frames, True, method=lambda m, p, pool: m.encode_frames(p, pool))
+  lay = video_layout([6], CFG.forgetting)
+  a = model.apply({"params": params}, ids[None], np.ones((1, 9)), labels[None], layout=lay, pixel_values=frames)
+  b = model.apply({"params": params}, ids[None], np.ones((1, 9)), labels[None], layout=lay, features=pooled)
+  assert rel_err(a["logits"], b["logits"]) < 1e-6
+
+
+def test_single_image_memory_and_queries():
+  cfg = dataclasses.replace(CFG, forgetting=ForgettingConfig(spatial="random"))
+  rng = np.random.default_rng(4)
+  ids, _ = _sample(rng, 8, 2)
+  image = rng.uniform(-1, 1, (1, 1, 112, 112, 3)).astype(np.float32)
+  _, inter = build.build("hour_llava", cfg).apply(
+      {"params": _params(cfg)}, ids[None], np.ones((1, 8)), layout=image_layout([True]),
+      pixel_values=image, modality="image", rng=jax.random.key(0), mutable="intermediates")
+  it = inter["intermediates"]
+  assert it["memory"][0].shape == (1, 64 + 1, 32)                   # unpooled 8x8 grid + newline
+  ids_q = np.asarray(it["decayed_query_position_ids"][0][0])
+  assert len(ids_q) == 16 + 1 and ids_q[-1] == 64 and (np.diff(ids_q) > 0).all()
+
+
+@pytest.mark.parametrize("temporal", ["uniform", "random", "keyframe", "question"])
+def test_forgetting_variants_jit_and_are_deterministic(temporal):
+  cfg = dataclasses.replace(CFG, forgetting=ForgettingConfig(spatial="random", temporal=temporal,
+                                                             min_memory_frames=8))
+  model, params = build.build("hour_llava", cfg), _params(cfg)
+  rng = np.random.default_rng(5)
+  ids, labels = _sample(rng, 10, 3)
+  frames = rng.uniform(-1, 1, (1, 12, 112, 112, 3)).astype(np.float32)
+  lay = video_layout([12], cfg.forgetting)
+  fwd = jax.jit(lambda p, k: model.apply({"params": p}, ids[None], np.ones((1, 10)), labels[None],
+                                         layout=lay, pixel_values=frames, rng=k)["logits"])
+  a, b, c = fwd(params, jax.random.key(1)), fwd(params, jax.random.key(1)), fwd(params, jax.random.key(2))
+  np.testing.assert_array_equal(a, b)
+  assert rel_err(a, c) > 1e-4                       # the random spatial draw depends on the key
+  assert bool(jnp.isfinite(a).all())
+
+
+def test_one_compile_per_bucket():
+  model, params = build.build("hour_llava", CFG), _params()
+  fwd = jax.jit(lambda p, ids, mask, lay, px: model.apply({"params": p}, ids, mask, layout=lay,
+                                                          pixel_values=px)["logits"])
+  rng = np.random.default_rng(6)
+  for counts in ([3, 9], [12, 1], [0, 5]):           # different samples, same bucket sizes
+    ids = np.stack([_sample(rng, 12, 2)[0], _sample(rng, 12, 5)[0]])
+    lay = video_layout(counts, CFG.forgetting, padded_frames=12, memory_frames=12, retained_frames=3)
+    fwd(params, ids, np.ones((2, 12)), lay, rng.uniform(-1, 1, (2, 12, 112, 112, 3)).astype(np.float32))
+  assert fwd._cache_size() == 1
