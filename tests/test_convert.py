@@ -104,8 +104,9 @@ def test_bf16_checkpoint_stays_exact(tmp_path):
   ref = hf_models.qwen2(tmp_path, dtype=torch.bfloat16)
   conv = import_torch(str(tmp_path))
   want = ref.to(torch.bfloat16).state_dict()["model.layers.0.mlp.up_proj.weight"].float().numpy()
-  got = np.asarray(conv.params["layers_0"]["mlp"]["up"]["kernel"]).T
-  np.testing.assert_array_equal(got, want)
+  got = np.asarray(conv.params["layers_0"]["mlp"]["up"]["kernel"])
+  assert got.dtype == ml_dtypes.bfloat16            # never upcast: RAM stays at the checkpoint size
+  np.testing.assert_array_equal(got.T.astype(np.float32), want)
   f = SafetensorsFile(str(tmp_path / "model.safetensors"))
   assert f.get("model.norm.weight").dtype == ml_dtypes.bfloat16   # read without upcasting
 

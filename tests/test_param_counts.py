@@ -17,3 +17,16 @@ def test_real_sizes(size, memaug, total):
   # the spec's per-block figure: 161.5M (7B) / 52.5M (3B)
   per_block = build.count_params(shapes["memaug"]["layers_0"])
   assert abs(per_block - memaug / 4) / (memaug / 4) < 0.005
+
+
+def test_every_parameter_has_logical_axis_names():
+  import jax
+  cfg = model_config(get_config("tiny").model)
+  specs = build.logical_specs("hour_llava", cfg)
+  shapes = build.abstract_params("hour_llava", cfg)
+  flat_specs = jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: x is None or hasattr(x, "index"))
+  flat_shapes = dict(jax.tree_util.tree_leaves_with_path(shapes))
+  assert len(flat_specs) == len(flat_shapes)
+  for path, spec in flat_specs:
+    assert spec is not None and len(spec) == len(flat_shapes[path].shape), path
+    assert any(name is not None for name in spec), path   # at least one named axis

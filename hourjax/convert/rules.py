@@ -110,8 +110,8 @@ def to_params(rules: Sequence[Rule], keys: Iterable[str], get: Callable[[str], n
   """Build hourjax params from torch tensors, one tensor at a time.
 
   keys: every key present in the torch checkpoint; get(key) reads one tensor.
-  expected: a tree of objects with .shape/.dtype (e.g. from jax.eval_shape) to check against;
-  arrays are cast to its dtypes. ignore: regexes of torch keys that are read-only extras
+  expected: a tree of objects with .shape (e.g. from jax.eval_shape) to check against; arrays
+  keep the checkpoint's dtype (the model casts to its param_dtype when it loads them). ignore: regexes of torch keys that are read-only extras
   (buffers, tied heads). optional: regexes of torch keys that may be missing; the params they
   would fill are reported back (returned list) and must be initialised by the caller.
   Raises ConversionError naming every missing, unexpected or wrongly shaped tensor.
@@ -144,8 +144,7 @@ def to_params(rules: Sequence[Rule], keys: Iterable[str], get: Callable[[str], n
           wrong.append(f"{r.theirs} -> {path}: got {tuple(tensor.shape)}, "
                        f"converted {tuple(arr.shape)}, model wants {tuple(exp[path].shape)}")
           continue
-        arr = arr.astype(exp[path].dtype, copy=False)
-      flat[path] = arr
+      flat[path] = arr   # keeps the checkpoint's dtype: a bf16 7B stays ~15 GB in RAM
     del tensor
   if wrong:
     raise ConversionError(_describe(wrong_shape=wrong))
