@@ -107,8 +107,7 @@ def export_torch(out_dir: str, kind: str, cfg, params: dict, source_config: dict
   Hour-LLaVA code loads: safetensors shards + config.json. Returns the weight file names."""
   rules, _, _ = table(kind, cfg)
   if kind == "llava_onevision":
-    dropped = [k for k in params if k == "memaug"]
-    if dropped:
+    if "memaug" in params:
       log.warning("LLaVA-OneVision has no MemAug: its weights are not exported")
     params = {k: v for k, v in params.items() if k != "memaug"}
     config = llava_onevision.config_to_hf(cfg, source_config)
