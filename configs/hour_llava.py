@@ -9,7 +9,12 @@ The training issue adds stages as further arguments (`configs/hour_llava.py:7b,s
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+
+from hourjax.models.memaug import MemAugConfig
+from hourjax.models.qwen2 import Qwen2Config
 
 SO400M = dict(hidden_size=1152, intermediate_size=4304, num_layers=26, num_heads=16, image_size=384,
               patch_size=14, layer_norm_eps=1e-6, use_head=False, use_post_layernorm=True)
@@ -40,10 +45,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   cfg.model = ml_collections.ConfigDict(dict(
       vision=dict(TINY_VISION if size == "tiny" else SO400M),
       llm=dict(llm),
-      memaug=dict(hidden_size=llm["hidden_size"], num_heads=llm["num_heads"],
-                  num_kv_heads=llm["num_kv_heads"], depth=4 if size != "tiny" else 2,
-                  rope_theta=llm["rope_theta"], mlp_ratio=4, layer_norm_eps=1e-5),
+      memaug=dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm), depth=2 if size == "tiny" else 4)),
       forgetting=dict(FORGETTING, min_memory_frames=16 if size == "tiny" else 128),
       feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True))
-  cfg.dtype = "float32" if size == "tiny" else "bfloat16"
   return cfg

@@ -55,21 +55,21 @@ def config_from_hf(kind: str, hf_config: dict, **overrides):
           "hour_llava": hour_llava.config_from_hf}[kind](hf_config, **overrides)
 
 
-def table(kind: str, cfg, keys=None) -> tuple[list[Rule], tuple[str, ...], tuple[str, ...]]:
-  """(rules, ignored key regexes, optional key regexes) for a checkpoint kind; `keys` (present
-  tensors) lets the table find prefixes that vary between checkpoints; None = export names."""
+def table(kind: str, cfg, keys=None) -> tuple[list[Rule], tuple[str, ...]]:
+  """(rules, ignored key regexes) for a checkpoint kind; `keys` (present tensors) lets the table
+  find prefixes that vary between checkpoints; None = export names."""
   if kind == "siglip":
     prefix = "" if keys is None else find_prefix(keys, "embeddings.patch_embedding.weight")
     outside = rf"(?!{re.escape(prefix)}).*" if prefix else r"(?!)"
-    return prefixed(siglip.rules(cfg), "", prefix), siglip.IGNORE + (outside,), ()
+    return prefixed(siglip.rules(cfg), "", prefix), siglip.IGNORE + (outside,)
   if kind == "qwen2":
     decoder = "model." if keys is None else find_prefix(keys, "embed_tokens.weight")
-    return qwen2.rules(cfg, decoder), qwen2.ignore(cfg), ()
+    return qwen2.rules(cfg, decoder), qwen2.ignore(cfg)
   if kind == "llava_onevision":
     p = llava_onevision.EXPORT_PREFIXES if keys is None else llava_onevision.prefixes(keys)
-    return llava_onevision.rules(cfg, p), llava_onevision.ignore(cfg, p), ()
+    return llava_onevision.rules(cfg, p), llava_onevision.ignore(cfg, p)
   if kind == "hour_llava":
-    return hour_llava.rules(cfg), hour_llava.ignore(cfg), ()
+    return hour_llava.rules(cfg), hour_llava.ignore(cfg)
   raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of {SOURCE_KINDS}")
 
 
@@ -85,11 +85,11 @@ def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = 
   kind = kind or detect_kind(ckpt.config)
   cfg = config_from_hf(kind, ckpt.config, **config_overrides)
   keys = ckpt.keys()
-  rules, ignore, _ = table(kind, cfg, keys)
+  rules, ignore = table(kind, cfg, keys)
   expected = build.abstract_params(MODEL_KIND[kind], cfg)
   if kind == "llava_onevision":
     expected = {k: v for k, v in expected.items() if k != "memaug"}
-  params, _ = to_params(rules, keys, ckpt.get, expected, ignore=ignore)
+  params = to_params(rules, keys, ckpt.get, expected, ignore=ignore)
   initialised = []
   if kind == "llava_onevision" and cfg.use_memaug:
     if key is None:
@@ -105,7 +105,7 @@ def export_torch(out_dir: str, kind: str, cfg, params: dict, source_config: dict
                  dtype: Any = None) -> list[str]:
   """Write params as a directory that transformers' from_pretrained (HF kinds) or the official
   Hour-LLaVA code loads: safetensors shards + config.json. Returns the weight file names."""
-  rules, _, _ = table(kind, cfg)
+  rules, _ = table(kind, cfg)
   if kind == "llava_onevision":
     if "memaug" in params:
       log.warning("LLaVA-OneVision has no MemAug: its weights are not exported")

@@ -54,8 +54,7 @@ def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
     vision = SO400M_KEPT
   if d.get("mm_hidden_size", vision.hidden_size) != vision.hidden_size:
     raise ValueError(f"mm_hidden_size={d['mm_hidden_size']} != SigLIP width {vision.hidden_size}")
-  mem = MemAugConfig(hidden_size=llm.hidden_size, num_heads=llm.num_heads, num_kv_heads=llm.num_kv_heads,
-                     depth=d.get("memaug_depth", 4), rope_theta=llm.rope_theta)
+  mem = MemAugConfig.for_llm(llm, d.get("memaug_depth", 4))
   forget = ForgettingConfig(spatial=d.get("spatial_sampling_type", "random"))
   return dataclasses.replace(HourLlavaConfig(vision=vision, llm=llm, memaug=mem, forgetting=forget),
                              **overrides)

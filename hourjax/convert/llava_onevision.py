@@ -58,9 +58,8 @@ def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
     raise ValueError(f"projector_hidden_act={d['projector_hidden_act']!r}: only exact gelu is supported")
   vision = siglip.config_from_hf(d["vision_config"], use_head=False)
   llm = qwen2.config_from_hf(d["text_config"])
-  mem = MemAugConfig(hidden_size=llm.hidden_size, num_heads=llm.num_heads, num_kv_heads=llm.num_kv_heads,
-                     depth=4, rope_theta=llm.rope_theta)
-  return dataclasses.replace(HourLlavaConfig(vision=vision, llm=llm, memaug=mem, feature_layer=layer),
+  return dataclasses.replace(HourLlavaConfig(vision=vision, llm=llm, memaug=MemAugConfig.for_llm(llm),
+                                             feature_layer=layer),
                              **overrides)
 
 

@@ -105,31 +105,24 @@ def unflatten(flat: Mapping[str, object]) -> Params:
 
 
 def to_params(rules: Sequence[Rule], keys: Iterable[str], get: Callable[[str], np.ndarray],
-              expected: Mapping | None = None, *, ignore: Sequence[str] = (),
-              optional: Sequence[str] = ()) -> tuple[Params, list[str]]:
+              expected: Mapping | None = None, *, ignore: Sequence[str] = ()) -> Params:
   """Build hourjax params from torch tensors, one tensor at a time.
 
   keys: every key present in the torch checkpoint; get(key) reads one tensor.
   expected: a tree of objects with .shape (e.g. from jax.eval_shape) to check against; arrays
-  keep the checkpoint's dtype (the model casts to its param_dtype when it loads them). ignore: regexes of torch keys that are read-only extras
-  (buffers, tied heads). optional: regexes of torch keys that may be missing; the params they
-  would fill are reported back (returned list) and must be initialised by the caller.
+  keep the checkpoint's dtype (the model casts to its param_dtype when it loads them).
+  ignore: regexes of torch keys that are read-only extras (buffers, tied heads).
   Raises ConversionError naming every missing, unexpected or wrongly shaped tensor.
   """
   keys = set(keys)
   known = {r.theirs for r in rules}
   unexpected = sorted(k for k in keys - known if not any(re.fullmatch(p, k) for p in ignore))
-  missing, left_out = [], []
-  for r in rules:
-    if r.theirs not in keys:
-      (left_out if any(re.fullmatch(p, r.theirs) for p in optional) else missing).append(r.theirs)
+  missing = [r.theirs for r in rules if r.theirs not in keys]
   if missing or unexpected:
     raise ConversionError(_describe(missing=missing, unexpected=unexpected))
   exp = flatten(expected) if expected is not None else None
   flat, wrong = {}, []
   for r in rules:
-    if r.theirs not in keys:
-      continue
     tensor = get(r.theirs)
     try:
       converted = r.to_jax(tensor)
@@ -148,12 +141,11 @@ def to_params(rules: Sequence[Rule], keys: Iterable[str], get: Callable[[str], n
     del tensor
   if wrong:
     raise ConversionError(_describe(wrong_shape=wrong))
-  left_paths = [p for r in rules if r.theirs in left_out for p in r.ours]
   if exp is not None:
-    uncovered = sorted(set(exp) - set(flat) - set(left_paths))
+    uncovered = sorted(set(exp) - set(flat))
     if uncovered:
       raise ConversionError(f"the table leaves these parameters unset: {uncovered}")
-  return unflatten(flat), left_paths
+  return unflatten(flat)
 
 
 def to_torch(rules: Sequence[Rule], params: Mapping) -> Iterator[tuple[str, np.ndarray]]:
@@ -176,7 +168,6 @@ def find_prefix(keys: Iterable[str], suffix: str) -> str:
   if len(found) != 1:
     raise ConversionError(f"expected one tensor named *{suffix}, found {found or 'none'}")
   return found[0]
-
 
 
 def _describe(**groups: list[str]) -> str:

@@ -32,10 +32,10 @@ from hourjax.models.layers import dense, gelu_exact
 from hourjax.models.memaug import MemAug, MemAugConfig
 from hourjax.models.qwen2 import Qwen2, Qwen2Config
 from hourjax.models.siglip import SiglipConfig, SiglipVision
+from hourjax.ops.loss import IGNORE_INDEX
 from hourjax.parallel import axes as ax
 
 IMAGE_TOKEN_INDEX = -200
-from hourjax.ops.loss import IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +97,13 @@ def _take_frames(x: jax.Array, frames: jax.Array) -> jax.Array:
                              axis=1)
 
 
+def _query_text_mask(valid: jax.Array, labels: jax.Array | None) -> jax.Array:
+  """Text tokens that join MemAug's query: all prompt tokens, or (training) those labelled ignore."""
+  if labels is None:
+    return valid
+  return valid & (jnp.asarray(labels) == IGNORE_INDEX)
+
+
 def _scatter(dest_len: int, slots: jax.Array, values: jax.Array) -> jax.Array:
   """Place values [B, N, ...] at slots [B, N] of a zero [B, dest_len, ...]; slots >= dest_len drop."""
   out = jnp.zeros((values.shape[0], dest_len, *values.shape[2:]), values.dtype)
@@ -145,8 +152,10 @@ class HourLlava(nn.Module):
     input_ids = jnp.asarray(input_ids)
     valid = jnp.asarray(attention_mask).astype(bool) & (input_ids != IMAGE_TOKEN_INDEX)
     text = self.llm.embed(jnp.where(valid, input_ids, 0))
+    is_ph = input_ids == IMAGE_TOKEN_INDEX   # text-only samples: all text counts as prefix
+    split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), input_ids.shape[1])[:, None]
     if layout is None or (pixel_values is None and features is None):
-      return self._decode(text, valid, input_ids, labels, None, None)
+      return self._decode(text, valid, split, labels, None, None)
     if modality not in ("video", "image"):
       raise ValueError(f"modality={modality!r}: expected 'video' or 'image'")
     rng = jax.random.key(0) if rng is None else rng
@@ -186,7 +195,7 @@ class HourLlava(nn.Module):
       retained = fg.temporal_keyframe(_take_frames(siglip, source).mean(2), padded_valid, count,
                                       width, c.forgetting.keyframe_neighbours)
     else:
-      question = self._query_text_mask(input_ids, valid, labels)
+      question = _query_text_mask(valid, labels)
       q_emb = (text * question[..., None]).sum(1) / jnp.maximum(question.sum(1, keepdims=True), 1)
       retained = fg.temporal_question(padded.mean(2), q_emb, padded_valid, count, width)
     spatial = fg.spatial_indices(spatial_key, c.forgetting, retained.shape, grid)   # [B, Tr, k]
@@ -207,25 +216,17 @@ class HourLlava(nn.Module):
 
     # -- 4-5. MemAug over [prefix text; decayed queries; suffix text] ------------------------------
     if c.use_memaug:
-      visual = self._memaug(text, input_ids, valid, labels, visual, visual_ids, visual_mask,
+      visual = self._memaug(text, valid, split, labels, visual, visual_ids, visual_mask,
                             memory, memory_ids, memory_mask)
-    return self._decode(text, valid, input_ids, labels, visual, visual_mask)
+    return self._decode(text, valid, split, labels, visual, visual_mask)
 
-  def _query_text_mask(self, input_ids, valid, labels):
-    """Text tokens that join MemAug's query: all prompt tokens, or (training) those labelled ignore."""
-    if labels is None:
-      return valid
-    return valid & (jnp.asarray(labels) == IGNORE_INDEX)
-
-  def _memaug(self, text, input_ids, valid, labels, visual, visual_ids, visual_mask,
+  def _memaug(self, text, valid, split, labels, visual, visual_ids, visual_mask,
               memory, memory_ids, memory_mask):
-    b, length = input_ids.shape
+    length = valid.shape[1]
     n_vis = visual.shape[1]
     q_len = length + n_vis
     pos = jnp.arange(length)[None]
-    is_ph = input_ids == IMAGE_TOKEN_INDEX
-    split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), length)[:, None]
-    query_text = self._query_text_mask(input_ids, valid, labels)
+    query_text = _query_text_mask(valid, labels)
     prefix, suffix = query_text & (pos < split), query_text & (pos > split)
     n_prefix = prefix.sum(1, keepdims=True)
     n_visual = visual_mask.sum(1, keepdims=True)
@@ -248,25 +249,22 @@ class HourLlava(nn.Module):
     return visual_out
 
   # -- 6. splice and decode ----------------------------------------------------------------------
-  def _decode(self, text, valid, input_ids, labels, visual, visual_mask):
-    b, length = input_ids.shape
+  def _decode(self, text, valid, split, labels, visual, visual_mask):
+    """Text tokens keep their order; the visual tokens take the placeholder's place."""
+    b, length = valid.shape
     labels = jnp.full((b, length), IGNORE_INDEX) if labels is None else jnp.asarray(labels)
     labels = jnp.where(valid, labels, IGNORE_INDEX)
-    if visual is None:
-      out_len, n_visual = length, jnp.zeros((b, 1), jnp.int32)
-      slots = jnp.where(valid, jnp.cumsum(valid, 1) - 1, out_len)
-      embeds = _scatter(out_len, slots, text)
-    else:
-      n_vis = visual.shape[1]
-      out_len = length - 1 + n_vis
-      is_ph = input_ids == IMAGE_TOKEN_INDEX
-      split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), length)[:, None]
-      n_visual = visual_mask.sum(1, keepdims=True)
-      rank = jnp.cumsum(valid, 1) - 1
-      slots = jnp.where(valid, rank + jnp.where(jnp.arange(length)[None] > split, n_visual, 0), out_len)
-      n_before = (valid & (jnp.arange(length)[None] < split)).sum(1, keepdims=True)
+    pos = jnp.arange(length)[None]
+    n_vis = 0 if visual is None else visual.shape[1]
+    out_len = length if visual is None else length - 1 + n_vis
+    n_visual = jnp.zeros((b, 1), jnp.int32) if visual is None else visual_mask.sum(1, keepdims=True)
+    rank = jnp.cumsum(valid, 1) - 1
+    slots = jnp.where(valid, rank + jnp.where(pos > split, n_visual, 0), out_len)
+    embeds = _scatter(out_len, slots, text)
+    if visual is not None:
+      n_before = (valid & (pos < split)).sum(1, keepdims=True)
       vis_slots = jnp.where(visual_mask, n_before + jnp.arange(n_vis)[None], out_len)
-      embeds = _scatter(out_len, slots, text) + _scatter(out_len, vis_slots, visual.astype(text.dtype))
+      embeds = embeds + _scatter(out_len, vis_slots, visual.astype(text.dtype))
     llm_labels = jnp.full((b, out_len), IGNORE_INDEX).at[jnp.arange(b)[:, None], slots].set(
         labels, mode="drop")
     mask = jnp.arange(out_len)[None] < valid.sum(1, keepdims=True) + n_visual

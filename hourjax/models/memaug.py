@@ -35,6 +35,12 @@ class MemAugConfig:
   mlp_ratio: int = 4
   layer_norm_eps: float = 1e-5
 
+  @classmethod
+  def for_llm(cls, llm, depth: int = 4) -> "MemAugConfig":
+    """The official builder takes width, head counts and rope theta from the LLM config."""
+    return cls(hidden_size=llm.hidden_size, num_heads=llm.num_heads, num_kv_heads=llm.num_kv_heads,
+               depth=depth, rope_theta=llm.rope_theta)
+
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads

@@ -41,28 +41,35 @@ def _state_dict(f: SafetensorsFile) -> dict[str, np.ndarray]:
 
 def verify_fixture(path: str) -> dict[str, float]:
   f = SafetensorsFile(path)
-  cfg_json = json.loads(f.metadata["config"])
-  sd = _state_dict(f)
   if "outputs.y" in f.keys():
-    return _verify_memaug(f, cfg_json, sd)
+    return _verify_memaug(path)
   if "train.logits" in f.keys():
-    return _verify_end_to_end(f, cfg_json, sd)
+    return _verify_end_to_end(f, json.loads(f.metadata["config"]), _state_dict(f))
   raise ValueError(f"{path}: neither a MemAug fixture (outputs.y) nor an end-to-end one (train.logits)")
 
 
-def _verify_memaug(f, c, sd):
+def load_memaug_fixture(path: str):
+  """(config, converted params, batched inputs, reference output) of a MemAug-only fixture."""
+  f = SafetensorsFile(path)
+  c = json.loads(f.metadata["config"])
   cfg = MemAugConfig(hidden_size=c["hidden_size"], num_heads=c["num_attention_heads"],
                      num_kv_heads=c["num_key_value_heads"], depth=c["memaug_depth"], rope_theta=c["rope_theta"])
-  params, _ = to_params(memaug_table.rules(cfg), sd.keys(), sd.__getitem__, build.abstract_params("memaug", cfg))
+  sd = _state_dict(f)
+  params = to_params(memaug_table.rules(cfg), sd.keys(), sd.__getitem__, build.abstract_params("memaug", cfg))
   inputs = [f.get(f"inputs.{k}")[None] for k in ("x_q", "x_kv", "q_position_ids", "k_position_ids")]
+  return cfg, params, inputs, f.get("outputs.y")
+
+
+def _verify_memaug(path):
+  cfg, params, inputs, ref = load_memaug_fixture(path)
   y = build.build("memaug", cfg).apply({"params": params}, *inputs)
-  return {"outputs.y": rel_err(y[0], f.get("outputs.y"))}
+  return {"outputs.y": rel_err(y[0], ref)}
 
 
 def _verify_end_to_end(f, c, sd):
   cfg = hour_llava_config(c)
-  rules, ignore, _ = api.table("hour_llava", cfg)
-  params, _ = to_params(rules, sd.keys(), sd.__getitem__, build.abstract_params("hour_llava", cfg), ignore=ignore)
+  rules, ignore = api.table("hour_llava", cfg)
+  params = to_params(rules, sd.keys(), sd.__getitem__, build.abstract_params("hour_llava", cfg), ignore=ignore)
   model = build.build("hour_llava", cfg)
   pixels = f.get("inputs.pixel_values").transpose(0, 2, 3, 1)[None]
   layout = video_layout([pixels.shape[1]], cfg.forgetting)
