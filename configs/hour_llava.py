@@ -31,6 +31,11 @@ LLMS = {
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, image_size=112,
                    patch_size=14, layer_norm_eps=1e-6, use_head=False, use_post_layernorm=True)
 
+# How layers run, not what they are: attention kernel (xla | dot_product | ring), nn.scan over
+# layers, remat policy (none | full | save_dots | offload_dots). Overridable per family, e.g.
+# `model.llm.attention=ring`.
+EXECUTION = dict(attention="xla", scan_layers=False, remat="none")
+
 FORGETTING = dict(spatial="random", spatial_keep=4, temporal="uniform", temporal_keep=4,
                   min_retained_frames=1, max_retained_frames=512, min_memory_frames=128,
                   memory_scale=1.0, keyframe_neighbours=8)
@@ -43,9 +48,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   llm = LLMS[size]
   cfg = ml_collections.ConfigDict()
   cfg.model = ml_collections.ConfigDict(dict(
-      vision=dict(TINY_VISION if size == "tiny" else SO400M),
-      llm=dict(llm),
+      vision=dict(TINY_VISION if size == "tiny" else SO400M, **EXECUTION),
+      llm=dict(llm, **EXECUTION),
       memaug=dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm), depth=2 if size == "tiny" else 4)),
       forgetting=dict(FORGETTING, min_memory_frames=16 if size == "tiny" else 128),
       feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True))
+  # Mesh axis sizes (one may be -1: the remaining devices); see hourjax.parallel.mesh.
+  cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
   return cfg

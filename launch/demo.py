@@ -10,7 +10,6 @@ each stage produced. (The training issue replaces this with a real training run.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import tempfile
 import time
@@ -19,19 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hourjax.config import model_config
+from hourjax.config import load, model_config
 from hourjax.data.video import moving_square, read_frames_1fps, write_video
 from hourjax.models import build
 from hourjax.models.forgetting import video_layout
 from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
-
-
-def load_config(spec: str):
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def main(argv=None) -> None:
@@ -40,7 +31,7 @@ def main(argv=None) -> None:
   p.add_argument("--seconds", type=int, default=40, help="length of the generated clip")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args(argv)
-  cfg = model_config(load_config(a.config).model)
+  cfg = model_config(load(a.config).model)
   if cfg.llm.hidden_size > 512:
     raise SystemExit(f"{a.config} is a real-size model; the CPU demo runs tiny configs only")
 

@@ -11,7 +11,7 @@ import transformers
 
 import hf_models
 from hourjax.convert import ConversionError, export_torch, import_torch, load_params, save_params
-from hourjax.convert import api
+from hourjax.convert import api, layout
 from hourjax.convert.io import SafetensorsFile, TorchCheckpoint, write_safetensors
 from hourjax.models import build
 from tools.convert_torch.verify import rel_err
@@ -26,9 +26,11 @@ def _tensors(path):
                                       (hf_models.qwen2, transformers.Qwen2ForCausalLM),
                                       (hf_models.llava_onevision,
                                        transformers.LlavaOnevisionForConditionalGeneration)])
-def test_hf_round_trip_exact(tmp_path, make, cls):
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_hf_round_trip_exact(tmp_path, make, cls, scan):
   ref = make(tmp_path / "src")
-  conv = import_torch(str(tmp_path / "src"), key=jax.random.key(0))
+  conv = import_torch(str(tmp_path / "src"), key=jax.random.key(0), scan_layers=scan)
+  assert layout.is_scanned(conv.params) == scan == layout.config_scanned(conv.config)
   export_torch(str(tmp_path / "out"), conv.source_kind, conv.config, conv.params, conv.source_config)
   src, out = _tensors(tmp_path / "src"), _tensors(tmp_path / "out")
   if conv.source_kind == "siglip" or conv.source_kind == "qwen2":

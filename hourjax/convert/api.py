@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from hourjax.convert import hour_llava, llava_onevision, qwen2, siglip
+from hourjax.convert import hour_llava, layout, llava_onevision, qwen2, siglip
 from hourjax.convert.io import TorchCheckpoint, write_hf_dir
 from hourjax.convert.rules import ConversionError, Rule, find_prefix, prefixed, to_params, to_torch
 from hourjax.models import build
@@ -74,9 +74,9 @@ def table(kind: str, cfg, keys=None) -> tuple[list[Rule], tuple[str, ...]]:
 
 
 def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = None,
-                 **config_overrides) -> Converted:
+                 scan_layers: bool = False, **config_overrides) -> Converted:
   """Convert a local PyTorch checkpoint (directory with config.json, or a weights file plus
-  `kind`) into hourjax params, one tensor at a time.
+  `kind`) into hourjax params, one tensor at a time; `scan_layers` gives the scanned layout.
 
   From LLaVA-OneVision, MemAug has no weights: it is initialised from `key` (required) as the
   official stage 1 does (normal(0.02) weights, zero biases, unit LayerNorms), and logged.
@@ -98,13 +98,17 @@ def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = 
     initialised = ["memaug"]
     log.warning("MemAug is not in the LLaVA-OneVision checkpoint %s: initialised at random "
                 "(%d blocks), as the official stage 1 does", path, cfg.memaug.depth)
+  if scan_layers:
+    cfg, params = layout.with_scan(cfg, True), layout.stack_layers(params)
   return Converted(kind, cfg, params, ckpt.config, initialised)
 
 
 def export_torch(out_dir: str, kind: str, cfg, params: dict, source_config: dict | None = None,
                  dtype: Any = None) -> list[str]:
   """Write params as a directory that transformers' from_pretrained (HF kinds) or the official
-  Hour-LLaVA code loads: safetensors shards + config.json. Returns the weight file names."""
+  Hour-LLaVA code loads: safetensors shards + config.json. Returns the weight file names.
+  Scanned or unrolled params both work."""
+  cfg, params = layout.with_scan(cfg, False), layout.unstack_layers(params)
   rules, _ = table(kind, cfg)
   if kind == "llava_onevision":
     if "memaug" in params:

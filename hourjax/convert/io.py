@@ -157,7 +157,8 @@ def save_params(path: str, params: Mapping, kind: str, model_config: Any,
   os.makedirs(path, exist_ok=True)
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(os.path.join(path, "params"), params, force=True)
-  meta = {"kind": kind, "config": dataclasses.asdict(model_config), "scan_layers": False,
+  from hourjax.convert.layout import is_scanned
+  meta = {"kind": kind, "config": dataclasses.asdict(model_config), "scan_layers": is_scanned(params),
           "source_kind": source_kind or kind, "source_config": dict(source_config or {})}
   with open(os.path.join(path, META), "w") as f:
     json.dump(meta, f, indent=2)
@@ -171,8 +172,21 @@ def read_meta(path: str) -> dict:
 
 
 def load_params(path: str, abstract: Any = None) -> Any:
-  """Restore params (onto `abstract`'s shapes/shardings when given, else as saved)."""
+  """Restore params onto `abstract`'s shapes/shardings when given, else as saved.
+
+  If `abstract` wants the other layer layout (scanned vs unrolled) the checkpoint is restored
+  as saved, re-laid out, then placed on `abstract`'s shardings.
+  """
+  import jax
   import orbax.checkpoint as ocp
+  from hourjax.convert.layout import is_scanned, to_layout
+  saved_scanned = read_meta(path).get("scan_layers", False)
+  relayout = abstract is not None and is_scanned(abstract) != saved_scanned
   with ocp.StandardCheckpointer() as ckpt:
-    return ckpt.restore(os.path.join(os.path.abspath(path), "params"), abstract)
+    params = ckpt.restore(os.path.join(os.path.abspath(path), "params"),
+                          None if relayout else abstract)
+  if not relayout:
+    return params
+  params = to_layout(params, is_scanned(abstract))
+  return jax.tree.map(lambda a, t: jax.device_put(a, getattr(t, "sharding", None)), params, abstract)
 

@@ -49,7 +49,7 @@ def _init_args(kind: str, cfg) -> tuple[tuple, dict]:
                                          pixel_values=jnp.zeros((1, 1, size, size, 3)), modality="image")
 
 
-def _init_fn(kind: str, cfg, param_dtype: Any = jnp.float32):
+def init_fn(kind: str, cfg, param_dtype: Any = jnp.float32):
   """key -> boxed variables (params with their logical axis names)."""
   args, kwargs = _init_args(kind, cfg)
   model = build(kind, cfg, param_dtype=param_dtype)
@@ -58,17 +58,17 @@ def _init_fn(kind: str, cfg, param_dtype: Any = jnp.float32):
 
 def init_params(kind: str, cfg, key: jax.Array, param_dtype: Any = jnp.float32) -> dict:
   """Random parameters (plain arrays) with the models' own initialisers."""
-  return nn.unbox(jax.jit(_init_fn(kind, cfg, param_dtype))(key))["params"]
+  return nn.unbox(jax.jit(init_fn(kind, cfg, param_dtype))(key))["params"]
 
 
 def abstract_params(kind: str, cfg, param_dtype: Any = jnp.float32) -> dict:
   """ShapeDtypeStructs of every parameter, without allocating anything."""
-  return nn.unbox(jax.eval_shape(_init_fn(kind, cfg, param_dtype), jax.random.key(0)))["params"]
+  return nn.unbox(jax.eval_shape(init_fn(kind, cfg, param_dtype), jax.random.key(0)))["params"]
 
 
 def logical_specs(kind: str, cfg) -> dict:
   """The logical axis names of every parameter (PartitionSpecs of logical names)."""
-  boxed = jax.eval_shape(_init_fn(kind, cfg), jax.random.key(0))
+  boxed = jax.eval_shape(init_fn(kind, cfg), jax.random.key(0))
   return nn.get_partition_spec(boxed)["params"]
 
 

@@ -19,8 +19,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hourjax.models import stack
 from hourjax.models.layers import dense, gelu_exact, layer_norm
-from hourjax.ops.attention import dot_product_attention
+from hourjax.ops import attention as attn_ops
 from hourjax.ops.rope import apply_rope, rope_cos_sin
 from hourjax.parallel import axes as ax
 
@@ -34,6 +35,15 @@ class MemAugConfig:
   rope_theta: float = 1e6
   mlp_ratio: int = 4
   layer_norm_eps: float = 1e-5
+  # Execution: "ring" shards the memory on 'sequence' for cross-attention (an LSE merge; the
+  # self-attention over the few thousand queries stays local); scan and remat as in Qwen2.
+  attention: str = "xla"
+  scan_layers: bool = False
+  remat: str = "none"
+
+  def __post_init__(self):
+    attn_ops.check_implementation(self.attention)
+    stack.check_remat(self.remat)
 
   @classmethod
   def for_llm(cls, llm, depth: int = 4) -> "MemAugConfig":
@@ -51,10 +61,11 @@ class MemAugConfig:
 
 
 class MemAugAttention(nn.Module):
-  """Self-attention (kv = None) or cross-attention to the memory; q/k/v/o all with biases."""
+  """Self-attention or cross-attention to the memory; q/k/v/o all with biases."""
   cfg: MemAugConfig
   dtype: Any
   param_dtype: Any
+  cross: bool
 
   @nn.compact
   def __call__(self, x, q_rope, kv, k_rope, kv_mask):
@@ -64,7 +75,8 @@ class MemAugAttention(nn.Module):
     k = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), name="k", **kw)(kv)
     v = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), name="v", **kw)(kv)
     q, k = apply_rope(q, *q_rope), apply_rope(k, *k_rope)
-    out = dot_product_attention(q, k, v, kv_mask[:, None, :])
+    impl = c.attention if self.cross or c.attention != "ring" else "xla"
+    out = attn_ops.cross_attend(q, k, v, kv_mask, impl=impl)
     return dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1), name="o",
                  **kw)(out)
 
@@ -75,17 +87,18 @@ class MemAugBlock(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, x, q_rope, query_mask, memory, m_rope, memory_mask):
+  def __call__(self, x, q_rope, query_mask, memory, m_rope, memory_mask, unused_per_layer=None):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     ln = lambda name: layer_norm(c.layer_norm_eps, name=name, **kw)
-    x = ln("norm1")(x + MemAugAttention(c, name="self_attn", **kw)(x, q_rope, x, q_rope, query_mask))
-    x = ln("norm2")(x + MemAugAttention(c, name="cross_attn", **kw)(
+    x = ln("norm1")(x + MemAugAttention(c, cross=False, name="self_attn", **kw)(
+        x, q_rope, x, q_rope, query_mask))
+    x = ln("norm2")(x + MemAugAttention(c, cross=True, name="cross_attn", **kw)(
         x, q_rope, memory, m_rope, memory_mask))
     mk = dict(use_bias=True, **kw)
     h = gelu_exact(dense(c.mlp_ratio * c.hidden_size, (ax.EMBED, ax.MLP), name="fc1", **mk)(x))
     h = ax.constrain(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
     x = ln("norm3")(x + dense(c.hidden_size, (ax.MLP, ax.EMBED), name="fc2", **mk)(h))
-    return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+    return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED)), None
 
 
 class MemAug(nn.Module):
@@ -108,7 +121,7 @@ class MemAug(nn.Module):
     memory = ax.constrain(memory.astype(self.dtype), (ax.BATCH, ax.MEMORY, ax.ACT_EMBED))
     q_rope = rope_cos_sin(query_positions, c.rotary_dim, c.rope_theta)
     m_rope = rope_cos_sin(memory_positions, c.rotary_dim, c.rope_theta)
-    for i in range(c.depth):
-      x = MemAugBlock(c, name=f"layers_{i}", dtype=self.dtype, param_dtype=self.param_dtype)(
-          x, q_rope, query_mask, memory, m_rope, memory_mask)
+    blocks = stack.make(MemAugBlock, c.depth, scan=c.scan_layers, remat=c.remat, num_shared=5,
+                        cfg=c, dtype=self.dtype, param_dtype=self.param_dtype)
+    x, _ = stack.apply(blocks, x, q_rope, query_mask, memory, m_rope, memory_mask)
     return x

@@ -15,8 +15,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hourjax.models import stack
 from hourjax.models.layers import RMSNorm, dense
-from hourjax.ops.attention import causal_mask, dot_product_attention
+from hourjax.ops import attention as attn_ops
 from hourjax.ops.rope import apply_rope, rope_cos_sin
 from hourjax.parallel import axes as ax
 
@@ -32,6 +33,15 @@ class Qwen2Config:
   rope_theta: float = 1e6
   rms_norm_eps: float = 1e-6
   tie_word_embeddings: bool = False
+  # Execution, not architecture: the attention kernel (ops.attention.IMPLEMENTATIONS), layers
+  # under nn.scan (the parameter layout changes; checkpoints record it), remat policy.
+  attention: str = "xla"
+  scan_layers: bool = False
+  remat: str = "none"
+
+  def __post_init__(self):
+    attn_ops.check_implementation(self.attention)
+    stack.check_remat(self.remat)
 
   @property
   def head_dim(self) -> int:
@@ -60,7 +70,7 @@ class Qwen2Attention(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, cache_kv=None, cache_end=None):
+  def __call__(self, x, cos, sin, meta, cache_kv=None, cache_end=None):
     c = self.cfg
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     q = dense((c.num_heads, c.head_dim), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), use_bias=True,
@@ -71,13 +81,15 @@ class Qwen2Attention(nn.Module):
               name="v", **kw)(x)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     q = ax.constrain(q, (ax.BATCH, ax.LENGTH, ax.ACT_HEADS, None))
-    new_kv = None
+    new_kv, impl = None, c.attention
     if cache_kv is not None:
       ck, cv = cache_kv
       k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_end, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_end, axis=1)
       new_kv = (k, v)
-    out = dot_product_attention(q, k.astype(self.dtype), v.astype(self.dtype), mask)
+      impl = "xla" if impl == "ring" else impl   # a decode step's few queries need no ring
+    out = attn_ops.attend(q, k.astype(self.dtype), v.astype(self.dtype), *meta, causal=True,
+                          impl=impl, zigzag=impl == "ring" and attn_ops.zigzag_order(x.shape[1]) is not None)
     out = dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1),
                 use_bias=False, name="o", **kw)(out)
     return out, new_kv
@@ -104,10 +116,10 @@ class Qwen2Layer(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, x, cos, sin, mask, cache_kv=None, cache_end=None):
+  def __call__(self, x, cos, sin, meta, cache_end, cache_kv):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h, new_kv = Qwen2Attention(c, name="attn", **kw)(
-        RMSNorm(c.rms_norm_eps, name="ln1", **kw)(x), cos, sin, mask, cache_kv, cache_end)
+        RMSNorm(c.rms_norm_eps, name="ln1", **kw)(x), cos, sin, meta, cache_kv, cache_end)
     x = x + h
     x = x + Qwen2MLP(c, name="mlp", **kw)(RMSNorm(c.rms_norm_eps, name="ln2", **kw)(x))
     return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED)), new_kv
@@ -116,9 +128,11 @@ class Qwen2Layer(nn.Module):
 class Qwen2(nn.Module):
   """`embed(ids)` gives token embeddings; `__call__` runs the decoder and the head.
 
-  __call__(input_ids or inputs_embeds, positions=None, attention_mask=None, cache=None)
-  -> (logits [B, T, V] float32, new cache or None).
-  Without a cache, positions default to 0..T-1 and the causal order is the sequence order.
+  __call__(input_ids or inputs_embeds, positions=None, attention_mask=None, segment_ids=None,
+           cache=None) -> (logits [B, T, V] float32, new cache or None).
+  Without a cache, positions default to 0..T-1 and the causal order is the sequence order;
+  `segment_ids` (packed sequences) keep tokens of different segments apart. With ring
+  attention the tokens are put in zig-zag order for the decoder and back for the head.
   With a cache, the T new tokens take slots cache.end .. cache.end+T-1 and attend every valid
   earlier slot; `attention_mask` then marks which of the new tokens are real.
   """
@@ -132,7 +146,8 @@ class Qwen2(nn.Module):
         c.vocab_size, c.hidden_size, name="embed",
         embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), (ax.VOCAB, ax.EMBED)),
         **kw)
-    self.layers = [Qwen2Layer(c, name=f"layers_{i}", **kw) for i in range(c.num_layers)]
+    self.layers = stack.make(Qwen2Layer, c.num_layers, scan=c.scan_layers, remat=c.remat,
+                             num_shared=4, cfg=c, **kw)
     self.norm = RMSNorm(c.rms_norm_eps, name="norm", **kw)
     if not c.tie_word_embeddings:
       self.lm_head = dense(c.vocab_size, (ax.EMBED, ax.VOCAB), use_bias=False, name="lm_head", **kw)
@@ -141,7 +156,7 @@ class Qwen2(nn.Module):
     return self.embed_tokens(input_ids)
 
   def __call__(self, input_ids=None, *, inputs_embeds=None, positions=None, attention_mask=None,
-               cache: KVCache | None = None):
+               segment_ids=None, cache: KVCache | None = None):
     x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
     b, t = x.shape[:2]
     x = ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
@@ -150,20 +165,23 @@ class Qwen2(nn.Module):
     q_slots = start + jnp.arange(t)
     if positions is None:
       positions = jnp.broadcast_to(q_slots, (b, t))
+    q_segments = jnp.ones((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
     if cache is None:
-      key_valid, k_slots = new_valid, q_slots
+      key_valid, k_slots, kv_segments = new_valid, q_slots, q_segments * new_valid
     else:
       key_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, new_valid, start, axis=1)
-      k_slots = jnp.arange(cache.valid.shape[1])
-    mask = causal_mask(q_slots, k_slots)[None] & key_valid[:, None, :]
+      k_slots, kv_segments = jnp.arange(cache.valid.shape[1]), key_valid.astype(jnp.int32)
+    q_slots, k_slots = jnp.broadcast_to(q_slots, (b, t)), jnp.broadcast_to(k_slots, (b, len(k_slots)))
     cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-    new_k, new_v = [], []
-    for i, layer in enumerate(self.layers):
-      kv = None if cache is None else (cache.k[i], cache.v[i])
-      x, kv = layer(x, cos, sin, mask, kv, start)
-      if kv is not None:
-        new_k.append(kv[0])
-        new_v.append(kv[1])
+    zigzag = attn_ops.zigzag_order(t) if cache is None and self.cfg.attention == "ring" else None
+    if zigzag is not None:
+      x, cos, sin, q_slots, q_segments = (a[:, zigzag[0]] for a in (x, cos, sin, q_slots, q_segments))
+      k_slots, kv_segments = q_slots, kv_segments[:, zigzag[0]]
+    meta = (q_slots, k_slots, q_segments, kv_segments)
+    per_layer = None if cache is None else (cache.k, cache.v)
+    x, new_kv = stack.apply(self.layers, x, cos, sin, meta, start, per_layer=per_layer)
+    if zigzag is not None:
+      x = x[:, zigzag[1]]
     x = self.norm(x)
     if self.cfg.tie_word_embeddings:
       logits = self.embed_tokens.attend(x)
@@ -172,4 +190,5 @@ class Qwen2(nn.Module):
     logits = ax.constrain(logits.astype(jnp.float32), (ax.BATCH, ax.LENGTH, ax.ACT_VOCAB))
     if cache is None:
       return logits, None
-    return logits, KVCache(jnp.stack(new_k), jnp.stack(new_v), key_valid, start + t)
+    return logits, KVCache(new_kv[0], new_kv[1], key_valid, start + t)
+

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hourjax.models import stack
 from hourjax.models.layers import dense, gelu_tanh, layer_norm
 from hourjax.ops.attention import dot_product_attention
 from hourjax.parallel import axes as ax
@@ -29,6 +30,15 @@ class SiglipConfig:
   layer_norm_eps: float = 1e-6
   use_head: bool = False          # attention-pooling (MAP) head, as `vision_use_head`
   use_post_layernorm: bool = True
+  # Execution: "xla" or "dot_product" (cuDNN on GPU); 729 patches never need a ring.
+  attention: str = "xla"
+  scan_layers: bool = False
+  remat: str = "none"
+
+  def __post_init__(self):
+    if self.attention not in ("xla", "dot_product"):
+      raise ValueError(f"SigLIP attention={self.attention!r}: expected 'xla' or 'dot_product'")
+    stack.check_remat(self.remat)
 
   @property
   def patches_per_side(self) -> int:
@@ -53,7 +63,10 @@ class SiglipAttention(nn.Module):
     q = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="q", **kw)(x)
     k = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="k", **kw)(kv)
     v = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="v", **kw)(kv)
-    out = dot_product_attention(q, k, v)
+    if c.attention == "dot_product":
+      out = jax.nn.dot_product_attention(q, k, v)
+    else:
+      out = dot_product_attention(q, k, v)
     return dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1), name="o",
                  **kw)(out)
 
@@ -77,11 +90,11 @@ class SiglipEncoderLayer(nn.Module):
   param_dtype: Any
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, unused_per_layer=None) -> tuple[jax.Array, None]:
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = x + SiglipAttention(c, name="attn", **kw)(layer_norm(c.layer_norm_eps, name="ln1", **kw)(x))
     x = x + SiglipMLP(c, name="mlp", **kw)(layer_norm(c.layer_norm_eps, name="ln2", **kw)(x))
-    return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+    return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED)), None
 
 
 class SiglipMAPHead(nn.Module):
@@ -127,14 +140,25 @@ class SiglipVision(nn.Module):
         nn.initializers.normal(0.02), (None, ax.EMBED)), (c.num_patches, c.hidden_size),
         self.param_dtype)
     x = ax.constrain(x + pos.astype(self.dtype)[None], (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
+    last = c.num_layers if feature_layer is None else feature_layer % (c.num_layers + 1)
     # At init every layer and head is built, so checkpoints keep weights this call skips.
     init = self.is_initializing()
-    last = c.num_layers if feature_layer is None else feature_layer % (c.num_layers + 1)
-    selected = x
-    for i in range(c.num_layers if init else last):
-      x = SiglipEncoderLayer(c, name=f"layers_{i}", **kw)(x)
-      if i + 1 == last:
-        selected = x
+    if c.scan_layers:
+      if last != c.num_layers:
+        raise ValueError(f"feature_layer={feature_layer} with scan_layers: a scan runs every layer; "
+                         f"build the tower with num_layers={last} (as the official code deletes "
+                         "the layers it does not read)")
+      x, _ = stack.apply(stack.make(SiglipEncoderLayer, c.num_layers, scan=True, remat=c.remat,
+                                    num_shared=0, cfg=c, **kw), x)
+      selected = x
+    else:
+      layers = stack.make(SiglipEncoderLayer, c.num_layers, scan=False, remat=c.remat,
+                          num_shared=0, cfg=c, **kw)
+      selected = x
+      for i in range(c.num_layers if init else last):
+        x, _ = layers[i](x)
+        if i + 1 == last:
+          selected = x
     if feature_layer is not None and not init:
       return selected
     out = {"last_hidden_state": x}

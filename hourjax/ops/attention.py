@@ -1,8 +1,13 @@
-"""Dot-product attention with grouped-query heads, masks and float32 softmax.
+"""Dot-product attention with grouped-query heads, masks and float32 softmax, and the switch
+between attention implementations.
 
 Layouts follow `jax.nn.dot_product_attention`: [batch, length, heads, head_dim]. K/V keep their
 own (fewer) heads: query head h reads kv head h // (heads / kv_heads), as flash-attn and HF's
 `repeat_kv` do, without materialising the repeat.
+
+Masks are described, not materialised, by each token's slot (its index in the causal order)
+and segment id (tokens attend within their segment; key segment 0 is padding): that is what a
+ring or a Pallas kernel can use without a [T, T] array.
 """
 from __future__ import annotations
 
@@ -45,3 +50,89 @@ def dot_product_attention(
 def causal_mask(q_slots: jax.Array, k_slots: jax.Array) -> jax.Array:
   """[.., Tq, Tk] mask: a query at sequence slot i sees keys at slots <= i."""
   return q_slots[..., :, None] >= k_slots[..., None, :]
+
+
+# "xla": the einsum above; "dot_product": jax.nn.dot_product_attention (cuDNN flash attention on
+# GPU); "ring": sequence-parallel ring attention over the mesh's 'sequence' axis (decoder) and
+# an LSE merge over the sharded memory (MemAug cross-attention).
+IMPLEMENTATIONS = ("xla", "dot_product", "ring")
+
+
+def check_implementation(impl: str) -> None:
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f"attention={impl!r}: expected one of {IMPLEMENTATIONS}")
+
+
+def segment_mask(q_slots: jax.Array, kv_slots: jax.Array, q_segments: jax.Array,
+                 kv_segments: jax.Array, causal: bool) -> jax.Array:
+  """Dense [B, Tq, Tk] mask of the slot/segment description."""
+  mask = (q_segments[:, :, None] == kv_segments[:, None, :]) & (kv_segments[:, None, :] != 0)
+  if causal:
+    mask &= causal_mask(q_slots, kv_slots)
+  return mask
+
+
+def _mesh_axes() -> dict:
+  from hourjax.parallel import axes as ax
+  rules = dict(ax.RULES)
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or "sequence" not in mesh.axis_names:
+    raise ValueError("attention='ring' needs a mesh with a 'sequence' axis: run the model under "
+                     "hourjax.parallel.mesh.activate(mesh)")
+  heads = [a for a in rules[ax.ACT_HEADS] if a in mesh.axis_names]
+  return dict(mesh=mesh, seq_axis=rules[ax.LENGTH][0], batch_axes=rules[ax.BATCH],
+              head_axis=heads[0] if heads else None)
+
+
+def ring_shards() -> int:
+  """Size of the context mesh's 'sequence' axis (1 without a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return 1 if mesh.empty else dict(mesh.shape).get("sequence", 1)
+
+
+def zigzag_order(length: int):
+  """(order, inverse) putting a causal sequence in the ring's load-balanced order, or None when
+  there is no ring or the length does not split into 2 x shards chunks (the ring then pads and
+  runs in sequence order: correct, less balanced)."""
+  shards = ring_shards()
+  if shards == 1 or length % (2 * shards):
+    return None
+  from hourjax.ops.ring_attention import inverse_permutation, zigzag_permutation
+  order = zigzag_permutation(length, shards)
+  return jnp.asarray(order), jnp.asarray(inverse_permutation(order))
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_slots: jax.Array, kv_slots: jax.Array,
+           q_segments: jax.Array, kv_segments: jax.Array, *, causal: bool, impl: str = "xla",
+           zigzag: bool = False) -> jax.Array:
+  """Self-attention by slots and segments ([B, T] int32 each) with the chosen implementation.
+
+  `zigzag` tells the ring that the tokens are in its load-balanced order (see
+  `ring_attention.zigzag_permutation`); the other implementations follow the slots regardless.
+  """
+  if impl == "ring":
+    from hourjax.ops.ring_attention import ring_attention
+    return ring_attention(q, k, v, q_segments, kv_segments, q_slots, kv_slots, causal=causal,
+                          zigzag=zigzag, **_mesh_axes())
+  mask = segment_mask(q_slots, kv_slots, q_segments, kv_segments, causal)
+  if impl == "dot_product":
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
+  check_implementation(impl)
+  return dot_product_attention(q, k, v, mask)
+
+
+def cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: jax.Array, *,
+                 impl: str = "xla") -> jax.Array:
+  """Non-causal attention of every query to the valid keys (kv_mask [B, Tk] bool).
+
+  With "ring" the keys stay sharded on 'sequence' and the partial softmaxes are merged with
+  one collective (the MemAug memory is ~50x longer than its queries, so a ring would move
+  the long side around P times for nothing).
+  """
+  if impl == "ring":
+    from hourjax.ops.ring_attention import sharded_cross_attention
+    return sharded_cross_attention(q, k, v, kv_mask, **_mesh_axes())
+  if impl == "dot_product":
+    return jax.nn.dot_product_attention(q, k, v, mask=kv_mask[:, None, None, :])
+  check_implementation(impl)
+  return dot_product_attention(q, k, v, kv_mask[:, None, :])

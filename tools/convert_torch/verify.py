@@ -35,6 +35,15 @@ def rel_err(out, ref) -> float:
   return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
 
+def tree_rel_err(out, ref) -> float:
+  """rel_err of two pytrees flattened into one vector each (leaves whose true value is zero,
+  such as attention key-bias gradients, then count by their size, not as 0/0)."""
+  flat = lambda t: np.concatenate([np.asarray(a, np.float64).ravel() for a in jax.tree.leaves(t)])
+  if jax.tree.structure(out) != jax.tree.structure(ref):
+    raise ValueError("trees differ in structure")
+  return rel_err(flat(out), flat(ref))
+
+
 def _state_dict(f: SafetensorsFile) -> dict[str, np.ndarray]:
   return {k[len("state_dict."):]: f.get(k) for k in f.keys() if k.startswith("state_dict.")}
 

@@ -1,0 +1,101 @@
+"""The training step: loss, gradients and the optimizer update, one jitted function.
+
+An Hour-LLaVA batch is a dict of arrays with a fixed shape per bucket:
+  input_ids, attention_mask, labels  [B, L]   (one IMAGE_TOKEN_INDEX placeholder per sample)
+  layout                             VideoLayout (forgetting.video_layout)
+  features [B, T, g, C] (cached SigLIP features) or pixel_values [B, T, h, w, 3]
+A decoder-only batch (ProLongVid's long-context stage) has input_ids, labels, positions and
+segment_ids [B, L]. The loss is the mean next-token cross-entropy over every supervised token
+of the global batch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from hourjax.ops.loss import next_token_loss
+
+Batch = dict[str, Any]
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
+            modality: str = "video") -> tuple[jax.Array, dict[str, jax.Array]]:
+  out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                    layout=batch["layout"], features=batch.get("features"),
+                    pixel_values=batch.get("pixel_values"), modality=modality, rng=rng)
+  total, count = next_token_loss(out["logits"], out["labels"])
+  return total / jnp.maximum(count, 1), {"supervised_tokens": count}
+
+
+def lm_loss_fn(model: nn.Module, params: Any, batch: Batch,
+               rng: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Qwen2 alone on packed token sequences."""
+  logits, _ = model.apply({"params": params}, batch["input_ids"], positions=batch.get("positions"),
+                          segment_ids=batch.get("segment_ids"))
+  total, count = next_token_loss(logits, batch["labels"])
+  return total / jnp.maximum(count, 1), {"supervised_tokens": count}
+
+
+def freeze(optimizer: optax.GradientTransformation, params: Any,
+           frozen: tuple[str, ...]) -> optax.GradientTransformation:
+  """`optimizer` on every top-level module except those named in `frozen`, which get no
+  update and no optimizer state (e.g. the SigLIP tower in stage 3)."""
+  labels = {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v)
+            for k, v in params.items()}
+  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+
+
+def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
+  return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+
+LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def make_train_step(loss: LossFn, optimizer: optax.GradientTransformation
+                    ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+  """loss(params, batch, rng) -> (state, batch, rng) -> (state, metrics); jit it with the
+  state's and batch's shardings (and donate the state)."""
+
+  def train_step(state: TrainState, batch: Batch, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+    (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": value, "grad_norm": optax.global_norm(grads), **aux}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def state_specs(optimizer: optax.GradientTransformation, param_specs: Any,
+                abstract_params: Any) -> TrainState:
+  """PartitionSpecs of the whole state: an optimizer leaf whose key path ends with a
+  parameter's path (moments, also inside multi_transform) takes that parameter's spec;
+  counts and the step are replicated."""
+  from jax.sharding import PartitionSpec
+  names = lambda path: tuple(getattr(k, "key", getattr(k, "name", None)) for k in path)
+  by_path = {names(path): spec for path, spec in jax.tree_util.tree_flatten_with_path(
+      param_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))[0]}
+
+  def spec_of(path, leaf):
+    keys = names(path)
+    for i in range(len(keys)):
+      if keys[i:] in by_path and len(by_path[keys[i:]]) <= leaf.ndim:
+        return by_path[keys[i:]]
+    return PartitionSpec()
+  abstract_opt = jax.eval_shape(optimizer.init, abstract_params)
+  return TrainState(PartitionSpec(), param_specs,
+                    jax.tree_util.tree_map_with_path(spec_of, abstract_opt))

@@ -1,0 +1,229 @@
+"""Compile the real training step for a TPU topology on this CPU-only host, and say if it fits.
+
+  # Hour-LLaVA 7B stage 3: one-hour video (3,600 memory frames, 512 retained), cached features
+  python -m launch.aot_compile --config configs/hour_llava.py:7b --topology v5p:4x4x4 \\
+      --mesh data=1,fsdp=16,tensor=1,sequence=4 --batch 16 --frames 3600 --retained 512 --text 1024 \\
+      --set model.llm.attention=ring model.memaug.attention=ring
+  # ProLongVid-style decoder at a 256K-token context with ring attention
+  python -m launch.aot_compile --config configs/hour_llava.py:7b --decoder-only --context 262144 \\
+      --topology v5p:4x4x4 --mesh data=1,fsdp=4,tensor=1,sequence=16 --batch 4 \\
+      --set model.llm.attention=ring
+
+libtpu's compiler runs here and reports per-device HBM (arguments, temporaries, outputs),
+compiled FLOPs, and fit against the chip's HBM. Layers are scanned (`--unrolled` to unroll)
+and rematerialised with `--remat` (default full). Compiled FLOPs: XLA counts a loop body once,
+so `--flops` also compiles 1- and 2-layer unrolled variants of each layer stack and
+extrapolates linearly to the real depth (loops inside attention still count once; see
+docs/scaling.md). Topology names are libtpu's: v5p:2x2x1, v5p:4x4x4, v5e:4x4, v6e:4x4, ...
+"""
+from __future__ import annotations
+
+import os
+
+# Compile for TPU from a CPU host: the CPU is the runtime platform, libtpu only the compiler.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+from hourjax.config import load, model_config  # noqa: E402
+from hourjax.convert.layout import with_scan  # noqa: E402
+from hourjax.data.synthetic import abstract_batch  # noqa: E402
+from hourjax.models import build  # noqa: E402
+from hourjax.models.qwen2 import Qwen2Config  # noqa: E402
+from hourjax.parallel import mesh as mesh_lib  # noqa: E402
+from hourjax.train import flops as flops_lib  # noqa: E402
+from hourjax.train import step as step_lib  # noqa: E402
+
+GiB = 2 ** 30
+# Peak dense bf16 FLOP/s and HBM bytes per chip (Google Cloud TPU documentation).
+CHIPS = {"v4": (275e12, 32 * GiB), "v5e": (197e12, 16 * GiB), "v5litepod": (197e12, 16 * GiB),
+         "v5p": (459e12, 95 * GiB), "v6e": (918e12, 32 * GiB)}
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  try:
+    return {k: int(v) for k, v in (item.split("=") for item in text.split(","))}
+  except ValueError:
+    raise SystemExit(f"--mesh {text!r}: expected e.g. data=1,fsdp=-1,tensor=1,sequence=4") from None
+
+
+def tpu_devices(topology: str) -> list:
+  from jax.experimental import topologies
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+  except Exception as e:  # libtpu's errors are runtime errors of several kinds
+    raise SystemExit(f"--topology {topology!r}: libtpu could not build it ({e}); "
+                     "names look like v5p:4x4x4 or v5e:4x4, and need `pip install libtpu`") from None
+
+
+def chip(topology: str) -> tuple[float, float]:
+  gen = topology.split(":")[0].split("-")[0]
+  if gen not in CHIPS:
+    raise SystemExit(f"no peak FLOP/s / HBM entry for {gen!r}; known: {sorted(CHIPS)}")
+  return CHIPS[gen]
+
+
+def set_depths(cfg, depths: dict[str, int]):
+  """The config with layer counts replaced (for the FLOP extrapolation)."""
+  llm = dataclasses.replace(cfg.llm, num_layers=depths["llm"])
+  if isinstance(cfg, Qwen2Config):
+    return llm
+  return dataclasses.replace(cfg, llm=llm, vision=dataclasses.replace(cfg.vision, num_layers=depths["vision"]),
+                             memaug=dataclasses.replace(cfg.memaug, depth=depths["memaug"]))
+
+
+def depths_of(cfg) -> dict[str, int]:
+  if isinstance(cfg, Qwen2Config):
+    return {"llm": cfg.num_layers}
+  return {"llm": cfg.llm.num_layers, "vision": cfg.vision.num_layers, "memaug": cfg.memaug.depth}
+
+
+def compile_step(kind: str, cfg, batch, mesh, dtype, pixels: bool):
+  """Lower and compile the train step with abstract params/state/batch on `mesh`."""
+  model = build.build(kind, cfg, dtype=dtype, param_dtype=jnp.float32)
+  abstract = build.abstract_params(kind, cfg)
+  specs = mesh_lib.param_specs(build.logical_specs(kind, cfg), abstract, mesh)
+  adamw = optax.adamw(1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
+  if kind == "hour_llava":
+    # Stage 3: SigLIP frozen (features are cached; on the pixel path it still runs forward).
+    optimizer = step_lib.freeze(adamw, abstract, ("vision",))
+    loss = functools.partial(step_lib.loss_fn, model)
+  else:
+    optimizer, loss = adamw, functools.partial(step_lib.lm_loss_fn, model)
+  state_specs = step_lib.state_specs(optimizer, specs, abstract)
+  abstract_state = jax.eval_shape(lambda p: step_lib.init_state(p, optimizer), abstract)
+  state_sh = mesh_lib.shardings(state_specs, mesh)
+  batch_sh = jax.tree.map(lambda _: NamedSharding(mesh, mesh_lib.batch_spec(mesh)), batch)
+  with_sh = lambda tree, sh: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
+  train_step = step_lib.make_train_step(loss, optimizer)
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  with mesh_lib.activate(mesh):
+    jitted = jax.jit(train_step, in_shardings=(state_sh, batch_sh, NamedSharding(mesh, PartitionSpec())),
+                     out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
+    lowered = jitted.lower(with_sh(abstract_state, state_sh), with_sh(batch, batch_sh),
+                           jax.ShapeDtypeStruct(rng.shape, rng.dtype))
+    return lowered.compile()
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="e.g. configs/hour_llava.py:7b")
+  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  p.add_argument("--topology", required=True, help="libtpu topology, e.g. v5p:4x4x4")
+  p.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1,sequence=1")
+  p.add_argument("--batch", type=int, required=True, help="global batch (samples or sequences)")
+  p.add_argument("--remat", default="full", help="remat policy for every layer stack")
+  p.add_argument("--unrolled", action="store_true", help="do not scan the layers")
+  p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  p.add_argument("--decoder-only", action="store_true", help="Qwen2 alone on packed text (ProLongVid)")
+  p.add_argument("--context", type=int, default=32768, help="decoder-only sequence length")
+  p.add_argument("--frames", type=int, default=3600, help="input frames (1 FPS) = memory frames")
+  p.add_argument("--retained", type=int, default=512, help="retained (decayed-query) frames")
+  p.add_argument("--text", type=int, default=1024, help="text tokens per sample")
+  p.add_argument("--pixels", action="store_true", help="raw frames through SigLIP instead of cached features")
+  p.add_argument("--flops", action="store_true", help="also extrapolate compiled FLOPs over depth")
+  p.add_argument("--json", help="write the report here too")
+  a = p.parse_args(argv)
+
+  run = load(a.config, [f"model.{k}.remat={a.remat}" for k in ("vision", "llm", "memaug")] + a.set)
+  hl = with_scan(model_config(run.model), not a.unrolled)
+  kind, cfg = ("qwen2", hl.llm) if a.decoder_only else ("hour_llava", hl)
+  dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
+  devices = tpu_devices(a.topology)
+  mesh = mesh_lib.make_mesh(parse_mesh(a.mesh), devices)
+  peak, hbm = chip(a.topology)
+  n_batch = mesh_lib.batch_shards(mesh)
+  if a.batch % n_batch:
+    raise SystemExit(f"--batch {a.batch} must divide by the {n_batch} batch shards of mesh {dict(mesh.shape)}")
+
+  if a.decoder_only:
+    def make_batch(c):
+      s = jax.ShapeDtypeStruct((a.batch, a.context), jnp.int32)
+      return {"input_ids": s, "labels": s, "positions": s, "segment_ids": s}
+    analytic = flops_lib.decoder_step(cfg, a.batch, a.context)
+  else:
+    def make_batch(c):
+      b = abstract_batch(c, [a.frames] * a.batch, a.text, pixels=a.pixels, memory_frames=a.frames,
+                         retained_frames=a.retained)
+      key = "pixel_values" if a.pixels else "features"
+      b[key] = jax.ShapeDtypeStruct(b[key].shape, dtype)
+      return b
+    analytic = flops_lib.hour_llava_step(cfg, a.batch, a.text, a.frames, a.frames, a.retained, a.pixels)
+
+  t0 = time.perf_counter()
+  compiled = compile_step(kind, cfg, make_batch(cfg), mesh, dtype, a.pixels)
+  seconds = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  used = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes \
+      - mem.alias_size_in_bytes
+  report = {
+      "config": a.config, "overrides": a.set, "topology": a.topology, "chips": len(devices),
+      "mesh": dict(mesh.shape), "batch": a.batch, "remat": a.remat, "scan_layers": not a.unrolled,
+      "compile_seconds": round(seconds, 1),
+      "per_device_gib": {"arguments": mem.argument_size_in_bytes / GiB, "temporaries": mem.temp_size_in_bytes / GiB,
+                         "outputs": mem.output_size_in_bytes / GiB, "aliased": mem.alias_size_in_bytes / GiB,
+                         "total": used / GiB, "hbm": hbm / GiB},
+      "fits": used <= hbm,
+      "analytic_tflops_per_step": {k: v / 1e12 for k, v in analytic.items()},
+      "compiled_tflops_scanned_body_once": compiled.cost_analysis().get("flops", 0.0) * len(devices) / 1e12,
+  }
+  if a.flops:
+    report["compiled_tflops_extrapolated"] = extrapolate_flops(kind, cfg, make_batch, mesh, dtype, a.pixels) \
+        * len(devices) / 1e12
+  total_flops = (report.get("compiled_tflops_extrapolated") or analytic["total"] / 1e12) * 1e12
+  report["step_seconds_at_peak"] = total_flops / (peak * len(devices))
+  print(format_report(report))
+  if a.json:
+    with open(a.json, "w") as f:
+      json.dump(report, f, indent=1)
+  return 0
+
+
+def extrapolate_flops(kind, cfg, make_batch, mesh, dtype, pixels) -> float:
+  """Per-device FLOPs of the full-depth step from unrolled 1- and 2-layer compiles per stack."""
+  full = depths_of(cfg)
+  ones = {k: 1 for k in full}
+  flat = with_scan(cfg, False) if kind == "hour_llava" else dataclasses.replace(cfg, scan_layers=False)
+  flops = lambda d: compile_step(kind, set_depths(flat, d), make_batch(set_depths(flat, d)), mesh, dtype,
+                                 pixels).cost_analysis()["flops"]
+  base = flops(ones)
+  total = base
+  for stack, depth in full.items():
+    if kind == "hour_llava" and stack == "vision" and not pixels:
+      continue
+    per_layer = flops({**ones, stack: 2}) - base
+    total += (depth - 1) * per_layer
+  return total
+
+
+def format_report(r: dict) -> str:
+  g = r["per_device_gib"]
+  lines = [
+      f"{r['config']} {' '.join(r['overrides'])}",
+      f"  topology {r['topology']} ({r['chips']} chips), mesh {r['mesh']}, global batch {r['batch']}, "
+      f"remat {r['remat']}, scanned {r['scan_layers']}, compiled in {r['compile_seconds']} s",
+      f"  per-device HBM: arguments {g['arguments']:.2f} GiB + temporaries {g['temporaries']:.2f} GiB + "
+      f"outputs {g['outputs']:.2f} GiB - aliased {g['aliased']:.2f} GiB = {g['total']:.2f} GiB "
+      f"of {g['hbm']:.0f} GiB -> {'FITS' if r['fits'] else 'DOES NOT FIT'}",
+      "  analytic model TFLOPs/step: " + ", ".join(f"{k} {v:,.4g}" for k, v in r["analytic_tflops_per_step"].items()),
+      f"  compiled TFLOPs/step (XLA, loop bodies once): {r['compiled_tflops_scanned_body_once']:,.4g}",
+  ]
+  if "compiled_tflops_extrapolated" in r:
+    lines.append(f"  compiled TFLOPs/step (depth-extrapolated, incl. remat): {r['compiled_tflops_extrapolated']:,.4g}")
+  lines.append(f"  step time at peak bf16: {r['step_seconds_at_peak']:.3g} s "
+               f"({'compiled' if 'compiled_tflops_extrapolated' in r else 'analytic'} FLOPs / chips x peak)")
+  return "\n".join(lines)
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())
