@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
 from typing import Any, Mapping, Sequence
 
 import ml_collections
@@ -16,9 +17,9 @@ def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
   """`configs/hour_llava.py:7b` -> get_config("7b"), then overrides like `model.llm.remat=full`
   (values parsed as Python literals, else kept as strings); an unknown key fails here."""
   path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"config file {path!r} not found (expected path/to/config.py[:arg])")
   module_spec = importlib.util.spec_from_file_location("hourjax_run_config", path)
-  if module_spec is None:
-    raise ValueError(f"config file {path!r} not found")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   cfg = module.get_config(arg) if arg else module.get_config()

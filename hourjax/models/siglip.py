@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from hourjax.models import stack
 from hourjax.models.layers import dense, gelu_tanh, layer_norm
 from hourjax.ops.attention import dot_product_attention
+from hourjax.ops.splash import splash_attention
 from hourjax.parallel import axes as ax
 
 
@@ -36,8 +37,8 @@ class SiglipConfig:
   remat: str = "none"
 
   def __post_init__(self):
-    if self.attention not in ("xla", "dot_product"):
-      raise ValueError(f"SigLIP attention={self.attention!r}: expected 'xla' or 'dot_product'")
+    if self.attention not in ("xla", "dot_product", "splash"):
+      raise ValueError(f"SigLIP attention={self.attention!r}: expected xla, dot_product or splash")
     stack.check_remat(self.remat)
 
   @property
@@ -65,6 +66,9 @@ class SiglipAttention(nn.Module):
     v = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="v", **kw)(kv)
     if c.attention == "dot_product":
       out = jax.nn.dot_product_attention(q, k, v)
+    elif c.attention == "splash":
+      out = splash_attention(q, k, v, jnp.ones(x.shape[:2], jnp.int32), jnp.ones(kv.shape[:2], jnp.int32),
+                             causal=False)
     else:
       out = dot_product_attention(q, k, v)
     return dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1), name="o",

@@ -53,9 +53,10 @@ def causal_mask(q_slots: jax.Array, k_slots: jax.Array) -> jax.Array:
 
 
 # "xla": the einsum above; "dot_product": jax.nn.dot_product_attention (cuDNN flash attention on
-# GPU); "ring": sequence-parallel ring attention over the mesh's 'sequence' axis (decoder) and
-# an LSE merge over the sharded memory (MemAug cross-attention).
-IMPLEMENTATIONS = ("xla", "dot_product", "ring")
+# GPU); "splash": Pallas splash attention (TPU; interpret mode elsewhere, for tests); "ring":
+# sequence-parallel ring attention over the mesh's 'sequence' axis (decoder) and an LSE merge
+# over the sharded memory (MemAug cross-attention).
+IMPLEMENTATIONS = ("xla", "dot_product", "splash", "ring")
 
 
 def check_implementation(impl: str) -> None:
@@ -114,6 +115,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_slots: jax.Array, kv_slot
     from hourjax.ops.ring_attention import ring_attention
     return ring_attention(q, k, v, q_segments, kv_segments, q_slots, kv_slots, causal=causal,
                           zigzag=zigzag, **_mesh_axes())
+  if impl == "splash":   # causal order = sequence order here (no ring, no zig-zag)
+    from hourjax.ops.splash import splash_attention
+    return splash_attention(q, k, v, q_segments, kv_segments, causal=causal)
   mask = segment_mask(q_slots, kv_slots, q_segments, kv_segments, causal)
   if impl == "dot_product":
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
@@ -132,6 +136,10 @@ def cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: jax.Array, *
   if impl == "ring":
     from hourjax.ops.ring_attention import sharded_cross_attention
     return sharded_cross_attention(q, k, v, kv_mask, **_mesh_axes())
+  if impl == "splash":
+    from hourjax.ops.splash import splash_attention
+    return splash_attention(q, k, v, jnp.ones(q.shape[:2], jnp.int32), kv_mask.astype(jnp.int32),
+                            causal=False)
   if impl == "dot_product":
     return jax.nn.dot_product_attention(q, k, v, mask=kv_mask[:, None, None, :])
   check_implementation(impl)

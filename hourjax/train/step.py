@@ -74,7 +74,7 @@ def make_train_step(loss: LossFn, optimizer: optax.GradientTransformation
     (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": value, "grad_norm": optax.global_norm(grads), **aux}
+    metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), **aux}
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
