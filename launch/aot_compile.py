@@ -112,7 +112,18 @@ def compile_step(kind: str, cfg, batch, mesh, dtype, pixels: bool):
                      out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
     lowered = jitted.lower(with_sh(abstract_state, state_sh), with_sh(batch, batch_sh),
                            jax.ShapeDtypeStruct(rng.shape, rng.dtype))
-    return lowered.compile()
+    try:
+      return lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      return DoesNotFit(str(e).split("RESOURCE_EXHAUSTED:")[-1].strip().splitlines()[0])
+
+
+@dataclasses.dataclass
+class DoesNotFit:
+  """The TPU compiler refused the program for lack of HBM (it stops before reporting sizes)."""
+  reason: str
 
 
 def main(argv=None) -> int:
@@ -163,6 +174,13 @@ def main(argv=None) -> int:
   t0 = time.perf_counter()
   compiled = compile_step(kind, cfg, make_batch(cfg), mesh, dtype, a.pixels)
   seconds = time.perf_counter() - t0
+  if isinstance(compiled, DoesNotFit):
+    print(f"{a.config} {' '.join(a.set)}\n  topology {a.topology} ({len(devices)} chips), mesh "
+          f"{dict(mesh.shape)}: DOES NOT FIT: {compiled.reason}")
+    if a.json:
+      with open(a.json, "w") as f:
+        json.dump({"fits": False, "reason": compiled.reason, "mesh": dict(mesh.shape)}, f, indent=1)
+    return 1
   mem = compiled.memory_analysis()
   used = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes \
       - mem.alias_size_in_bytes

@@ -141,12 +141,13 @@ class HourLlava(nn.Module):
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, labels: jax.Array | None = None,
                *, layout: VideoLayout | None = None, pixel_values: jax.Array | None = None,
                features: jax.Array | None = None, modality: str = "video",
-               rng: jax.Array | None = None) -> dict[str, jax.Array]:
+               rng: jax.Array | None = None, head: bool = True) -> dict[str, jax.Array]:
     """input_ids [B, L] with one IMAGE_TOKEN_INDEX per visual sample (none for text-only);
     pixel_values [B, T, h, w, 3] or pre-pooled SigLIP `features` [B, T, 64, C];
     layout from `forgetting.video_layout` / `image_layout`; rng for random forgetting.
     Returns logits [B, L', V], labels [B, L'] aligned to them (ignore_index on visual tokens
-    and padding) and attention_mask [B, L'].
+    and padding) and attention_mask [B, L']; with head=False "hidden" (the LLM's final-normed
+    states [B, L', H]) replaces "logits", for a loss that applies the head in chunks.
     """
     c = self.cfg
     input_ids = jnp.asarray(input_ids)
@@ -155,7 +156,7 @@ class HourLlava(nn.Module):
     is_ph = input_ids == IMAGE_TOKEN_INDEX   # text-only samples: all text counts as prefix
     split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), input_ids.shape[1])[:, None]
     if layout is None or (pixel_values is None and features is None):
-      return self._decode(text, valid, split, labels, None, None)
+      return self._decode(text, valid, split, labels, None, None, head)
     if modality not in ("video", "image"):
       raise ValueError(f"modality={modality!r}: expected 'video' or 'image'")
     rng = jax.random.key(0) if rng is None else rng
@@ -218,7 +219,7 @@ class HourLlava(nn.Module):
     if c.use_memaug:
       visual = self._memaug(text, valid, split, labels, visual, visual_ids, visual_mask,
                             memory, memory_ids, memory_mask)
-    return self._decode(text, valid, split, labels, visual, visual_mask)
+    return self._decode(text, valid, split, labels, visual, visual_mask, head)
 
   def _memaug(self, text, valid, split, labels, visual, visual_ids, visual_mask,
               memory, memory_ids, memory_mask):
@@ -249,7 +250,7 @@ class HourLlava(nn.Module):
     return visual_out
 
   # -- 6. splice and decode ----------------------------------------------------------------------
-  def _decode(self, text, valid, split, labels, visual, visual_mask):
+  def _decode(self, text, valid, split, labels, visual, visual_mask, head=True):
     """Text tokens keep their order; the visual tokens take the placeholder's place."""
     b, length = valid.shape
     labels = jnp.full((b, length), IGNORE_INDEX) if labels is None else jnp.asarray(labels)
@@ -269,5 +270,5 @@ class HourLlava(nn.Module):
         labels, mode="drop")
     mask = jnp.arange(out_len)[None] < valid.sum(1, keepdims=True) + n_visual
     self.sow("intermediates", "inputs_embeds", embeds)
-    logits, _ = self.llm(inputs_embeds=embeds, attention_mask=mask)
-    return {"logits": logits, "labels": llm_labels, "attention_mask": mask}
+    out, _ = self.llm(inputs_embeds=embeds, attention_mask=mask, head=head)
+    return {"logits" if head else "hidden": out, "labels": llm_labels, "attention_mask": mask}

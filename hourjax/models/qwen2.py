@@ -129,7 +129,8 @@ class Qwen2(nn.Module):
   """`embed(ids)` gives token embeddings; `__call__` runs the decoder and the head.
 
   __call__(input_ids or inputs_embeds, positions=None, attention_mask=None, segment_ids=None,
-           cache=None) -> (logits [B, T, V] float32, new cache or None).
+           cache=None, head=True) -> (logits [B, T, V] float32, new cache or None);
+  with head=False the final-normed hidden states [B, T, H] instead of logits.
   Without a cache, positions default to 0..T-1 and the causal order is the sequence order;
   `segment_ids` (packed sequences) keep tokens of different segments apart. With ring
   attention the tokens are put in zig-zag order for the decoder and back for the head.
@@ -155,8 +156,14 @@ class Qwen2(nn.Module):
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return self.embed_tokens(input_ids)
 
+  def head_weight(self) -> jax.Array:
+    """The output projection [H, V] (the embedding, transposed, when tied)."""
+    if self.cfg.tie_word_embeddings:
+      return self.embed_tokens.embedding.T
+    return self.lm_head.variables["params"]["kernel"]
+
   def __call__(self, input_ids=None, *, inputs_embeds=None, positions=None, attention_mask=None,
-               segment_ids=None, cache: KVCache | None = None):
+               segment_ids=None, cache: KVCache | None = None, head: bool = True):
     x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(self.dtype)
     b, t = x.shape[:2]
     x = ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))
@@ -177,12 +184,15 @@ class Qwen2(nn.Module):
     if zigzag is not None:
       x, cos, sin, q_slots, q_segments = (a[:, zigzag[0]] for a in (x, cos, sin, q_slots, q_segments))
       k_slots, kv_segments = q_slots, kv_segments[:, zigzag[0]]
+      x = ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))   # a gather loses the sharding
     meta = (q_slots, k_slots, q_segments, kv_segments)
     per_layer = None if cache is None else (cache.k, cache.v)
     x, new_kv = stack.apply(self.layers, x, cos, sin, meta, start, per_layer=per_layer)
     if zigzag is not None:
       x = x[:, zigzag[1]]
     x = self.norm(x)
+    if not head:   # the training loss applies the head chunk by chunk (ops.loss)
+      return x, None
     if self.cfg.tie_word_embeddings:
       logits = self.embed_tokens.attend(x)
     else:

@@ -57,6 +57,8 @@ def causal_mask(q_slots: jax.Array, k_slots: jax.Array) -> jax.Array:
 # sequence-parallel ring attention over the mesh's 'sequence' axis (decoder) and an LSE merge
 # over the sharded memory (MemAug cross-attention).
 IMPLEMENTATIONS = ("xla", "dot_product", "splash", "ring")
+# Query rows per ring step chunk: bounds a step's scores to [RING_BLOCK_Q, T / P] per head.
+RING_BLOCK_Q = 512
 
 
 def check_implementation(impl: str) -> None:
@@ -73,13 +75,14 @@ def segment_mask(q_slots: jax.Array, kv_slots: jax.Array, q_segments: jax.Array,
   return mask
 
 
-def _mesh_axes() -> dict:
+def _mesh_axes() -> dict | None:
+  """The ring's mesh axes from the rule table, or None without a context mesh (e.g. when
+  parameters are initialised abstractly): then there is nothing to shard and attention is local."""
   from hourjax.parallel import axes as ax
   rules = dict(ax.RULES)
   mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty or "sequence" not in mesh.axis_names:
-    raise ValueError("attention='ring' needs a mesh with a 'sequence' axis: run the model under "
-                     "hourjax.parallel.mesh.activate(mesh)")
+  if mesh.empty:
+    return None
   heads = [a for a in rules[ax.ACT_HEADS] if a in mesh.axis_names]
   return dict(mesh=mesh, seq_axis=rules[ax.LENGTH][0], batch_axes=rules[ax.BATCH],
               head_axis=heads[0] if heads else None)
@@ -111,10 +114,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_slots: jax.Array, kv_slot
   `zigzag` tells the ring that the tokens are in its load-balanced order (see
   `ring_attention.zigzag_permutation`); the other implementations follow the slots regardless.
   """
+  if impl == "ring" and _mesh_axes() is None:
+    impl = "xla"
   if impl == "ring":
     from hourjax.ops.ring_attention import ring_attention
     return ring_attention(q, k, v, q_segments, kv_segments, q_slots, kv_slots, causal=causal,
-                          zigzag=zigzag, **_mesh_axes())
+                          zigzag=zigzag, block_q=RING_BLOCK_Q, **_mesh_axes())
   if impl == "splash":   # causal order = sequence order here (no ring, no zig-zag)
     from hourjax.ops.splash import splash_attention
     return splash_attention(q, k, v, q_segments, kv_segments, causal=causal)
@@ -133,6 +138,8 @@ def cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: jax.Array, *
   one collective (the MemAug memory is ~50x longer than its queries, so a ring would move
   the long side around P times for nothing).
   """
+  if impl == "ring" and _mesh_axes() is None:
+    impl = "xla"
   if impl == "ring":
     from hourjax.ops.ring_attention import sharded_cross_attention
     return sharded_cross_attention(q, k, v, kv_mask, **_mesh_axes())

@@ -10,10 +10,50 @@ IGNORE_INDEX = -100
 def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sum of CE of logits[:, :-1] against labels[:, 1:] over non-ignored tokens, their count).
 
-  Returning the sum and count lets a caller normalise over a whole global batch.
+  Returning the sum and count lets a caller normalise over a whole global batch. The labels
+  are shifted (a roll: one neighbour exchange when the sequence is sharded) rather than the
+  logits sliced, which would re-split a [B, T, V] array across the sequence shards.
   """
-  logits, labels = logits[:, :-1].astype(jnp.float32), labels[:, 1:]
+  labels = jnp.roll(labels, -1, axis=1).at[:, -1].set(IGNORE_INDEX)
+  logits = logits.astype(jnp.float32)
   valid = labels != IGNORE_INDEX
   logp = jax.nn.log_softmax(logits, axis=-1)
   picked = jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[..., None], axis=-1)[..., 0]
   return -jnp.sum(jnp.where(valid, picked, 0.0)), jnp.sum(valid)
+
+
+def chunked_next_token_loss(hidden: jax.Array, head: jax.Array, labels: jax.Array, *,
+                            chunk: int = 1024, shards: int = 1) -> tuple[jax.Array, jax.Array]:
+  """next_token_loss of logits = hidden @ head, never holding more than a chunk of logits.
+
+  hidden [B, T, H] (after the final norm), head [H, V]. The full [B, T, V] float32 logits of a
+  152K vocabulary dwarf everything else in a long-context step; here each scan step makes
+  [B, shards, chunk, V] of them and rematerialises them in the backward pass. `shards` is
+  the number of sequence shards: every shard walks its own part of T, so no step needs a
+  token from another device.
+  """
+  b, t, h = hidden.shape
+  labels = jnp.roll(labels, -1, axis=1).at[:, -1].set(IGNORE_INDEX)
+  if t % shards:
+    shards = 1
+  per_shard = t // shards
+  c = min(chunk, per_shard)
+  pad = -per_shard % c
+  x = jnp.pad(hidden.reshape(b, shards, per_shard, h), ((0, 0), (0, 0), (0, pad), (0, 0)))
+  y = jnp.pad(labels.reshape(b, shards, per_shard), ((0, 0), (0, 0), (0, pad)),
+              constant_values=IGNORE_INDEX)
+  k = (per_shard + pad) // c
+  x = jnp.moveaxis(x.reshape(b, shards, k, c, h), 2, 0)
+  y = jnp.moveaxis(y.reshape(b, shards, k, c), 2, 0)
+
+  @jax.checkpoint
+  def body(carry, xy):
+    xc, yc = xy
+    logits = jnp.einsum("bpch,hv->bpcv", xc, head.astype(xc.dtype), preferred_element_type=jnp.float32)
+    valid = yc != IGNORE_INDEX
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(logp, jnp.where(valid, yc, 0)[..., None], axis=-1)[..., 0]
+    return (carry[0] - jnp.sum(jnp.where(valid, picked, 0.0)), carry[1] + jnp.sum(valid)), None
+
+  (total, count), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)), (x, y))
+  return total, count

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hourjax.ops.loss import next_token_loss
+from hourjax.ops.attention import ring_shards
+from hourjax.ops.loss import chunked_next_token_loss
 
 Batch = dict[str, Any]
 
@@ -34,17 +35,19 @@ def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
             modality: str = "video") -> tuple[jax.Array, dict[str, jax.Array]]:
   out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
                     layout=batch["layout"], features=batch.get("features"),
-                    pixel_values=batch.get("pixel_values"), modality=modality, rng=rng)
-  total, count = next_token_loss(out["logits"], out["labels"])
+                    pixel_values=batch.get("pixel_values"), modality=modality, rng=rng, head=False)
+  head = model.apply({"params": params}, method=lambda m: m.llm.head_weight())
+  total, count = chunked_next_token_loss(out["hidden"], head, out["labels"], shards=ring_shards())
   return total / jnp.maximum(count, 1), {"supervised_tokens": count}
 
 
 def lm_loss_fn(model: nn.Module, params: Any, batch: Batch,
                rng: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Qwen2 alone on packed token sequences."""
-  logits, _ = model.apply({"params": params}, batch["input_ids"], positions=batch.get("positions"),
-                          segment_ids=batch.get("segment_ids"))
-  total, count = next_token_loss(logits, batch["labels"])
+  hidden, _ = model.apply({"params": params}, batch["input_ids"], positions=batch.get("positions"),
+                          segment_ids=batch.get("segment_ids"), head=False)
+  head = model.apply({"params": params}, method=lambda m: m.head_weight())
+  total, count = chunked_next_token_loss(hidden, head, batch["labels"], shards=ring_shards())
   return total / jnp.maximum(count, 1), {"supervised_tokens": count}
 
 

@@ -1,0 +1,41 @@
+"""The chunked training loss equals the plain next-token loss on full logits."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hourjax.models import build
+from hourjax.models.qwen2 import Qwen2Config
+from hourjax.ops.loss import IGNORE_INDEX, chunked_next_token_loss, next_token_loss
+from hourjax.train.step import lm_loss_fn
+from tools.convert_torch.verify import rel_err, tree_rel_err
+
+
+@pytest.mark.parametrize("t,chunk,shards", [(24, 5, 1), (24, 4, 2), (23, 64, 2), (32, 8, 4)])
+def test_chunked_loss_and_grads_equal_full_logits(t, chunk, shards):
+  ks = jax.random.split(jax.random.key(0), 3)
+  hidden = jax.random.normal(ks[0], (2, t, 16))
+  head = jax.random.normal(ks[1], (16, 50)) / 4
+  labels = jnp.where(jax.random.uniform(ks[2], (2, t)) < 0.3, IGNORE_INDEX,
+                     jax.random.randint(ks[2], (2, t), 0, 50))
+  full = lambda h, w: next_token_loss(jnp.einsum("bth,hv->btv", h, w), labels)
+  chunked = lambda h, w: chunked_next_token_loss(h, w, labels, chunk=chunk, shards=shards)
+  (ref, n_ref), (got, n) = full(hidden, head), jax.jit(chunked)(hidden, head)
+  assert int(n) == int(n_ref) and rel_err(got, ref) < 1e-6
+  g_ref = jax.grad(lambda h, w: full(h, w)[0], (0, 1))(hidden, head)
+  g = jax.jit(jax.grad(lambda h, w: chunked(h, w)[0], (0, 1)))(hidden, head)
+  assert tree_rel_err(g, g_ref) < 1e-6
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_lm_loss_uses_the_models_head(tie):
+  cfg = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                    num_kv_heads=2, tie_word_embeddings=tie)
+  model, params = build.build("qwen2", cfg), build.init_params("qwen2", cfg, jax.random.key(0))
+  ids = jax.random.randint(jax.random.key(1), (2, 12), 0, 40)
+  batch = {"input_ids": ids, "labels": ids}
+  logits, _ = model.apply({"params": params}, ids)
+  total, count = next_token_loss(logits, ids)
+  loss, aux = lm_loss_fn(model, params, batch)
+  assert int(aux["supervised_tokens"]) == int(count) == 22
+  assert rel_err(loss, total / count) < 1e-6
