@@ -142,7 +142,7 @@ def cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: jax.Array, *
     impl = "xla"
   if impl == "ring":
     from hourjax.ops.ring_attention import sharded_cross_attention
-    return sharded_cross_attention(q, k, v, kv_mask, **_mesh_axes())
+    return sharded_cross_attention(q, k, v, kv_mask, block_q=RING_BLOCK_Q, **_mesh_axes())
   if impl == "splash":
     from hourjax.ops.splash import splash_attention
     return splash_attention(q, k, v, jnp.ones(q.shape[:2], jnp.int32), kv_mask.astype(jnp.int32),
