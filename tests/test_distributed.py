@@ -12,6 +12,7 @@ from hourjax.config import model_config
 from hourjax.convert import layout
 from hourjax.data.synthetic import synthetic_batch
 from hourjax.models import build
+from hourjax.ops import attention as attn_ops
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train.step import loss_fn
 from tools.convert_torch.verify import rel_err, tree_rel_err
@@ -27,7 +28,10 @@ def _sharded_config(attention):
       memaug=dataclasses.replace(c.memaug, attention=attention, remat="save_dots"))
 
 
-@pytest.mark.parametrize("attention,text_len", [("xla", 24), ("ring", 24), ("ring", 21)])
+# The LLM sequence is text_len - 1 + 35 visual tokens: 60 splits into 2 x 2 zig-zag chunks,
+# 55 does not (the ring pads it).
+@pytest.mark.parametrize("attention,text_len", [("xla", 24), ("ring", 26), ("ring", 21)],
+                         ids=["xla", "ring-zigzag", "ring-padded"])
 def test_sharded_loss_and_grads_equal_single_device(attention, text_len):
   params = build.init_params("hour_llava", CFG, jax.random.key(0))
   batch = synthetic_batch(CFG, jax.random.key(1), [20, 9, 31, 16], text_len, pixels=True)
@@ -48,5 +52,8 @@ def test_sharded_loss_and_grads_equal_single_device(attention, text_len):
     step = jax.jit(jax.value_and_grad(lambda p, b: loss_fn(sharded_model, p, b, rng)[0]),
                    in_shardings=(p_shard, b_shard), out_shardings=(None, p_shard))
     loss_s, grads_s = step(sharded_params, sharded_batch)
+  if attention == "ring":
+    with mesh_lib.activate(mesh):
+      assert attn_ops.uses_zigzag(text_len - 1 + 35, 4) == (text_len == 26)
   assert rel_err(loss_s, loss) < 1e-5
   assert tree_rel_err(layout.unstack_layers(grads_s), grads) < 1e-5

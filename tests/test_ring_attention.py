@@ -10,6 +10,7 @@ import pytest
 
 from hourjax.ops import ring_attention as ra
 from hourjax.ops.attention import dot_product_attention
+from tools.convert_torch.verify import rel_err
 
 TOL = 1e-5
 
@@ -18,11 +19,6 @@ def make_mesh(**axes) -> jax.sharding.Mesh:
   devices = np.array(jax.devices()[:int(np.prod(list(axes.values())))])
   return jax.sharding.Mesh(devices.reshape(tuple(axes.values())), tuple(axes),
                            axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def dense(q, k, v, mask):
@@ -279,3 +275,18 @@ def test_sharded_cross_attention_memory_does_not_scale_with_lq_times_m():
   # Allow K/V-sized buffers (gradient accumulators, padding copies) four times over; one score
   # matrix [Lq, M/P] per query head alone would be Lq * n / (2 * kh * d) = 8 times extra_kv.
   assert large < small + 4 * extra_kv, (small, large, extra_kv)
+
+
+@pytest.mark.parametrize("shards", [2, 4])
+def test_zigzag_reorder_equals_the_permutation_without_gathers(shards):
+  mesh = make_mesh(data=2, sequence=shards)
+  x = jax.random.normal(jax.random.key(0), (4, 8 * shards, 3))
+  perm = ra.zigzag_permutation(x.shape[1], shards)
+  fwd = jax.jit(lambda x: ra.zigzag_reorder(x, mesh=mesh))
+  back = jax.jit(lambda x: ra.zigzag_reorder(x, mesh=mesh, inverse=True))
+  np.testing.assert_array_equal(fwd(x), x[:, perm])
+  np.testing.assert_array_equal(back(fwd(x)), x)
+  sharded = jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec("data", "sequence")))
+  hlo = fwd.lower(sharded).compile().as_text()
+  assert "collective-permute" in hlo and "all-gather" not in hlo and "all-to-all" not in hlo

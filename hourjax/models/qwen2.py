@@ -89,7 +89,7 @@ class Qwen2Attention(nn.Module):
       new_kv = (k, v)
       impl = "xla" if impl == "ring" else impl   # a decode step's few queries need no ring
     out = attn_ops.attend(q, k.astype(self.dtype), v.astype(self.dtype), *meta, causal=True,
-                          impl=impl, zigzag=impl == "ring" and attn_ops.zigzag_order(x.shape[1]) is not None)
+                          impl=impl, zigzag=impl == "ring" and attn_ops.uses_zigzag(*x.shape[1::-1]))
     out = dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1),
                 use_bias=False, name="o", **kw)(out)
     return out, new_kv
@@ -180,16 +180,16 @@ class Qwen2(nn.Module):
       k_slots, kv_segments = jnp.arange(cache.valid.shape[1]), key_valid.astype(jnp.int32)
     q_slots, k_slots = jnp.broadcast_to(q_slots, (b, t)), jnp.broadcast_to(k_slots, (b, len(k_slots)))
     cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-    zigzag = attn_ops.zigzag_order(t) if cache is None and self.cfg.attention == "ring" else None
-    if zigzag is not None:
-      x, cos, sin, q_slots, q_segments = (a[:, zigzag[0]] for a in (x, cos, sin, q_slots, q_segments))
-      k_slots, kv_segments = q_slots, kv_segments[:, zigzag[0]]
-      x = ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED))   # a gather loses the sharding
+    zigzag = cache is None and self.cfg.attention == "ring" and attn_ops.uses_zigzag(t, b)
+    if zigzag:
+      x, cos, sin, q_slots, q_segments, kv_segments = attn_ops.zigzag(
+          (x, cos, sin, q_slots, q_segments, kv_segments))
+      k_slots = q_slots
     meta = (q_slots, k_slots, q_segments, kv_segments)
     per_layer = None if cache is None else (cache.k, cache.v)
     x, new_kv = stack.apply(self.layers, x, cos, sin, meta, start, per_layer=per_layer)
-    if zigzag is not None:
-      x = x[:, zigzag[1]]
+    if zigzag:
+      x = attn_ops.zigzag(x, inverse=True)
     x = self.norm(x)
     if not head:   # the training loss applies the head chunk by chunk (ops.loss)
       return x, None

@@ -11,6 +11,8 @@ ring or a Pallas kernel can use without a [T, T] array.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -94,16 +96,25 @@ def ring_shards() -> int:
   return 1 if mesh.empty else dict(mesh.shape).get("sequence", 1)
 
 
-def zigzag_order(length: int):
-  """(order, inverse) putting a causal sequence in the ring's load-balanced order, or None when
-  there is no ring or the length does not split into 2 x shards chunks (the ring then pads and
-  runs in sequence order: correct, less balanced)."""
+def uses_zigzag(length: int, batch: int) -> bool:
+  """Whether the decoder puts a causal [batch, length] sequence in the ring's load-balanced
+  order: only with a ring, a length that splits into 2 x shards chunks and a batch that splits
+  over the batch axes (otherwise the ring pads and runs in sequence order: correct, less
+  balanced)."""
   shards = ring_shards()
   if shards == 1 or length % (2 * shards):
-    return None
-  from hourjax.ops.ring_attention import inverse_permutation, zigzag_permutation
-  order = zigzag_permutation(length, shards)
-  return jnp.asarray(order), jnp.asarray(inverse_permutation(order))
+    return False
+  axes = _mesh_axes()
+  sizes = dict(axes["mesh"].shape)
+  return batch % math.prod(sizes.get(a, 1) for a in axes["batch_axes"]) == 0
+
+
+def zigzag(tree, inverse: bool = False):
+  """[B, T, ...] arrays to (or from) zig-zag order over the context mesh's 'sequence' axis."""
+  from hourjax.ops.ring_attention import zigzag_reorder
+  axes = _mesh_axes()
+  return zigzag_reorder(tree, mesh=axes["mesh"], seq_axis=axes["seq_axis"],
+                        batch_axes=axes["batch_axes"], inverse=inverse)
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_slots: jax.Array, kv_slots: jax.Array,

@@ -87,6 +87,50 @@ def inverse_permutation(perm: np.ndarray) -> np.ndarray:
   return inv
 
 
+def zigzag_reorder(tree, *, mesh: MeshLike, seq_axis: str = "sequence",
+                   batch_axes: str | tuple[str, ...] = ("data", "fsdp"), inverse: bool = False):
+  """Arrays [B, T, ...] sharded contiguously over `seq_axis` -> zig-zag layout (or back).
+
+  The same reordering as indexing with `zigzag_permutation`, but as two `ppermute`s of half a
+  local block each: a gather along a sharded axis would all-gather the whole sequence. In
+  contiguous order device d holds chunks 2d and 2d+1; in zig-zag order device r holds r and
+  2P-1-r. Each device has exactly one even and one odd chunk in either layout, so one
+  permutation moves the even chunks and one the odd ones. T must divide by 2P and B by the
+  batch axes.
+  """
+  lay = _layout(mesh, seq_axis, batch_axes, None)
+  p = lay.shards
+  if p == 1:
+    return tree
+  home = lambda j: j if j < p else 2 * p - 1 - j          # zig-zag device of causal chunk j
+  even = [(d, home(2 * d)) for d in range(p)]
+  odd = [(d, home(2 * d + 1)) for d in range(p)]
+  if inverse:
+    even, odd = [(b, a) for a, b in even], [(b, a) for a, b in odd]
+
+  def local(x):
+    half = x.shape[1] // 2
+    first, second = x[:, :half], x[:, half:]
+    r_even = jax.lax.axis_index(lay.seq) % 2 == 0
+    # Zig-zag device r keeps chunk r first: its even chunk is first iff r is even.
+    if inverse:
+      send_even = jnp.where(r_even, first, second)
+      send_odd = jnp.where(r_even, second, first)
+      return jnp.concatenate([jax.lax.ppermute(send_even, lay.seq, even),
+                              jax.lax.ppermute(send_odd, lay.seq, odd)], axis=1)
+    got_even, got_odd = jax.lax.ppermute(first, lay.seq, even), jax.lax.ppermute(second, lay.seq, odd)
+    return jnp.concatenate([jnp.where(r_even, got_even, got_odd), jnp.where(r_even, got_odd, got_even)],
+                           axis=1)
+
+  def reorder(x):
+    if x.shape[1] % (2 * p) or x.shape[0] % lay.batch_size:
+      raise ValueError(f"zig-zag reorder of {x.shape}: length must divide by {2 * p} and batch by "
+                       f"{lay.batch_size}")
+    spec = P(lay.batch_spec, lay.seq, *([None] * (x.ndim - 2)))
+    return jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=True)(x)
+  return jax.tree.map(reorder, tree)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Layout:
   """Mesh axes actually used (absent ones dropped) and their sizes."""
