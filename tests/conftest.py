@@ -1,7 +1,6 @@
 import os
 import pathlib
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

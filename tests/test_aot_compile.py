@@ -3,7 +3,6 @@ topology on this CPU host and reports memory that accounts for the sharded state
 import json
 import pathlib
 
-import jax
 
 from configs.hour_llava import get_config
 from hourjax.config import model_config

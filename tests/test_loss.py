@@ -1,7 +1,6 @@
 """The chunked training loss equals the plain next-token loss on full logits."""
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
 from hourjax.models import build

@@ -1,10 +1,12 @@
 """The device mesh and how logical names become shardings on it.
 
     mesh = make_mesh({"data": 2, "fsdp": -1, "tensor": 1, "sequence": 2})
-    with activate(mesh):                              # activation constraints + context mesh
-      params = init_sharded("hour_llava", cfg, mesh, key)   # born sharded, never whole on a host
+    params = init_sharded("hour_llava", cfg, mesh, key)   # born sharded, never whole on a host
+    with activate(mesh):      # context mesh: activation constraints, ring and splash attention
+      ... jax.jit(step, in_shardings=shardings(specs, mesh), ...) ...
 
-Axes are GSPMD 'Auto' axes: linen's logical constraints need them (Explicit axes assert).
+Axes are GSPMD 'Auto' axes: the sharding constraints of `axes.constrain` leave the rest of the
+program to the partitioner (Explicit axes would demand a sharding on every value).
 """
 from __future__ import annotations
 
