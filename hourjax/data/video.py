@@ -1,12 +1,102 @@
-"""Minimal video I/O with PyAV: write frames to mp4, read one frame per second as SigLIP input.
+"""Video I/O with PyAV: write frames to mp4; pick frames by the official rules; decode only
+those frames by seeking, resized for SigLIP.
 
-The data issue replaces the reader with seeking, the official frame rules and Grain; this is
-what the demo needs now.
+Frame rules (spec §1.5): the official one takes every round(fps)-th frame (~1 FPS) and, when
+that gives fewer than `min_frames` (128 in stages 2-3), `min(total, min_frames)` frames spread
+by `linspace(0, total - 1, n)`; ProLongVid's takes a fixed number spread the same way.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import av
 import numpy as np
+
+
+class VideoError(ValueError):
+  """A video that cannot be used (missing, corrupt, empty); the message names the file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  frames: int          # frames in the stream
+  fps: float           # average frame rate
+  duration: float      # seconds
+
+
+def probe(path: str) -> VideoInfo:
+  try:
+    with av.open(path) as src:
+      stream = src.streams.video[0]
+      fps = float(stream.average_rate or stream.guessed_rate or 0)
+      duration = float(stream.duration * stream.time_base) if stream.duration else (
+          src.duration / av.time_base if src.duration else 0.0)
+      frames = stream.frames or int(round(duration * fps))
+  except (av.FFmpegError, IndexError, OSError) as e:
+    raise VideoError(f"{path}: cannot open video ({e})") from None
+  if frames <= 0 or fps <= 0:
+    raise VideoError(f"{path}: no video frames (frames={frames}, fps={fps})")
+  return VideoInfo(frames, fps, duration)
+
+
+def official_frame_indices(total: int, fps: float, sample_fps: float = 1.0, min_frames: int = 128,
+                           max_frames: int = -1) -> np.ndarray:
+  """Hour-LLaVA's rule: every round(fps / sample_fps)-th frame; if fewer than min_frames, up to
+  min_frames spread uniformly instead; max_frames > 0 caps the count uniformly (stage 1)."""
+  step = max(1, int(round(fps / sample_fps)))
+  idx = np.arange(0, total, step)
+  if len(idx) < min_frames:
+    idx = np.linspace(0, total - 1, min(total, min_frames)).astype(int)
+  if max_frames > 0 and len(idx) > max_frames:
+    idx = np.linspace(0, total - 1, max_frames).astype(int)
+  return idx
+
+
+def fixed_frame_indices(total: int, count: int) -> np.ndarray:
+  """ProLongVid's rule: `count` frames spread uniformly (fewer if the video is shorter)."""
+  return np.linspace(0, total - 1, min(total, count)).astype(int)
+
+
+def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2.0) -> np.ndarray:
+  """Frames at `indices` (ascending) as uint8 [N, size, size, 3], resized bicubic.
+
+  Seeks to the keyframe before a target when it is more than `seek_gap` seconds past the last
+  decoded frame, and decodes forward from there: at 1 FPS most frames are never decoded.
+  """
+  indices = np.asarray(indices)
+  if len(indices) == 0 or np.any(np.diff(indices) < 0):
+    raise ValueError(f"{path}: frame indices must be non-empty and ascending")
+  out = []
+  try:
+    with av.open(path) as src:
+      stream = src.streams.video[0]
+      stream.thread_type = "AUTO"
+      fps = float(stream.average_rate or stream.guessed_rate)
+      start = stream.start_time or 0
+      tb = float(stream.time_base)
+      frame_no = lambda f: int(round((f.pts - start) * tb * fps))
+      frames, current = None, None
+      for target in indices:
+        if current is None or target - frame_no(current) > seek_gap * fps:
+          src.seek(start + int(target / fps / tb), stream=stream, backward=True, any_frame=False)
+          frames, current = src.decode(stream), None
+        while current is None or frame_no(current) < target:
+          nxt = next(frames, None)
+          if nxt is None:
+            break
+          current = nxt
+        if current is None:
+          raise VideoError(f"{path}: frame {target} could not be decoded")
+        out.append(current.reformat(width=size, height=size, format="rgb24",
+                                    interpolation="BICUBIC").to_ndarray())
+  except av.FFmpegError as e:
+    raise VideoError(f"{path}: decoding failed ({e})") from None
+  return np.stack(out)
+
+
+def to_siglip(frames: np.ndarray) -> np.ndarray:
+  """uint8 RGB -> float32 in [-1, 1] (rescale 1/255, mean 0.5, std 0.5)."""
+  return frames.astype(np.float32) / 127.5 - 1.0
 
 
 def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "mpeg4") -> None:
@@ -22,22 +112,11 @@ def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "mpeg4") -
       out.mux(packet)
 
 
-def read_frames_1fps(path: str, size: int) -> tuple[np.ndarray, float]:
-  """(frames [T, size, size, 3] float32 in [-1, 1] at 1 FPS, duration in seconds)."""
-  frames, next_t, last_t = [], 0.0, 0.0
-  with av.open(path) as src:
-    stream = src.streams.video[0]
-    for frame in src.decode(stream):
-      t = float(frame.pts * stream.time_base)
-      last_t = t
-      if t + 1e-6 >= next_t:
-        rgb = frame.reformat(width=size, height=size, format="rgb24", interpolation="BICUBIC").to_ndarray()
-        frames.append(rgb)
-        next_t += 1.0
-    duration = float(stream.duration * stream.time_base) if stream.duration else last_t
-  if not frames:
-    raise ValueError(f"{path}: no decodable frames")
-  return np.stack(frames).astype(np.float32) / 127.5 - 1.0, duration
+def read_frames_1fps(path: str, size: int, min_frames: int = 0) -> tuple[np.ndarray, float]:
+  """(frames [T, size, size, 3] float32 in [-1, 1] by the official rule, duration in seconds)."""
+  info = probe(path)
+  frames = decode_frames(path, official_frame_indices(info.frames, info.fps, min_frames=min_frames), size)
+  return to_siglip(frames), info.duration
 
 
 def moving_square(seconds: int, fps: int, size: int = 96, seed: int = 0) -> np.ndarray:
