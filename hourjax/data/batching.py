@@ -1,0 +1,64 @@
+"""Static shapes for jit: samples of any frame count and text length go into the smallest
+bucket (frame edge, text edge) that holds them, padded with masks, so a run compiles at most
+one program per bucket.
+
+A sample is a dict: input_ids, labels [L] (one IMAGE_TOKEN_INDEX placeholder for a video, none
+for text), and features [T, g, C] (cached SigLIP features; T = 0 or absent for text-only).
+"""
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from hourjax.models.forgetting import video_layout
+from hourjax.models.hour_llava import HourLlavaConfig
+from hourjax.ops.loss import IGNORE_INDEX
+
+
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+  frames: tuple[int, ...] = (128, 256, 512, 1024, 2048, 3600)   # input frames (1 FPS: seconds)
+  text: tuple[int, ...] = (512, 1024, 2048, 4096)
+
+  def __post_init__(self):
+    for name in ("frames", "text"):
+      edges = getattr(self, name)
+      if not edges or list(edges) != sorted(set(edges)) or edges[0] < 1:
+        raise ValueError(f"bucket edges {name}={edges} must be increasing positive integers")
+
+  def of(self, frames: int, text: int) -> tuple[int, int]:
+    """(frame edge, text edge) for one sample; ValueError (caller skips or truncates) if too big."""
+    i, j = bisect.bisect_left(self.frames, frames), bisect.bisect_left(self.text, text)
+    if i == len(self.frames) or j == len(self.text):
+      raise ValueError(f"sample with {frames} frames and {text} tokens exceeds the largest bucket "
+                       f"({self.frames[-1]} frames, {self.text[-1]} tokens)")
+    return self.frames[i], self.text[j]
+
+
+def collate(samples: Sequence[dict], cfg: HourLlavaConfig, buckets: Buckets, pad_id: int = 0) -> dict:
+  """Samples -> one batch in the bucket of its largest sample (the model's batch format)."""
+  frames = [0 if s.get("features") is None else len(s["features"]) for s in samples]
+  shapes = [buckets.of(t, len(s["input_ids"])) for t, s in zip(frames, samples)]
+  frame_edge, text_edge = max(f for f, _ in shapes), max(t for _, t in shapes)
+  b = len(samples)
+  ids = np.full((b, text_edge), pad_id, np.int32)
+  labels = np.full((b, text_edge), IGNORE_INDEX, np.int32)
+  mask = np.zeros((b, text_edge), np.int32)
+  for i, s in enumerate(samples):
+    n = len(s["input_ids"])
+    ids[i, :n], labels[i, :n], mask[i, :n] = s["input_ids"], s["labels"], 1
+  # The widths one sample of `frame_edge` frames needs bound every sample of the bucket.
+  widths = video_layout([frame_edge], cfg.forgetting)
+  layout = video_layout(frames, cfg.forgetting, padded_frames=widths.source_frame.shape[1],
+                        memory_frames=widths.memory_frames.shape[1],
+                        retained_frames=widths.retained_frames.shape[1])
+  feature_shape = (cfg.pool_size ** 2, cfg.vision.hidden_size)
+  features = np.zeros((b, frame_edge, *feature_shape), np.float32)
+  for i, s in enumerate(samples):
+    if frames[i]:
+      features[i, :frames[i]] = s["features"]
+  return {"input_ids": ids, "attention_mask": mask, "labels": labels, "layout": layout,
+          "features": features}
