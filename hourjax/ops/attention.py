@@ -11,8 +11,6 @@ ring or a Pallas kernel can use without a [T, T] array.
 """
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 
@@ -91,9 +89,9 @@ def _mesh_axes() -> dict | None:
 
 
 def ring_shards() -> int:
-  """Size of the context mesh's 'sequence' axis (1 without a mesh)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  return 1 if mesh.empty else dict(mesh.shape).get("sequence", 1)
+  """Size of the context mesh's sequence axis (1 without a mesh)."""
+  axes = _mesh_axes()
+  return 1 if axes is None else dict(axes["mesh"].shape).get(axes["seq_axis"], 1)
 
 
 def uses_zigzag(length: int, batch: int) -> bool:
@@ -104,9 +102,8 @@ def uses_zigzag(length: int, batch: int) -> bool:
   shards = ring_shards()
   if shards == 1 or length % (2 * shards):
     return False
-  axes = _mesh_axes()
-  sizes = dict(axes["mesh"].shape)
-  return batch % math.prod(sizes.get(a, 1) for a in axes["batch_axes"]) == 0
+  from hourjax.parallel.mesh import batch_shards
+  return batch % batch_shards(jax.sharding.get_abstract_mesh()) == 0
 
 
 def zigzag(tree, inverse: bool = False):
@@ -125,12 +122,12 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_slots: jax.Array, kv_slot
   `zigzag` tells the ring that the tokens are in its load-balanced order (see
   `ring_attention.zigzag_permutation`); the other implementations follow the slots regardless.
   """
-  if impl == "ring" and _mesh_axes() is None:
-    impl = "xla"
-  if impl == "ring":
+  axes = _mesh_axes() if impl == "ring" else None
+  if axes is not None:
     from hourjax.ops.ring_attention import ring_attention
     return ring_attention(q, k, v, q_segments, kv_segments, q_slots, kv_slots, causal=causal,
-                          zigzag=zigzag, block_q=RING_BLOCK_Q, **_mesh_axes())
+                          zigzag=zigzag, block_q=RING_BLOCK_Q, **axes)
+  impl = "xla" if impl == "ring" else impl   # no mesh: nothing to shard
   if impl == "splash":   # causal order = sequence order here (no ring, no zig-zag)
     from hourjax.ops.splash import splash_attention
     return splash_attention(q, k, v, q_segments, kv_segments, causal=causal)
@@ -149,11 +146,11 @@ def cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: jax.Array, *
   one collective (the MemAug memory is ~50x longer than its queries, so a ring would move
   the long side around P times for nothing).
   """
-  if impl == "ring" and _mesh_axes() is None:
-    impl = "xla"
-  if impl == "ring":
+  axes = _mesh_axes() if impl == "ring" else None
+  if axes is not None:
     from hourjax.ops.ring_attention import sharded_cross_attention
-    return sharded_cross_attention(q, k, v, kv_mask, block_q=RING_BLOCK_Q, **_mesh_axes())
+    return sharded_cross_attention(q, k, v, kv_mask, block_q=RING_BLOCK_Q, **axes)
+  impl = "xla" if impl == "ring" else impl   # no mesh: nothing to shard
   if impl == "splash":
     from hourjax.ops.splash import splash_attention
     return splash_attention(q, k, v, jnp.ones(q.shape[:2], jnp.int32), kv_mask.astype(jnp.int32),
