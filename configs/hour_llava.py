@@ -55,4 +55,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True))
   # Mesh axis sizes (one may be -1: the remaining devices); see hourjax.parallel.mesh.
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
+  # The input pipeline (hourjax.data.pipeline.from_config). sources: dicts of
+  # hourjax.data.sources.Source (annotations, media, features, strategy, weight, group_qa).
+  tiny = size == "tiny"
+  cfg.data = ml_collections.ConfigDict(dict(
+      root="", sources=[], prepared="", seed=0, batch_size=8, workers=0, worker_buffer=2, epochs=0,
+      buckets=dict(frames=(16, 32, 64) if tiny else (128, 256, 512, 1024, 2048, 3600),
+                   text=(128, 256, 512) if tiny else (1024, 2048, 4096, 8192, 32768)),
+      read=dict(tokenizer="", image_size=cfg.model.vision.image_size, frames="official",
+                min_frames=16 if tiny else 128, time_instruction=True, label_separators=True,
+                max_text_len=512 if tiny else 32768, resample="pil")))
   return cfg

@@ -33,7 +33,7 @@ def test_frames_answer_the_questions(tmp_path):
                    for i in range(0, len(conv), 2))
     assert answers["How many circles appear in the video?"] == str(sum(e["shape"] == "circle" for e in events))
     assert answers["What was shown only once, and only briefly?"] == f"a white {needles[0]['shape']}"
-    video = os.path.join(str(tmp_path), r["video"])
+    video = os.path.join(str(tmp_path), r["data_source"], r["video"])
     info = probe(video)
     assert abs(info.duration - r["duration"]) < 0.5
     frames = decode_frames(video, official_frame_indices(info.frames, info.fps, min_frames=0), 64)

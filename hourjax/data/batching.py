@@ -2,8 +2,9 @@
 bucket (frame edge, text edge) that holds them, padded with masks, so a run compiles at most
 one program per bucket.
 
-A sample is a dict: input_ids, labels [L] (one IMAGE_TOKEN_INDEX placeholder for a video, none
-for text), and features [T, g, C] (cached SigLIP features; T = 0 or absent for text-only).
+A sample is a dict (`samples.ReadSample`): input_ids, labels [L] (one IMAGE_TOKEN_INDEX
+placeholder for a visual input, none for text), and `features` [T, g, C] (cached SigLIP
+features) or `pixels` uint8 [T, S, S, 3] (absent for text-only).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from hourjax.models.forgetting import video_layout
+from hourjax.data.video import to_siglip
+from hourjax.models.forgetting import image_layout, video_layout
 from hourjax.models.hour_llava import HourLlavaConfig
 from hourjax.ops.loss import IGNORE_INDEX
 
@@ -38,11 +40,17 @@ class Buckets:
     return self.frames[i], self.text[j]
 
 
-def collate(samples: Sequence[dict], cfg: HourLlavaConfig, buckets: Buckets, pad_id: int = 0) -> dict:
-  """Samples -> one batch in the bucket of its largest sample (the model's batch format)."""
-  frames = [0 if s.get("features") is None else len(s["features"]) for s in samples]
+def collate(samples: Sequence[dict], cfg: HourLlavaConfig, buckets: Buckets, pad_id: int = 0,
+            modality: str = "video") -> dict:
+  """Samples of one stream -> one batch in the bucket of its largest sample (the model's batch
+  format). Visual input: `features` (cached), `pixels` (uint8 frames, or one image with
+  modality="image") or none (text-only: the batch has no layout)."""
+  visual = next((k for k in ("features", "pixels") if any(s.get(k) is not None for s in samples)), None)
+  frames = [0 if visual is None or s.get(visual) is None else len(s[visual]) for s in samples]
+  if modality == "image" and max(frames) > 1:
+    raise ValueError("an image batch holds one 384px image per sample")
   shapes = [buckets.of(t, len(s["input_ids"])) for t, s in zip(frames, samples)]
-  frame_edge, text_edge = max(f for f, _ in shapes), max(t for _, t in shapes)
+  frame_edge, text_edge = (1 if modality == "image" else max(f for f, _ in shapes)), max(t for _, t in shapes)
   b = len(samples)
   ids = np.full((b, text_edge), pad_id, np.int32)
   labels = np.full((b, text_edge), IGNORE_INDEX, np.int32)
@@ -50,15 +58,23 @@ def collate(samples: Sequence[dict], cfg: HourLlavaConfig, buckets: Buckets, pad
   for i, s in enumerate(samples):
     n = len(s["input_ids"])
     ids[i, :n], labels[i, :n], mask[i, :n] = s["input_ids"], s["labels"], 1
-  # The widths one sample of `frame_edge` frames needs bound every sample of the bucket.
-  widths = video_layout([frame_edge], cfg.forgetting)
-  layout = video_layout(frames, cfg.forgetting, padded_frames=widths.source_frame.shape[1],
-                        memory_frames=widths.memory_frames.shape[1],
-                        retained_frames=widths.retained_frames.shape[1])
-  feature_shape = (cfg.pool_size ** 2, cfg.vision.hidden_size)
-  features = np.zeros((b, frame_edge, *feature_shape), np.float32)
+  batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+  if visual is None:
+    return batch
+  if modality == "image":
+    batch["layout"] = image_layout([f > 0 for f in frames])
+  else:
+    # The widths one sample of `frame_edge` frames needs bound every sample of the bucket.
+    widths = video_layout([frame_edge], cfg.forgetting)
+    batch["layout"] = video_layout(frames, cfg.forgetting, padded_frames=widths.source_frame.shape[1],
+                                   memory_frames=widths.memory_frames.shape[1],
+                                   retained_frames=widths.retained_frames.shape[1])
+  if visual == "features":
+    out = np.zeros((b, frame_edge, cfg.pool_size ** 2, cfg.vision.hidden_size), np.float32)
+  else:
+    out = np.zeros((b, frame_edge, cfg.vision.image_size, cfg.vision.image_size, 3), np.float32)
   for i, s in enumerate(samples):
     if frames[i]:
-      features[i, :frames[i]] = s["features"]
-  return {"input_ids": ids, "attention_mask": mask, "labels": labels, "layout": layout,
-          "features": features}
+      out[i, :frames[i]] = s[visual] if visual == "features" else to_siglip(s[visual])
+  batch["features" if visual == "features" else "pixel_values"] = out
+  return batch

@@ -84,16 +84,17 @@ def questions(events: list[Event], rng: np.random.Generator, max_pairs: int = 5)
 
 def write_dataset(root: str, num_videos: int, seconds: tuple[int, int] = (30, 120), fps: int = 4,
                   size: int = 128, seed: int = 0, codec: str = "mpeg4") -> str:
-  """Videos under root/videos and root/annotations.jsonl; returns the annotation path."""
+  """Videos at root/synthetic/*.mp4 (the official `{root}/{data_source}/{video}` layout) and
+  root/annotations.jsonl; returns the annotation path."""
   rng = np.random.default_rng(seed)
-  os.makedirs(os.path.join(root, "videos"), exist_ok=True)
+  os.makedirs(os.path.join(root, "synthetic"), exist_ok=True)
   path = os.path.join(root, "annotations.jsonl")
   with open(path, "w") as f:
     for i in range(num_videos):
       length = int(rng.integers(seconds[0], seconds[1] + 1))
       events = plan_events(length, rng)
-      rel = f"videos/synth_{i:05d}.mp4"
-      write_video(os.path.join(root, rel), render(events, length, fps, size), fps=fps, codec=codec)
+      rel = f"synth_{i:05d}.mp4"
+      write_video(os.path.join(root, "synthetic", rel), render(events, length, fps, size), fps=fps, codec=codec)
       conv = []
       for j, (q, a) in enumerate(questions(events, rng)):
         conv += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q}, {"from": "gpt", "value": a}]

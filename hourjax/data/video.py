@@ -57,8 +57,11 @@ def fixed_frame_indices(total: int, count: int) -> np.ndarray:
   return np.linspace(0, total - 1, min(total, count)).astype(int)
 
 
-def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2.0) -> np.ndarray:
-  """Frames at `indices` (ascending) as uint8 [N, size, size, 3], resized bicubic.
+def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2.0,
+                  resample: str = "swscale") -> np.ndarray:
+  """Frames at `indices` (ascending) as uint8 [N, size, size, 3], resized bicubic: by FFmpeg's
+  scaler while converting (`swscale`, fast), or by PIL from the full-size frame (`pil`, what the
+  official SigLIP processor does, pixel for pixel).
 
   Seeks to the keyframe before a target when it is more than `seek_gap` seconds past the last
   decoded frame, and decodes forward from there: at 1 FPS most frames are never decoded.
@@ -87,11 +90,19 @@ def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2
           current = nxt
         if current is None:
           raise VideoError(f"{path}: frame {target} could not be decoded")
-        out.append(current.reformat(width=size, height=size, format="rgb24",
-                                    interpolation="BICUBIC").to_ndarray())
+        if resample == "pil":
+          out.append(np.asarray(current.to_image().resize((size, size), _PIL_BICUBIC())))
+        else:
+          out.append(current.reformat(width=size, height=size, format="rgb24",
+                                      interpolation="BICUBIC").to_ndarray())
   except av.FFmpegError as e:
     raise VideoError(f"{path}: decoding failed ({e})") from None
   return np.stack(out)
+
+
+def _PIL_BICUBIC():
+  from PIL import Image     # only the pil path needs Pillow
+  return Image.BICUBIC
 
 
 def to_siglip(frames: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 An Hour-LLaVA batch is a dict of arrays with a fixed shape per bucket:
   input_ids, attention_mask, labels  [B, L]   (one IMAGE_TOKEN_INDEX placeholder per sample)
-  layout                             VideoLayout (forgetting.video_layout)
+  layout                             VideoLayout (forgetting.video_layout; absent for text-only)
   features [B, T, g, C] (cached SigLIP features) or pixel_values [B, T, h, w, 3]
 A decoder-only batch (ProLongVid's long-context stage) has input_ids, labels, positions and
 segment_ids [B, L]. The loss is the mean next-token cross-entropy over every supervised token
@@ -34,7 +34,7 @@ class TrainState:
 def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
             modality: str = "video") -> tuple[jax.Array, dict[str, jax.Array]]:
   out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                    layout=batch["layout"], features=batch.get("features"),
+                    layout=batch.get("layout"), features=batch.get("features"),
                     pixel_values=batch.get("pixel_values"), modality=modality, rng=rng, head=False)
   head = model.apply({"params": params}, method=lambda m: m.llm.head_weight())
   total, count = chunked_next_token_loss(out["hidden"], head, out["labels"], shards=ring_shards())

@@ -1,0 +1,249 @@
+"""The training input pipeline: a Grain dataset of static-shape batches, one stream per batch.
+
+    ds = pipeline.from_config(run.data, model_cfg, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+    it = iter(ds)
+    batch = next(it)                           # numpy, this process's share of the global batch
+    batch = pipeline.to_global(batch, mesh)    # jax.Arrays on the mesh (+ host-side "meta")
+    state = it.get_state()                     # checkpoint it; it.set_state(state) resumes exactly
+
+Per stream (`sources.STREAMS`): records -> per-epoch shuffle (seeded) -> this process's slice ->
+`ReadSample` (decode, tokenize) -> `SkipAndBatch` (bad samples skipped and counted, batches
+padded to their bucket). Streams are mixed batch by batch in proportion to their sizes (the same
+sequence on every process), and `workers` processes decode in parallel with prefetch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Sequence
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from hourjax.data import batching
+from hourjax.data.samples import ReadOptions, ReadSample
+from hourjax.data.sources import Source, epoch_records
+from hourjax.models.forgetting import video_layout
+from hourjax.models.hour_llava import HourLlavaConfig
+from hourjax.ops.loss import IGNORE_INDEX
+from hourjax.parallel import mesh as mesh_lib
+
+MODALITY = {"video": "video", "features": "video", "image": "image", "text": "video"}
+
+
+class _SkipAndBatchIterator(grain.DatasetIterator):
+
+  def __init__(self, parent: grain.DatasetIterator, batch_size: int, collate: Callable, stream: str,
+               max_consecutive_bad: int):
+    super().__init__(parent)
+    self._batch_size, self._collate, self._stream = batch_size, collate, stream
+    self._max_bad = max_consecutive_bad
+
+  def __next__(self) -> dict:
+    good, skipped, run = [], [], 0
+    while len(good) < self._batch_size:
+      try:
+        sample = next(self._parent)
+      except StopIteration:          # the end of a finite run: an incomplete batch is dropped
+        if good or skipped:
+          logging.warning("stream %r ended: dropped the incomplete last batch %s and skipped %s",
+                          self._stream, [s["id"] for s in good], skipped)
+        raise
+      if "skipped" in sample:
+        skipped.append((sample["id"], sample["skipped"]))
+        run += 1
+        if run > self._max_bad:
+          raise RuntimeError(f"stream {self._stream!r}: {run} bad samples in a row; the last: "
+                             + "; ".join(f"{i}: {r}" for i, r in skipped[-3:]))
+        continue
+      good.append(sample)
+      run = 0
+    batch = self._collate(good)
+    batch["meta"] = {"stream": self._stream, "ids": [s["id"] for s in good], "skipped": skipped,
+                     "truncated": [s["id"] for s in good if s["truncated"]]}
+    return batch
+
+  # Batches are built within one __next__, so the parent's position is the whole state.
+  def get_state(self) -> dict[str, Any]:
+    return self._parent.get_state()
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state)
+
+
+class SkipAndBatch(grain.IterDataset):
+  """Samples -> batches of `batch_size` good samples; skipped samples are reported in the next
+  batch's meta ("skipped": [(id, reason)]), never silently lost."""
+
+  def __init__(self, parent: grain.IterDataset, batch_size: int, collate: Callable, stream: str,
+               max_consecutive_bad: int = 1000):
+    super().__init__(parent)
+    self._args = (batch_size, collate, stream, max_consecutive_bad)
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _SkipAndBatchIterator(self._parent.__iter__(), *self._args)
+
+
+class _MixIterator(grain.DatasetIterator):
+
+  def __init__(self, parents: dict[str, grain.DatasetIterator], weights: dict[str, float]):
+    super().__init__(list(parents.values()))
+    self._streams, self._weights = parents, weights
+    self._taken = {k: 0 for k in parents}
+    self._done: set[str] = set()
+
+  def __next__(self) -> dict:
+    while len(self._done) < len(self._streams):
+      # The stream furthest behind its share goes next: the same sequence on every process.
+      name = min((k for k in self._streams if k not in self._done),
+                 key=lambda k: ((self._taken[k] + 1) / self._weights[k], k))
+      try:
+        batch = next(self._streams[name])
+      except StopIteration:
+        self._done.add(name)
+        continue
+      self._taken[name] += 1
+      return batch
+    raise StopIteration
+
+  def get_state(self) -> dict[str, Any]:
+    return {"taken": dict(self._taken), "done": sorted(self._done),
+            "streams": {k: it.get_state() for k, it in self._streams.items()}}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._taken, self._done = dict(state["taken"]), set(state["done"])
+    for k, it in self._streams.items():
+      it.set_state(state["streams"][k])
+
+
+class MixStreams(grain.IterDataset):
+  """Batches of several streams interleaved in proportion to `weights`, until every stream is
+  exhausted (Grain's own mix stops at the first)."""
+
+  def __init__(self, streams: dict[str, grain.IterDataset], weights: dict[str, float]):
+    super().__init__(list(streams.values()))
+    self._names, self._weights = list(streams), weights
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _MixIterator({k: p.__iter__() for k, p in zip(self._names, self._parents)}, self._weights)
+
+
+def stream_dataset(records: Any, read: ReadOptions, cfg: HourLlavaConfig, stream: str, *,
+                   batch_size: int, buckets: batching.Buckets, seed: int, process_index: int = 0,
+                   process_count: int = 1, epochs: int | None = None) -> grain.IterDataset:
+  """One stream's batches; `records` is a list of records or any random-access source."""
+  ds = grain.MapDataset.source(records).shuffle(seed).repeat(epochs)
+  ds = ds[process_index::process_count].map(ReadSample(read))
+  collate = _Collate(cfg, buckets, MODALITY[stream])
+  return SkipAndBatch(ds.to_iter_dataset(), batch_size, collate, stream)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Collate:      # a picklable partial for the worker processes
+  cfg: HourLlavaConfig
+  buckets: batching.Buckets
+  modality: str
+
+  def __call__(self, samples: Sequence[dict]) -> dict:
+    return batching.collate(samples, self.cfg, self.buckets, modality=self.modality)
+
+
+def make_dataset(streams: dict[str, Any], read: ReadOptions, cfg: HourLlavaConfig, *, batch_size: int,
+                 buckets: batching.Buckets, seed: int, process_index: int = 0, process_count: int = 1,
+                 workers: int = 0, worker_buffer: int = 2, epochs: int | None = None) -> grain.IterDataset:
+  """All streams mixed in proportion to their sizes. `batch_size` is global."""
+  if batch_size % process_count:
+    raise ValueError(f"global batch_size={batch_size} is not divisible by {process_count} processes")
+  streams = {k: v for k, v in streams.items() if len(v)}
+  if not streams:
+    raise ValueError("the data mixture selected no records")
+  per_stream = {name: stream_dataset(records, read, cfg, name, batch_size=batch_size // process_count,
+                                     buckets=buckets, seed=seed, process_index=process_index,
+                                     process_count=process_count, epochs=epochs)
+                for name, records in sorted(streams.items())}
+  ds = MixStreams(per_stream, {k: len(streams[k]) for k in per_stream})
+  if workers:
+    ds = ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=worker_buffer))
+  return ds
+
+
+def from_config(data: Any, cfg: HourLlavaConfig, *, process_index: int = 0, process_count: int = 1,
+                seed: int | None = None) -> grain.IterDataset:
+  """The run config's `data` section (configs/hour_llava.py; epochs=0: forever) -> the pipeline. A prepared
+  dataset (`data.prepared`, written by `python -m hourjax.data.prepared`) replaces the sources."""
+  seed = data.seed if seed is None else seed
+  read = ReadOptions(**dict(data.read))
+  if data.get("prepared"):
+    from hourjax.data.prepared import load_prepared
+    streams = load_prepared(data.prepared)
+  else:
+    streams = epoch_records([Source(**dict(s)) for s in data.sources], data.root, seed)
+  return make_dataset(streams, read, cfg, batch_size=data.batch_size,
+                      buckets=batching.Buckets(tuple(data.buckets.frames), tuple(data.buckets.text)),
+                      seed=seed, process_index=process_index, process_count=process_count,
+                      workers=data.workers, worker_buffer=data.worker_buffer, epochs=data.epochs or None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Host batches -> global arrays.
+
+def _pad_axis(x: np.ndarray, axis: int, size: int, value: Any) -> np.ndarray:
+  if x.shape[axis] == size:
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return np.pad(x, pad, constant_values=value)
+
+
+def pad_batch(batch: dict, cfg: HourLlavaConfig, frames: int, text: int) -> dict:
+  """A collated batch padded to a larger bucket (what every process agreed on)."""
+  out = dict(batch)
+  for k, fill in (("input_ids", 0), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
+    out[k] = _pad_axis(batch[k], 1, text, fill)
+  if frames != _frames(batch):        # never for images: their streams agree on one frame
+    k = "features" if "features" in batch else "pixel_values"
+    out[k] = _pad_axis(batch[k], 1, frames, 0)
+    widths = video_layout([frames], cfg.forgetting)
+    out["layout"] = jax.tree.map(lambda x, w: x if x.ndim == 1 else _pad_axis(x, 1, w.shape[1], -1),
+                                 batch["layout"], widths)
+  return out
+
+
+def _frames(batch: dict) -> int:
+  x = batch.get("features", batch.get("pixel_values"))
+  return 0 if x is None else x.shape[1]
+
+
+def agree_on_bucket(batch: dict, cfg: HourLlavaConfig) -> dict:
+  """Every process pads its share to the largest bucket any process drew (one host allgather),
+  so that the global array has one shape."""
+  if jax.process_count() == 1:
+    return batch
+  from jax.experimental import multihost_utils
+  shape = np.array([_frames(batch), batch["input_ids"].shape[1]], np.int32)
+  frames, text = np.asarray(multihost_utils.process_allgather(shape)).max(0)
+  return pad_batch(batch, cfg, int(frames), int(text))
+
+
+def to_global(batch: dict, mesh: Mesh, cfg: HourLlavaConfig | None = None) -> dict:
+  """This process's numpy share -> global jax.Arrays sharded over the batch axes of `mesh`
+  (the host-side "meta" is returned as it is). Pass `cfg` on several processes, so that shares
+  of different buckets are padded to a common one."""
+  meta = batch.get("meta")
+  arrays = {k: v for k, v in batch.items() if k != "meta"}
+  if cfg is not None:
+    arrays = agree_on_bucket(arrays, cfg)
+  axes = mesh_lib.batch_spec(mesh)[0]
+
+  def put(x):
+    spec = PartitionSpec(axes, *([None] * (np.ndim(x) - 1)))
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.asarray(x))
+
+  out = jax.tree.map(put, arrays)
+  if meta is not None:
+    out["meta"] = meta
+  return out

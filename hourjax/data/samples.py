@@ -1,0 +1,123 @@
+"""One annotation record -> one training sample (numpy), or a marker saying why it was skipped.
+
+Runs inside Grain workers: everything heavy (the tokenizer) is opened lazily in the worker, and
+a bad record never raises: it becomes {"id", "skipped": reason}, which the batcher counts.
+
+A sample: id, input_ids and labels int32 [L] (`chat.tokenize_conversation`), truncated (bool),
+and its visual input: `features` [T, 64, C] float32 (cached features), `pixels` uint8
+[T, S, S, 3] (decoded video frames, or one image), or neither (text-only).
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from typing import Any
+
+import grain
+import numpy as np
+
+from hourjax.data import chat, video
+from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+  tokenizer: str                       # a local HF tokenizer directory
+  image_size: int = 384
+  frames: str = "official"             # "official" (1 FPS, >= min_frames) or "fixed:N" (ProLongVid)
+  min_frames: int = 128
+  time_instruction: bool = True        # stages 2-3
+  label_separators: bool = True
+  max_text_len: int = 32768            # the official truncation length (text tokens)
+  resample: str = "pil"                # "pil": the official processor's PIL bicubic; "swscale": faster
+
+  def __post_init__(self):
+    if self.frames != "official" and not (self.frames.startswith("fixed:") and self.frames[6:].isdigit()):
+      raise ValueError(f"frames={self.frames!r}: expected 'official' or 'fixed:N'")
+    if self.resample not in ("pil", "swscale"):
+      raise ValueError(f"resample={self.resample!r}: expected 'pil' or 'swscale'")
+
+
+def feature_indices(num_features: int, duration: float) -> np.ndarray:
+  """The official rule for cached features: min(T, int(duration)) frames spread by linspace."""
+  n = max(1, min(num_features, int(duration)))
+  return np.linspace(0, num_features - 1, n).astype(int)
+
+
+def read_features(path: str) -> tuple[np.ndarray, float]:
+  from safetensors.numpy import safe_open
+  with safe_open(path, "np") as f:
+    duration = float((f.metadata() or {}).get("duration", "nan"))
+    feats = f.get_tensor("vid_feat")
+  if feats.ndim != 3 or not np.isfinite(duration):
+    raise ValueError(f"{path}: expected vid_feat [T, g, C] and a duration, got {feats.shape}, {duration}")
+  return feats, duration
+
+
+def read_image(path: str, size: int) -> np.ndarray:
+  """One image as uint8 [1, size, size, 3]: the official plain 384px resize (PIL bicubic)."""
+  from PIL import Image
+  with Image.open(path) as im:
+    return np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC))[None]
+
+
+class ReadSample(grain.transforms.Map):
+  """record (with the paths `sources.locate` adds) -> sample dict or {"id", "skipped": reason}."""
+
+  def __init__(self, options: ReadOptions):
+    self.options = options
+    self._tokenizer = None
+
+  def __getstate__(self):       # workers open their own tokenizer
+    return {**self.__dict__, "_tokenizer": None}
+
+  @property
+  def tokenizer(self) -> Any:
+    with _LOAD_LOCK:      # Grain maps on threads; transformers' lazy import is not thread-safe
+      if self._tokenizer is None:
+        self._tokenizer = chat.load_tokenizer(self.options.tokenizer)
+    return self._tokenizer
+
+  def map(self, record: dict) -> dict:
+    sample_id = str(record.get("id", "?"))
+    try:
+      return {"id": sample_id, **self._read(record)}
+    except (OSError, ValueError, KeyError, TypeError) as e:   # VideoError is a ValueError
+      return {"id": sample_id, "skipped": f"{type(e).__name__}: {e}"}
+
+  def _read(self, record: dict) -> dict:
+    o = self.options
+    turns = chat.move_placeholder_to_front(record["conversations"])
+    visual: dict[str, np.ndarray] = {}
+    if "video" in record:
+      if "_features" in record:
+        feats, duration = read_features(record["_features"])
+        visual["features"] = feats[feature_indices(len(feats), duration)]
+        num_frames = len(visual["features"])
+      else:
+        info = video.probe(record["_path"])
+        if o.frames == "official":
+          idx = video.official_frame_indices(info.frames, info.fps, min_frames=o.min_frames)
+        else:
+          idx = video.fixed_frame_indices(info.frames, int(o.frames[6:]))
+        visual["pixels"] = video.decode_frames(record["_path"], idx, o.image_size, resample=o.resample)
+        duration, num_frames = info.duration, len(idx)
+      if o.time_instruction:
+        turns = chat.with_time_instruction(turns, duration, num_frames)
+    elif "image" in record:
+      if not isinstance(record["_path"], str):
+        raise ValueError(f"{len(record['_path'])} images: multi-image samples are not supported")
+      visual["pixels"] = read_image(record["_path"], o.image_size)
+    ids, labels = chat.tokenize_conversation(self.tokenizer, turns, label_separators=o.label_separators)
+    placeholders = int((ids == IMAGE_TOKEN_INDEX).sum())
+    if placeholders != (1 if visual else 0):
+      raise ValueError(f"{placeholders} <image> placeholders for {'one' if visual else 'no'} visual input")
+    truncated = len(ids) > o.max_text_len
+    if truncated:
+      ids, labels = ids[:o.max_text_len], labels[:o.max_text_len]
+      if visual and not (ids == IMAGE_TOKEN_INDEX).any():
+        raise ValueError(f"the <image> placeholder lies beyond max_text_len={o.max_text_len}")
+    return {"input_ids": ids, "labels": labels, "truncated": truncated, **visual}
