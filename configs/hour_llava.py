@@ -59,7 +59,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # hourjax.data.sources.Source (annotations, media, features, strategy, weight, group_qa).
   tiny = size == "tiny"
   cfg.data = ml_collections.ConfigDict(dict(
-      root="", sources=[], prepared="", seed=0, batch_size=8, workers=0, worker_buffer=2, epochs=0,
+      root="", sources=[], prepared="", seed=0, batch_size=8, epochs=0,
+      workers=0, worker_buffer=2, threads=2, read_ahead=0,      # read_ahead 0: two batches
       buckets=dict(frames=(16, 32, 64) if tiny else (128, 256, 512, 1024, 2048, 3600),
                    text=(128, 256, 512) if tiny else (1024, 2048, 4096, 8192, 32768)),
       read=dict(tokenizer="", image_size=cfg.model.vision.image_size, frames="official",

@@ -14,7 +14,8 @@ def _all_frames(path, size):
                                 interpolation="BICUBIC").to_ndarray() for f in src.decode(video=0)])
 
 
-@pytest.mark.parametrize("codec,seconds,fps", [("mpeg4", 40, 8), ("libx264", 75, 6)])
+# 30 FPS H.264 has B-frames that are skipped between the 1-FPS targets.
+@pytest.mark.parametrize("codec,seconds,fps", [("mpeg4", 40, 8), ("libx264", 75, 6), ("libx264", 40, 30)])
 def test_seeking_decode_equals_sequential_decode(tmp_path, codec, seconds, fps):
   path = str(tmp_path / "v.mp4")
   write_video(path, moving_square(seconds, fps=fps, seed=1), fps=fps, codec=codec)

@@ -14,7 +14,6 @@ from typing import Sequence
 
 import numpy as np
 
-from hourjax.data.video import to_siglip
 from hourjax.models.forgetting import image_layout, video_layout
 from hourjax.models.hour_llava import HourLlavaConfig
 from hourjax.ops.loss import IGNORE_INDEX
@@ -71,10 +70,10 @@ def collate(samples: Sequence[dict], cfg: HourLlavaConfig, buckets: Buckets, pad
                                    retained_frames=widths.retained_frames.shape[1])
   if visual == "features":
     out = np.zeros((b, frame_edge, cfg.pool_size ** 2, cfg.vision.hidden_size), np.float32)
-  else:
-    out = np.zeros((b, frame_edge, cfg.vision.image_size, cfg.vision.image_size, 3), np.float32)
+  else:     # uint8: the model scales pixels to [-1, 1] on the device
+    out = np.zeros((b, frame_edge, cfg.vision.image_size, cfg.vision.image_size, 3), np.uint8)
   for i, s in enumerate(samples):
     if frames[i]:
-      out[i, :frames[i]] = s[visual] if visual == "features" else to_siglip(s[visual])
+      out[i, :frames[i]] = s[visual]
   batch["features" if visual == "features" else "pixel_values"] = out
   return batch

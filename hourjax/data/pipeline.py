@@ -133,12 +133,16 @@ class MixStreams(grain.IterDataset):
 
 def stream_dataset(records: Any, read: ReadOptions, cfg: HourLlavaConfig, stream: str, *,
                    batch_size: int, buckets: batching.Buckets, seed: int, process_index: int = 0,
-                   process_count: int = 1, epochs: int | None = None) -> grain.IterDataset:
-  """One stream's batches; `records` is a list of records or any random-access source."""
+                   process_count: int = 1, epochs: int | None = None, threads: int = 2,
+                   read_ahead: int | None = None) -> grain.IterDataset:
+  """One stream's batches; `records` is a list of records or any random-access source.
+  `threads` samples are read at once, at most `read_ahead` (default 2 batches) ahead: Grain's
+  defaults (16 threads, 500 ahead) suit small records, not decoded videos."""
   ds = grain.MapDataset.source(records).shuffle(seed).repeat(epochs)
   ds = ds[process_index::process_count].map(ReadSample(read))
   collate = _Collate(cfg, buckets, MODALITY[stream])
-  return SkipAndBatch(ds.to_iter_dataset(), batch_size, collate, stream)
+  options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=read_ahead or 2 * batch_size)
+  return SkipAndBatch(ds.to_iter_dataset(options), batch_size, collate, stream)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +157,8 @@ class _Collate:      # a picklable partial for the worker processes
 
 def make_dataset(streams: dict[str, Any], read: ReadOptions, cfg: HourLlavaConfig, *, batch_size: int,
                  buckets: batching.Buckets, seed: int, process_index: int = 0, process_count: int = 1,
-                 workers: int = 0, worker_buffer: int = 2, epochs: int | None = None) -> grain.IterDataset:
+                 workers: int = 0, worker_buffer: int = 2, epochs: int | None = None, threads: int = 2,
+                 read_ahead: int | None = None) -> grain.IterDataset:
   """All streams mixed in proportion to their sizes. `batch_size` is global."""
   if batch_size % process_count:
     raise ValueError(f"global batch_size={batch_size} is not divisible by {process_count} processes")
@@ -162,7 +167,8 @@ def make_dataset(streams: dict[str, Any], read: ReadOptions, cfg: HourLlavaConfi
     raise ValueError("the data mixture selected no records")
   per_stream = {name: stream_dataset(records, read, cfg, name, batch_size=batch_size // process_count,
                                      buckets=buckets, seed=seed, process_index=process_index,
-                                     process_count=process_count, epochs=epochs)
+                                     process_count=process_count, epochs=epochs, threads=threads,
+                                     read_ahead=read_ahead)
                 for name, records in sorted(streams.items())}
   ds = MixStreams(per_stream, {k: len(streams[k]) for k in per_stream})
   if workers:
@@ -185,7 +191,8 @@ def from_config(data: Any, cfg: HourLlavaConfig, *, process_index: int = 0, proc
   return make_dataset(streams, read, cfg, batch_size=data.batch_size,
                       buckets=batching.Buckets(tuple(data.buckets.frames), tuple(data.buckets.text)),
                       seed=seed, process_index=process_index, process_count=process_count,
-                      workers=data.workers, worker_buffer=data.worker_buffer, epochs=data.epochs or None)
+                      workers=data.workers, worker_buffer=data.worker_buffer, epochs=data.epochs or None,
+                      threads=data.threads, read_ahead=data.read_ahead or None)
 
 
 # ---------------------------------------------------------------------------------------------

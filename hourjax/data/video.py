@@ -57,6 +57,11 @@ def fixed_frame_indices(total: int, count: int) -> np.ndarray:
   return np.linspace(0, total - 1, min(total, count)).astype(int)
 
 
+# Decoded frames trail submitted packets by the decoder's threads and B-frame reordering; the
+# skip is lifted this many frames before a target so that the target itself is decoded.
+_SKIP_MARGIN = 24
+
+
 def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2.0,
                   resample: str = "swscale") -> np.ndarray:
   """Frames at `indices` (ascending) as uint8 [N, size, size, 3], resized bicubic: by FFmpeg's
@@ -64,7 +69,8 @@ def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2
   official SigLIP processor does, pixel for pixel).
 
   Seeks to the keyframe before a target when it is more than `seek_gap` seconds past the last
-  decoded frame, and decodes forward from there: at 1 FPS most frames are never decoded.
+  decoded frame, and decodes forward from there; frames nothing refers to are not decoded
+  while the next target is more than `_SKIP_MARGIN` frames away.
   """
   indices = np.asarray(indices)
   if len(indices) == 0 or np.any(np.diff(indices) < 0):
@@ -78,12 +84,14 @@ def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2
       start = stream.start_time or 0
       tb = float(stream.time_base)
       frame_no = lambda f: int(round((f.pts - start) * tb * fps))
-      frames, current = None, None
+      frames, current, ctx = None, None, stream.codec_context
       for target in indices:
         if current is None or target - frame_no(current) > seek_gap * fps:
           src.seek(start + int(target / fps / tb), stream=stream, backward=True, any_frame=False)
           frames, current = src.decode(stream), None
         while current is None or frame_no(current) < target:
+          far = current is not None and target - frame_no(current) > _SKIP_MARGIN
+          ctx.skip_frame = "NONREF" if far else "DEFAULT"
           nxt = next(frames, None)
           if nxt is None:
             break

@@ -128,7 +128,10 @@ class HourLlava(nn.Module):
 
   # -- 1. frames -> full video tokens ------------------------------------------------------------
   def encode_frames(self, pixel_values: jax.Array, pool: bool) -> jax.Array:
-    """pixels [B, T, h, w, 3] in [-1, 1] -> SigLIP features [B, T, g, C] (pooled to 8x8 if `pool`)."""
+    """pixels [B, T, h, w, 3] in [-1, 1], or uint8 RGB (scaled here, on the device: a quarter of
+    the host work and transfer) -> SigLIP features [B, T, g, C] (pooled to 8x8 if `pool`)."""
+    if pixel_values.dtype == jnp.uint8:
+      pixel_values = pixel_values.astype(jnp.float32) / 127.5 - 1.0     # = video.to_siglip
     b, t = pixel_values.shape[:2]
     feats = self.vision(pixel_values.reshape(b * t, *pixel_values.shape[2:]),
                         feature_layer=self.cfg.feature_layer)
