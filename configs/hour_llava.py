@@ -1,11 +1,16 @@
-"""Hour-LLaVA model presets (paper §4, Table 6; sizes from the upstream Qwen / SigLIP configs).
+"""Hour-LLaVA: model presets and the three training stages (paper §4, Table 6; spec §4.2).
 
-  python -m launch.demo --config configs/hour_llava.py:tiny        # the demo's model
-  python -c "from configs.hour_llava import get_config; print(get_config('7b'))"
+  python -m launch.train --config configs/hour_llava.py:7b,stage=3 --workdir /runs/hl7b-s3 \
+      data.root=/data train.init=/runs/hl7b-s2/params
+  python -m launch.train --config configs/hour_llava.py:tiny,stage=3 --workdir /tmp/run \
+      data.root=/tmp/synth                                   # trains on this CPU
 
-Presets: tiny (tests and the CPU demo), 3b (Qwen2.5-3B-Instruct), 7b (Qwen2-7B-Instruct).
-Fields are ml_collections, so any can be overridden (`cfg.model.forgetting.temporal = "random"`).
-The training issue adds stages as further arguments (`configs/hour_llava.py:7b,stage=3`).
+Argument: `size[,stage=N][,lr=per_module|single]`. Sizes: tiny (tests and the CPU demo), 3b
+(Qwen2.5-3B-Instruct), 7b (Qwen2-7B-Instruct). Stages: 1 image-language pretraining (MemAug
+only), 2 video-language adaptation (everything), 3 video instruction tuning (everything but
+SigLIP). lr=per_module uses the scripts' per-module flags (vision 5e-6, projector and MemAug
+1e-4, LLM 1e-5 / 2e-5); lr=single gives every trained module the base rate, which the spec
+finds the official DeepSpeed runs probably used. Any field can be overridden as key=value.
 """
 from __future__ import annotations
 
@@ -41,8 +46,50 @@ FORGETTING = dict(spatial="random", spatial_keep=4, temporal="uniform", temporal
                   memory_scale=1.0, keyframe_neighbours=8)
 
 
+# Per stage: trained groups at their per-module rate (spec §4.2), the base rate (lr=single), global
+# batch, checkpoint interval, the official data mixture (paths under data.root) and whether the
+# time instruction is added.
+STAGES = {
+    1: dict(lr=dict(memaug=1e-4), base={"7b": 1e-4, "3b": 1e-4}, batch={"7b": 128, "3b": 128},
+            every=100, time_instruction=False,
+            sources=[dict(annotations="LLaVA-OneVision/llava_ov_si.json", media="LLaVA-OneVision/images")]),
+    2: dict(lr=dict(vision=5e-6, projector=1e-4, memaug=1e-4, llm={"7b": 1e-5, "3b": 2e-5}),
+            base={"7b": 1e-5, "3b": 2e-5}, batch={"7b": 128, "3b": 128}, every=100, time_instruction=True,
+            sources=[dict(annotations="LLaVA-Video-178K/llava_video.json", media="LLaVA-Video-178K/videos",
+                          strategy="first:20%"),
+                     dict(annotations="LLaVA-OneVision/llava_ov_si.json", media="LLaVA-OneVision/images",
+                          strategy="first:10%"),
+                     dict(annotations="LLaVA-Video-178K/text.json", strategy="first:10%")]),
+    3: dict(lr=dict(projector=1e-4, memaug=1e-4, llm=2e-5), base={"7b": 2e-5, "3b": 2e-5},
+            batch={"7b": 256, "3b": 128}, every=1000, time_instruction=True,
+            sources=[dict(annotations="VideoMarathon/jsons/videomarathon.json", media="VideoMarathon/videos",
+                          features="VideoMarathon/features"),
+                     dict(annotations="LLaVA-Video-178K/llava_video.json", media="LLaVA-Video-178K/videos",
+                          strategy="end:80%"),
+                     dict(annotations="LLaVA-OneVision/llava_ov_si.json", media="LLaVA-OneVision/images",
+                          strategy="end:90%"),
+                     dict(annotations="LLaVA-Video-178K/text.json", strategy="end:90%")]),
+}
+TINY_LR = 3e-3        # the CPU demo trains for minutes, not an epoch of millions of samples
+
+
+def parse_arg(arg: str) -> tuple[str, int, str]:
+  size, *rest = arg.split(",")
+  opts = dict(item.split("=", 1) if "=" in item else (item, "") for item in rest)
+  unknown = set(opts) - {"stage", "lr"}
+  if unknown:
+    raise ValueError(f"config argument {arg!r}: unknown {sorted(unknown)}; expected size[,stage=N][,lr=...]")
+  stage = int(opts.get("stage", 0) or 0)
+  if stage and stage not in STAGES:
+    raise ValueError(f"config argument {arg!r}: unknown stage {stage}; expected one of {sorted(STAGES)}")
+  lr = opts.get("lr", "per_module")
+  if lr not in ("per_module", "single"):
+    raise ValueError(f"config argument {arg!r}: lr={lr!r}; expected per_module or single")
+  return size or "tiny", stage, lr
+
+
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
-  size = arg.split(",")[0] or "tiny"
+  size, stage, lr_mode = parse_arg(arg)
   if size not in LLMS:
     raise ValueError(f"unknown Hour-LLaVA preset {size!r}; expected one of {sorted(LLMS)}")
   llm = LLMS[size]
@@ -66,4 +113,29 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       read=dict(tokenizer="", image_size=cfg.model.vision.image_size, frames="official",
                 min_frames=16 if tiny else 128, time_instruction=True, label_separators=True,
                 max_text_len=512 if tiny else 32768, resample="pil")))
+  cfg.train = ml_collections.ConfigDict(dict(
+      stage=stage, steps=0, seed=0, init="", dtype="float32" if tiny else "bfloat16",
+      optimizer=dict(lr=dict(vision=0.0, projector=0.0, memaug=0.0, llm=0.0), warmup_ratio=0.03,
+                     schedule="cosine", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0,
+                     accumulate=1),
+      checkpoint_every=100, checkpoint_keep=3, checkpoint_async=True,
+      peak_flops=0.0))   # per device, for MFU (e.g. 459e12 for a v5p chip in bf16); 0: not logged
+  if stage:
+    st = STAGES[stage]
+    for group, rate in st["lr"].items():
+      rate = rate[size] if isinstance(rate, dict) and size in rate else rate
+      if tiny:
+        rate = TINY_LR
+      elif lr_mode == "single":
+        rate = st["base"][size]
+      cfg.train.optimizer.lr[group] = float(rate if not isinstance(rate, dict) else rate["7b"])
+    cfg.train.checkpoint_every = st["every"]
+    cfg.data.read.time_instruction = st["time_instruction"]
+    if tiny:
+      cfg.data.batch_size, cfg.train.steps, cfg.train.checkpoint_every = 4, 60, 20
+      cfg.data.root = "/tmp/hourjax_synth"
+      cfg.data.sources = [dict(annotations="annotations.jsonl")]
+    else:
+      cfg.data.batch_size = st["batch"][size]
+      cfg.data.sources = [dict(s) for s in st["sources"]]
   return cfg

@@ -19,8 +19,11 @@ def test_chunked_loss_and_grads_equal_full_logits(t, chunk, shards):
                      jax.random.randint(ks[2], (2, t), 0, 50))
   full = lambda h, w: next_token_loss(jnp.einsum("bth,hv->btv", h, w), labels)
   chunked = lambda h, w: chunked_next_token_loss(h, w, labels, chunk=chunk, shards=shards)
-  (ref, n_ref), (got, n) = full(hidden, head), jax.jit(chunked)(hidden, head)
+  (ref, n_ref), (got, n, correct) = full(hidden, head), jax.jit(chunked)(hidden, head)
   assert int(n) == int(n_ref) and rel_err(got, ref) < 1e-6
+  shifted = jnp.roll(labels, -1, 1).at[:, -1].set(IGNORE_INDEX)
+  hits = (jnp.argmax(jnp.einsum("bth,hv->btv", hidden, head), -1) == shifted) & (shifted != IGNORE_INDEX)
+  assert int(correct) == int(hits.sum()) > 0
   g_ref = jax.grad(lambda h, w: full(h, w)[0], (0, 1))(hidden, head)
   g = jax.jit(jax.grad(lambda h, w: chunked(h, w)[0], (0, 1)))(hidden, head)
   assert tree_rel_err(g, g_ref) < 1e-6

@@ -183,16 +183,24 @@ def from_config(data: Any, cfg: HourLlavaConfig, *, process_index: int = 0, proc
   dataset (`data.prepared`, written by `python -m hourjax.data.prepared`) replaces the sources."""
   seed = data.seed if seed is None else seed
   read = ReadOptions(**dict(data.read))
-  if data.get("prepared"):
-    from hourjax.data.prepared import load_prepared
-    streams = load_prepared(data.prepared)
-  else:
-    streams = epoch_records([Source(**dict(s)) for s in data.sources], data.root, seed)
+  streams = streams_from_config(data, seed)
   return make_dataset(streams, read, cfg, batch_size=data.batch_size,
                       buckets=batching.Buckets(tuple(data.buckets.frames), tuple(data.buckets.text)),
                       seed=seed, process_index=process_index, process_count=process_count,
                       workers=data.workers, worker_buffer=data.worker_buffer, epochs=data.epochs or None,
                       threads=data.threads, read_ahead=data.read_ahead or None)
+
+
+def streams_from_config(data: Any, seed: int) -> dict[str, Any]:
+  if data.get("prepared"):
+    from hourjax.data.prepared import load_prepared
+    return load_prepared(data.prepared)
+  return epoch_records([Source(**dict(s)) for s in data.sources], data.root, seed)
+
+
+def epoch_batches(data: Any) -> int:
+  """Global batches in one epoch of every stream (what `train.steps=0` trains for)."""
+  return sum(len(v) // data.batch_size for v in streams_from_config(data, data.seed).values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +252,8 @@ def to_global(batch: dict, mesh: Mesh, cfg: HourLlavaConfig | None = None) -> di
   arrays = {k: v for k, v in batch.items() if k != "meta"}
   if cfg is not None:
     arrays = agree_on_bucket(arrays, cfg)
-  axes = mesh_lib.batch_spec(mesh)[0]
+  spec = mesh_lib.batch_spec(mesh)
+  axes = spec[0] if len(spec) else None
 
   def put(x):
     spec = PartitionSpec(axes, *([None] * (np.ndim(x) - 1)))

@@ -23,8 +23,9 @@ def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, ja
 
 
 def chunked_next_token_loss(hidden: jax.Array, head: jax.Array, labels: jax.Array, *,
-                            chunk: int = 1024, shards: int = 1) -> tuple[jax.Array, jax.Array]:
-  """next_token_loss of logits = hidden @ head, never holding more than a chunk of logits.
+                            chunk: int = 1024, shards: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """next_token_loss of logits = hidden @ head, never holding more than a chunk of logits, plus
+  how many supervised tokens the argmax predicts (for accuracy): (total CE, count, correct).
 
   hidden [B, T, H] (after the final norm), head [H, V]. The full [B, T, V] float32 logits of a
   152K vocabulary dwarf everything else in a long-context step; here each scan step makes
@@ -53,7 +54,10 @@ def chunked_next_token_loss(hidden: jax.Array, head: jax.Array, labels: jax.Arra
     valid = yc != IGNORE_INDEX
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, jnp.where(valid, yc, 0)[..., None], axis=-1)[..., 0]
-    return (carry[0] - jnp.sum(jnp.where(valid, picked, 0.0)), carry[1] + jnp.sum(valid)), None
+    hit = valid & (jnp.argmax(logits, -1) == yc)
+    return (carry[0] - jnp.sum(jnp.where(valid, picked, 0.0)), carry[1] + jnp.sum(valid),
+            carry[2] + jnp.sum(hit)), None
 
-  (total, count), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)), (x, y))
-  return total, count
+  zero = jnp.zeros((), jnp.int32)
+  (total, count, correct), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zero, zero), (x, y))
+  return total, count, correct

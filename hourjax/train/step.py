@@ -37,8 +37,8 @@ def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
                     layout=batch.get("layout"), features=batch.get("features"),
                     pixel_values=batch.get("pixel_values"), modality=modality, rng=rng, head=False)
   head = model.apply({"params": params}, method=lambda m: m.llm.head_weight())
-  total, count = chunked_next_token_loss(out["hidden"], head, out["labels"], shards=ring_shards())
-  return total / jnp.maximum(count, 1), {"supervised_tokens": count}
+  total, count, correct = chunked_next_token_loss(out["hidden"], head, out["labels"], shards=ring_shards())
+  return total / jnp.maximum(count, 1), {"supervised_tokens": count, "correct_tokens": correct}
 
 
 def lm_loss_fn(model: nn.Module, params: Any, batch: Batch,
@@ -47,8 +47,8 @@ def lm_loss_fn(model: nn.Module, params: Any, batch: Batch,
   hidden, _ = model.apply({"params": params}, batch["input_ids"], positions=batch.get("positions"),
                           segment_ids=batch.get("segment_ids"), head=False)
   head = model.apply({"params": params}, method=lambda m: m.head_weight())
-  total, count = chunked_next_token_loss(hidden, head, batch["labels"], shards=ring_shards())
-  return total / jnp.maximum(count, 1), {"supervised_tokens": count}
+  total, count, correct = chunked_next_token_loss(hidden, head, batch["labels"], shards=ring_shards())
+  return total / jnp.maximum(count, 1), {"supervised_tokens": count, "correct_tokens": correct}
 
 
 def freeze(optimizer: optax.GradientTransformation, params: Any,

@@ -7,8 +7,9 @@ batches per second.
 Videos: 640x360 at 30 FPS, H.264 (libx264, default GOP of 250 frames), made by ffmpeg's testsrc2
 (moving, textured). Everything runs pinned to one core (`taskset -c 0`, single-threaded codecs),
 so numbers are per core. Each measurement delivers the same thing: one 384x384 RGB frame per
-second of video (ffmpeg: its fps filter + bicubic scale to raw RGB; hourjax: seek + decode
-the frames the official rule picks + resize + scale to [-1, 1] float32).
+second of video as uint8 RGB (ffmpeg: its fps filter + bicubic scale to raw RGB; hourjax: probe,
+the official frame rule, decoding those frames + bicubic resize; the scaling to [-1, 1] happens
+on the accelerator).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ from hourjax.data import video
 t = time.perf_counter()
 info = video.probe({path!r})
 idx = video.official_frame_indices(info.frames, info.fps)
-x = video.to_siglip(video.decode_frames({path!r}, idx, {size}, resample={resample!r}))
+x = video.decode_frames({path!r}, idx, {size}, resample={resample!r})
 print(time.perf_counter() - t, len(x))
 """
   out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], check=True,

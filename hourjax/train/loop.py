@@ -1,0 +1,183 @@
+"""The training loop: config -> mesh, model, data, optimizer -> jitted steps, with Orbax
+checkpoints that resume exactly, preemption handling and metrics.
+
+    from hourjax.config import load
+    from hourjax.train.loop import train
+    summary = train(load("configs/hour_llava.py:tiny,stage=3", ["data.root=/tmp/synth"]), "/tmp/run")
+
+Resume: calling `train` again with the same workdir continues from the latest checkpoint (the
+state, the data iterator and the step), so a preempted or killed run repeats no batch and skips
+none. SIGTERM saves a checkpoint at the end of the current step and returns.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hourjax.config import model_config
+from hourjax.convert.io import load_params, read_meta
+from hourjax.data import pipeline
+from hourjax.models import build
+from hourjax.parallel import mesh as mesh_lib
+from hourjax.train import flops as flops_lib
+from hourjax.train import optimizer as opt_lib
+from hourjax.train import step as step_lib
+from hourjax.train.checkpoint import Checkpoints, abstract_like
+from hourjax.train.metrics import DataCounters, MetricWriter
+
+DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+
+class NonFiniteLoss(RuntimeError):
+  pass
+
+
+def check_run(run: ml_collections.ConfigDict) -> None:
+  """Start-up validation: each inconsistent value is named."""
+  t = run.train
+  if t.dtype not in DTYPES:
+    raise ValueError(f"train.dtype={t.dtype!r}: expected one of {sorted(DTYPES)}")
+  if t.init and not os.path.exists(os.path.join(t.init, "hourjax.json")):
+    raise FileNotFoundError(f"train.init={t.init!r}: no hourjax checkpoint there (convert one with "
+                            "tools/convert_torch/convert.py, or give the previous stage's workdir/params)")
+  devices = jax.device_count()
+  sizes = dict(run.mesh)
+  fixed = math.prod(v for v in sizes.values() if v > 0)
+  if fixed > devices or (-1 not in sizes.values() and fixed != devices):
+    raise ValueError(f"mesh={sizes} needs {fixed} devices; {devices} are available")
+  shards = mesh_lib.batch_shards(mesh_lib.make_mesh(sizes))
+  if run.data.batch_size % shards or run.data.batch_size % jax.process_count():
+    raise ValueError(f"data.batch_size={run.data.batch_size} is not divisible by the mesh's "
+                     f"{shards} batch shards and {jax.process_count()} processes")
+  if run.data.batch_size % t.optimizer.accumulate:
+    raise ValueError(f"train.optimizer.accumulate={t.optimizer.accumulate} must divide data.batch_size")
+
+
+def _scalar(x: Any) -> float:
+  return float(np.asarray(x))
+
+
+def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `run` in `workdir` (checkpoints/, metrics.jsonl, tensorboard/); returns a summary."""
+  check_run(run)
+  t = run.train
+  cfg = model_config(run.model)
+  opt_cfg = opt_lib.OptimizerConfig(**{**t.optimizer.to_dict(), "lr": dict(t.optimizer.lr)})
+  mesh = mesh_lib.make_mesh(dict(run.mesh))
+  model = build.build("hour_llava", cfg, dtype=DTYPES[t.dtype])
+  data_iter = iter(pipeline.from_config(run.data, cfg, process_index=jax.process_index(),
+                                        process_count=jax.process_count()))
+  steps = t.steps or pipeline.epoch_batches(run.data)     # 0: one epoch, as the official runs
+  micro = opt_cfg.accumulate
+  abstract = build.abstract_params("hour_llava", cfg)
+  specs = mesh_lib.param_specs(build.logical_specs("hour_llava", cfg), abstract, mesh)
+  optimizer = opt_lib.make_optimizer(opt_cfg, abstract, max(1, steps // micro))
+  state_sh = mesh_lib.shardings(step_lib.state_specs(optimizer, specs, abstract), mesh)
+  ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), every=t.checkpoint_every,
+                      keep=t.checkpoint_keep, use_async=t.checkpoint_async)
+  lead = jax.process_index() == 0
+  writer = MetricWriter(workdir, steps, enabled=lead)
+  counters = DataCounters()
+  run_dict = {"config": run.to_dict(), "workdir": os.path.abspath(workdir)}
+
+  def loss(params, batch, rng, modality):
+    return step_lib.loss_fn(model, opt_lib.stop_frozen(params, opt_cfg), batch, rng, modality)
+
+  jitted: dict[str, Any] = {}
+
+  def step_fn(modality: str):
+    if modality not in jitted:
+      fn = step_lib.make_train_step(lambda p, b, r: loss(p, b, r, modality), optimizer)
+      jitted[modality] = jax.jit(fn, in_shardings=(state_sh, None, None), out_shardings=(state_sh, None),
+                                 donate_argnums=0)
+    return jitted[modality]
+
+  stop = {"signal": None}
+  previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
+  rng = jax.random.key(t.seed)
+  with mesh_lib.activate(mesh):
+    start = ckpts.latest()
+    if start is not None:
+      abstract_state = abstract_like(jax.eval_shape(lambda p: step_lib.init_state(p, optimizer), abstract), state_sh)
+      state, _ = ckpts.restore(start, abstract_state, data_iter)
+      logging.info("resumed from step %d", start)
+    else:
+      start = 0
+      if t.init:
+        meta = read_meta(t.init)
+        if meta["kind"] != "hour_llava":
+          raise ValueError(f"train.init={t.init!r} holds a {meta['kind']!r} model; expected hour_llava")
+        params = load_params(t.init, abstract_like(abstract, state_sh.params))
+      else:
+        params = mesh_lib.init_sharded("hour_llava", cfg, mesh, jax.random.key(t.seed))
+      state = jax.jit(lambda p: step_lib.init_state(p, optimizer), out_shardings=state_sh)(params)
+    losses = []
+    step_time = time.perf_counter()
+    try:
+      for step in range(start, steps):
+        batch = next(data_iter)
+        meta = batch.pop("meta")
+        modality = pipeline.MODALITY[meta["stream"]]
+        global_batch = pipeline.to_global(batch, mesh, cfg)
+        state, m = step_fn(modality)(state, global_batch, rng)
+        m = jax.device_get(m)
+        loss_value = _scalar(m["loss"])
+        if not np.isfinite(loss_value):
+          path = os.path.join(workdir, f"nonfinite_step_{step + 1}.json")
+          if lead:
+            with open(path, "w") as f:
+              json.dump({"step": step + 1, "metrics": {k: _scalar(v) for k, v in m.items()},
+                         "batch": meta, "last_checkpoint": ckpts.latest()}, f, indent=1)
+          raise NonFiniteLoss(f"loss is {loss_value} at step {step + 1}; nothing saved after step "
+                              f"{ckpts.latest()}; diagnostics in {path}")
+        now = time.perf_counter()
+        dt, step_time = now - step_time, now
+        tokens = int(np.asarray(batch["attention_mask"]).sum()) * jax.process_count()
+        scalars = {"loss": loss_value, "accuracy": _scalar(m["correct_tokens"]) / max(1, _scalar(m["supervised_tokens"])),
+                   "grad_norm": _scalar(m["grad_norm"]), "step_time_s": dt, "tokens_per_s": tokens / dt,
+                   "supervised_tokens": _scalar(m["supervised_tokens"])}
+        for g, sched in opt_lib.schedules(opt_cfg, max(1, steps // micro)).items():
+          scalars[f"lr/{g}"] = float(sched(step // micro))
+        if t.peak_flops:
+          scalars["mfu"] = _step_flops(cfg, global_batch, opt_cfg) / dt / (t.peak_flops * jax.device_count())
+        writer.write(step + 1, scalars, counters.add(meta))
+        losses.append(loss_value)
+        if ckpts.due(step + 1, steps) or stop["signal"] is not None:
+          ckpts.save(step + 1, state, data_iter, {**run_dict, "step": step + 1})
+        if stop["signal"] is not None:
+          logging.warning("SIGTERM: saved step %d and stopping", step + 1)
+          break
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+      ckpts.close()
+      writer.close()
+      if hasattr(data_iter, "close"):
+        data_iter.close()
+  summary = {"first_step": start + 1, "last_step": start + len(losses), "steps": steps,
+             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+             "preempted": stop["signal"] is not None, "data": dict(counters.counts)}
+  if lead:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=1)
+  return {**summary, "state": state}
+
+
+def _step_flops(cfg, batch: dict, opt_cfg: opt_lib.OptimizerConfig) -> float:
+  layout = batch.get("layout")
+  b, text = batch["input_ids"].shape
+  if layout is None:
+    return sum(flops_lib.decoder_step(cfg.llm, b, text).values())
+  frames = batch.get("features", batch.get("pixel_values")).shape[1]
+  return sum(flops_lib.hour_llava_step(
+      cfg, b, text, frames, layout.memory_frames.shape[1], layout.retained_frames.shape[1],
+      pixels="pixel_values" in batch, vision_trainable="vision" in opt_cfg.trainable).values())

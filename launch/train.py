@@ -1,0 +1,63 @@
+"""Train a stage.
+
+  python -m launch.train --config configs/hour_llava.py:tiny,stage=3 --workdir /tmp/run data.root=/tmp/synth
+  python -m launch.train --config configs/hour_llava.py:7b,stage=3 --workdir gs://bucket/hl7b-s3 \\
+      data.root=/data train.init=/runs/hl7b-s2/params mesh.fsdp=-1
+
+Re-running the same command resumes from the workdir's latest checkpoint. Several processes
+(TPU pod hosts, SLURM tasks) find each other through `jax.distributed.initialize()`'s automatic
+detection; elsewhere pass --coordinator HOST:PORT --num-processes N --process-id I. When the run
+ends, the trained parameters are written to <workdir>/params (the next stage's train.init).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def initialize_distributed(a: argparse.Namespace) -> None:
+  import jax
+  if a.coordinator:
+    jax.distributed.initialize(a.coordinator, a.num_processes, a.process_id)
+  elif a.distributed == "auto" and any(k in os.environ for k in (
+      "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE")):
+    jax.distributed.initialize()
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", required=True, help="path.py[:arg], e.g. configs/hour_llava.py:7b,stage=3")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--distributed", choices=("auto", "none"), default="auto")
+  p.add_argument("--coordinator", default="", help="HOST:PORT of process 0 (explicit multi-process)")
+  p.add_argument("--num-processes", type=int, default=1)
+  p.add_argument("--process-id", type=int, default=0)
+  p.add_argument("--cpu-collectives", default="", help="gloo for multi-process CPU runs")
+  p.add_argument("overrides", nargs="*", help="key=value config overrides")
+  a = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  logging.getLogger("absl").setLevel(logging.WARNING)      # Orbax's per-save chatter
+  import jax
+  if a.cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", a.cpu_collectives)
+  initialize_distributed(a)
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()      # Grain's worker processes read absl flags
+  from hourjax.config import load, model_config
+  from hourjax.convert.io import save_params
+  from hourjax.train.loop import train
+  run = load(a.config, a.overrides)
+  summary = train(run, a.workdir)
+  state = summary.pop("state")
+  if not summary["preempted"] and summary["last_step"] == summary["steps"]:
+    save_params(os.path.join(a.workdir, "params"), state.params, "hour_llava", model_config(run.model))
+  if jax.process_index() == 0:
+    print(json.dumps(summary, indent=1))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,167 @@
+"""Training: the optimizer's groups, freezing and schedules; the loop's exact resume after SIGKILL
+and SIGTERM; start-up validation; a non-finite loss stops without touching the last checkpoint."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs.hour_llava import get_config
+from hourjax.config import load, model_config
+from hourjax.data.synthetic_videos import write_dataset
+from hourjax.models import build
+from hourjax.train import optimizer as opt_lib
+from hourjax.train import step as step_lib
+from hourjax.train.loop import NonFiniteLoss, check_run, train
+from tiny_tokenizer import save_tiny_tokenizer
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CFG = model_config(get_config("tiny").model)
+CONFIG = os.path.join(ROOT, "configs", "hour_llava.py") + ":tiny,stage=3"
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("synth"))
+  write_dataset(root, num_videos=6, seconds=(18, 30), fps=2, size=48, seed=2)
+  save_tiny_tokenizer(os.path.join(root, "tokenizer"))
+  return root
+
+
+def _overrides(root, **kw):
+  base = {"data.root": root, "data.read.tokenizer": os.path.join(root, "tokenizer"), "train.steps": 8,
+          "train.checkpoint_every": 2}
+  base.update(kw)
+  return [f"{k}={v}" for k, v in base.items()]
+
+
+def test_optimizer_groups_freezing_and_schedule():
+  params = build.init_params("hour_llava", CFG, jax.random.key(0))
+  cfg = opt_lib.OptimizerConfig(lr={"projector": 1e-3, "memaug": 2e-3, "llm": 5e-4}, warmup_ratio=0.1)
+  tx = opt_lib.make_optimizer(cfg, params, steps=100)
+  state = tx.init(params)
+  # Frozen SigLIP has no optimizer state: the Adam moments cover exactly the trained groups.
+  trained = sum(x.size for k, v in params.items() if k != "vision" for x in jax.tree.leaves(v))
+  moments = [x for x in jax.tree.leaves(state) if x.ndim > 0]
+  assert sum(x.size for x in moments) == 2 * trained
+  s = opt_lib.schedules(cfg, 100)
+  assert float(s["memaug"](0)) == 0 and abs(float(s["memaug"](10)) - 2e-3) < 1e-9
+  assert abs(float(s["llm"](55)) - 5e-4 * 0.5 * (1 + np.cos(np.pi * 45 / 90))) < 1e-9
+  # stop_frozen: no gradient reaches SigLIP; the update of a frozen group is zero.
+  batch = {"input_ids": jnp.ones((1, 8), jnp.int32), "attention_mask": jnp.ones((1, 8), jnp.int32),
+           "labels": jnp.ones((1, 8), jnp.int32)}
+  from hourjax.data.synthetic import synthetic_batch
+  batch = synthetic_batch(CFG, jax.random.key(1), [20], 16, pixels=True)
+  model = build.build("hour_llava", CFG)
+  grads = jax.grad(lambda p: step_lib.loss_fn(model, opt_lib.stop_frozen(p, cfg), batch, jax.random.key(2))[0])(params)
+  assert all(not np.any(g) for g in jax.tree.leaves(grads["vision"]))
+  assert all(np.any(g) for g in jax.tree.leaves(grads["memaug"]))
+  updates, _ = tx.update(grads, state, params)
+  assert all(not np.any(u) for u in jax.tree.leaves(updates["vision"]))
+  with pytest.raises(ValueError, match="unknown groups"):
+    opt_lib.OptimizerConfig(lr={"decoder": 1e-4})
+
+
+def test_stage_configs():
+  c = get_config("7b,stage=2")
+  assert dict(c.train.optimizer.lr) == {"vision": 5e-6, "projector": 1e-4, "memaug": 1e-4, "llm": 1e-5}
+  assert dict(get_config("3b,stage=2,lr=single").train.optimizer.lr) == {k: 2e-5 for k in opt_lib.GROUPS}
+  s3 = get_config("7b,stage=3")
+  assert s3.train.optimizer.lr.vision == 0 and s3.data.batch_size == 256 and s3.data.read.time_instruction
+  assert dict(get_config("7b,stage=1").train.optimizer.lr) == {"vision": 0, "projector": 0, "memaug": 1e-4, "llm": 0}
+  for bad, field in (("7b,stage=4", "stage 4"), ("7b,lr=fast", "lr='fast'"), ("7b,epochs=1", "epochs")):
+    with pytest.raises(ValueError, match=field):
+      get_config(bad)
+
+
+def test_startup_validation(synth, tmp_path):
+  cases = [({"data.batch_size": 3, "mesh.data": 2, "mesh.fsdp": 1, "mesh.sequence": 4}, "data.batch_size"),
+           ({"mesh.data": 16, "mesh.fsdp": 1}, "mesh="),
+           ({"train.init": str(tmp_path / "nowhere")}, "train.init"),
+           ({"train.dtype": "float16"}, "train.dtype")]
+  for kw, field in cases:
+    with pytest.raises((ValueError, FileNotFoundError), match=field):
+      check_run(load(CONFIG, _overrides(synth, **kw)))
+  with pytest.raises(ValueError, match="not a config field"):
+    load(CONFIG, ["train.stepz=3"])
+
+
+def _launch(workdir, overrides):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  return subprocess.Popen([sys.executable, "-m", "launch.train", "--config", "configs/hour_llava.py:tiny,stage=3",
+                           "--workdir", str(workdir), *overrides], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _losses(workdir):
+  """Loss per step; a step run twice (after a restart) must have given the same loss."""
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    r = json.loads(line)
+    assert out.setdefault(r["step"], r["loss"]) == r["loss"], r
+  return out
+
+
+def _wait_for_step(proc, workdir, step, timeout=240):
+  path, t0 = os.path.join(workdir, "metrics.jsonl"), time.time()
+  while time.time() - t0 < timeout:
+    if os.path.exists(path) and any(json.loads(l)["step"] >= step for l in open(path)):
+      return
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.2)
+  raise TimeoutError
+
+
+def test_killed_and_preempted_runs_resume_bit_identically(synth, tmp_path):
+  ref = _launch(tmp_path / "ref", _overrides(synth))
+  assert ref.wait(600) == 0, ref.stdout.read()
+  expected = _losses(tmp_path / "ref")
+  assert sorted(expected) == list(range(1, 9))
+
+  killed = _launch(tmp_path / "killed", _overrides(synth))
+  _wait_for_step(killed, tmp_path / "killed", 5)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait()
+  again = _launch(tmp_path / "killed", _overrides(synth))
+  assert again.wait(600) == 0, again.stdout.read()
+  assert _losses(tmp_path / "killed") == expected
+
+  preempted = _launch(tmp_path / "preempted", _overrides(synth))
+  _wait_for_step(preempted, tmp_path / "preempted", 3)
+  preempted.send_signal(signal.SIGTERM)
+  assert preempted.wait(300) == 0
+  summary = json.load(open(tmp_path / "preempted" / "summary.json"))
+  assert summary["preempted"] and summary["last_step"] < 8
+  assert not os.path.exists(tmp_path / "preempted" / "params")
+  resumed = _launch(tmp_path / "preempted", _overrides(synth))
+  assert resumed.wait(600) == 0
+  assert _losses(tmp_path / "preempted") == expected
+  assert json.load(open(tmp_path / "preempted" / "summary.json"))["first_step"] == summary["last_step"] + 1
+  assert os.path.exists(tmp_path / "preempted" / "params" / "hourjax.json")
+
+
+def test_nonfinite_loss_keeps_the_last_good_checkpoint(synth, tmp_path):
+  run = load(CONFIG, _overrides(synth, **{"train.steps": 6, "mesh.fsdp": 4, "mesh.sequence": 2,
+                                          "train.checkpoint_every": 1}))
+  # The warmup starts at 0, so the first updates are small and checkpointed; then it diverges.
+  run.train.optimizer.lr.llm, run.train.optimizer.warmup_ratio = 1e30, 0.5
+  run.train.optimizer.clip_norm = 0.0
+  with pytest.raises(NonFiniteLoss, match="diagnostics"):
+    train(run, str(tmp_path))
+  report = next(f for f in os.listdir(tmp_path) if f.startswith("nonfinite_step_"))
+  bad_step = int(report.split("_")[-1].split(".")[0])
+  info = json.load(open(tmp_path / report))
+  assert bad_step >= 2 and info["last_checkpoint"] == bad_step - 1
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert saved and saved[-1] == bad_step - 1
+  losses = _losses(tmp_path)
+  assert all(np.isfinite(v) for s, v in losses.items() if s < bad_step)
