@@ -1,87 +1,115 @@
-"""The main job, for now: a forward pass of a tiny Hour-LLaVA on a generated video clip.
+"""The main job on its embedded default: train a tiny Hour-LLaVA on synthetic QA videos on this CPU.
 
-  bash launch/main.sh                                   # set up, then this with defaults
-  python -m launch.demo --config configs/hour_llava.py:tiny --seconds 40
+  bash launch/main.sh                                   # set up, then this with its defaults
+  python -m launch.demo --workdir /tmp/hourjax_demo --steps 150 --videos 32
 
-Writes an mp4 with PyAV, decodes it at 1 FPS, and runs video -> SigLIP -> 8x8 -> projector ->
-memory -> decayed queries -> MemAug -> Qwen2 under jit with random weights, then prints what
-each stage produced. (The training issue replaces this with a real training run.)
+1. Writes the synthetic dataset (real mp4 files whose frames answer the questions, LLaVA-style
+   JSONL) for training and a held-out split, and a small tokenizer trained on their text.
+2. Measures held-out loss and answer-token accuracy of the initial model.
+3. Trains stage 3 of configs/hour_llava.py:tiny (SigLIP frozen; projector, MemAug and LLM
+   trained) through the real pipeline, loop and Orbax checkpoints (re-running resumes).
+4. Writes the trained parameters, restores them, and measures the held-out split again.
+5. Answers one held-out question about one held-out video.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
-import tempfile
-import time
+import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from hourjax.config import load, model_config
-from hourjax.data.video import moving_square, read_frames_1fps, write_video
-from hourjax.models import build
-from hourjax.models.forgetting import video_layout
-from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
+
+def _dataset(root: str, videos: int, seed: int) -> list[dict]:
+  from hourjax.data.synthetic_videos import write_dataset
+  path = os.path.join(root, "annotations.jsonl")
+  if not os.path.exists(path):
+    write_dataset(root, num_videos=videos, seconds=(20, 48), fps=2, size=64, seed=seed)
+  return [json.loads(line) for line in open(path)]
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "hour_llava.py:tiny"))
-  p.add_argument("--seconds", type=int, default=40, help="length of the generated clip")
-  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--workdir", default="/tmp/hourjax_demo")
+  p.add_argument("--steps", type=int, default=150)
+  p.add_argument("--videos", type=int, default=32, help="training videos (held out: a quarter as many)")
+  p.add_argument("overrides", nargs="*", help="key=value overrides of configs/hour_llava.py:tiny,stage=3")
   a = p.parse_args(argv)
-  cfg = model_config(load(a.config).model)
-  if cfg.llm.hidden_size > 512:
-    raise SystemExit(f"{a.config} is a real-size model; the CPU demo runs tiny configs only")
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()
+  from hourjax.config import load, model_config
+  from hourjax.convert.io import load_params, save_params
+  from hourjax.data import chat, pipeline, video
+  from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
+  from hourjax.infer.generate import greedy_answer
+  from hourjax.models import build
+  from hourjax.parallel import mesh as mesh_lib
+  from hourjax.train.evaluate import evaluate
+  from hourjax.train.loop import train
 
-  with tempfile.TemporaryDirectory() as tmp:
-    path = os.path.join(tmp, "clip.mp4")
-    t0 = time.perf_counter()
-    write_video(path, moving_square(a.seconds, fps=8, seed=a.seed), fps=8)
-    frames, duration = read_frames_1fps(path, cfg.vision.image_size)
-    t_video = time.perf_counter() - t0
+  train_dir, held_dir = os.path.join(a.workdir, "data", "train"), os.path.join(a.workdir, "data", "heldout")
+  print(f"[1/5] synthetic QA videos in {a.workdir}/data", flush=True)
+  records = _dataset(train_dir, a.videos, seed=0)
+  held = _dataset(held_dir, max(2, a.videos // 4), seed=1)
+  tok_dir = os.path.join(a.workdir, "tokenizer")
+  if not os.path.exists(tok_dir):
+    save_tiny_tokenizer(tok_dir, [t["value"] for r in records for t in r["conversations"]])
+  tokenizer = chat.load_tokenizer(tok_dir)
+  print(f"      {len(records)} training videos, {len(held)} held out, "
+        f"{sum(len(r['conversations']) // 2 for r in records)} training questions", flush=True)
 
-  key_params, key_forget, key_text = jax.random.split(jax.random.key(a.seed), 3)
-  params = build.init_params("hour_llava", cfg, key_params)
+  config = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "hour_llava.py")
+  batch = math.lcm(4, jax.device_count())     # every device gets whole samples
+  run = load(config + ":tiny,stage=3", [f"data.root={train_dir}", f"data.read.tokenizer={tok_dir}",
+                                        f"train.steps={a.steps}", "train.checkpoint_every=50",
+                                        f"data.batch_size={batch}", *a.overrides])
+  cfg = model_config(run.model)
   model = build.build("hour_llava", cfg)
-  prompt = np.array(jax.random.randint(key_text, (24,), 1, cfg.llm.vocab_size))
-  prompt[8] = IMAGE_TOKEN_INDEX            # the <image> placeholder, after the system turn
-  layout = video_layout([len(frames)], cfg.forgetting)
+  held_data = run.data.copy_and_resolve_references()
+  held_data.root, held_data.epochs, held_data.batch_size = held_dir, 1, 2
 
-  @jax.jit
-  def forward(params, ids, pixels, key):
-    out, inter = model.apply({"params": params}, ids, jnp.ones_like(ids), layout=layout,
-                             pixel_values=pixels, rng=key, mutable="intermediates")
-    inter = inter["intermediates"]
-    return out, {k: inter[k][0].shape for k in ("memory", "decayed_queries", "memaug_query")}
+  def held_out(params) -> dict:
+    return evaluate(model, params, pipeline.from_config(held_data, cfg), jax.random.key(7))
 
-  t0 = time.perf_counter()
-  out, shapes = forward(params, prompt[None], frames[None], key_forget)
-  jax.block_until_ready(out)
-  t_first = time.perf_counter() - t0
-  t0 = time.perf_counter()
-  jax.block_until_ready(forward(params, prompt[None], frames[None], key_forget))
-  t_again = time.perf_counter() - t0
+  print("[2/5] held-out before training", flush=True)
+  mesh = mesh_lib.make_mesh(dict(run.mesh))
+  before = held_out(mesh_lib.init_sharded("hour_llava", cfg, mesh, jax.random.key(run.train.seed)))
+  print(f"      loss {before['loss']:.3f}, answer-token accuracy {before['accuracy']:.3f}", flush=True)
 
-  counts = {k: build.count_params(v) for k, v in params.items()}
-  f = cfg.forgetting
-  n_memory, n_visual = shapes["memory"][1], shapes["decayed_queries"][1]
-  next_token = int(jnp.argmax(out["logits"][0, -1]))
-  print("Hour-LLaVA forward on a generated video (random weights, CPU)")
-  print(f"  video        {duration:.1f} s clip -> {len(frames)} frames at 1 FPS, "
-        f"{cfg.vision.image_size}x{cfg.vision.image_size} ({t_video:.2f} s to write and decode)")
-  print(f"  memory       {layout.memory_frames.shape[1]} frames (repeated up to {f.min_memory_frames}) "
-        f"x {cfg.pool_size ** 2 + 1} tokens = {n_memory} memory tokens")
-  print(f"  forgetting   {f.spatial} spatial 1/{f.spatial_keep}, {f.temporal} temporal 1/{f.temporal_keep}: "
-        f"{int(layout.num_retained[0])} frames -> {n_visual} decayed queries ({n_visual / n_memory:.1%} of memory)")
-  print(f"  MemAug       {cfg.memaug.depth} blocks, query of {shapes['memaug_query'][1]} tokens "
-        f"(prompt text + decayed queries)")
-  print(f"  LLM          {out['logits'].shape[1]} tokens in, logits {tuple(out['logits'].shape)}, "
-        f"next token id {next_token}")
-  print("  parameters   " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + f" (total {sum(counts.values()):,})")
-  print(f"  time         first call {t_first:.2f} s (compile + run), then {t_again * 1e3:.0f} ms per forward")
+  print(f"[3/5] training {a.steps} steps (batch {run.data.batch_size}; re-running resumes)", flush=True)
+  summary = train(run, os.path.join(a.workdir, "run"))
+  state = summary.pop("state")
+  print(f"      loss {summary['first_loss']:.3f} at step {summary['first_step']} -> "
+        f"{summary['last_loss']:.3f} at step {summary['last_step']}", flush=True)
+
+  print("[4/5] save, restore and evaluate the trained parameters", flush=True)
+  params_dir = os.path.join(a.workdir, "params")
+  save_params(params_dir, jax.device_get(state.params), "hour_llava", cfg)
+  restored = load_params(params_dir)
+  same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(jax.device_get(state.params))))
+  after = held_out(restored)
+  print(f"      restored equal to trained: {same}; held-out loss {before['loss']:.3f} -> {after['loss']:.3f}, "
+        f"answer-token accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}", flush=True)
+
+  print("[5/5] one held-out question", flush=True)
+  r = held[0]
+  path = os.path.join(held_dir, r["data_source"], r["video"])
+  info = video.probe(path)
+  idx = video.official_frame_indices(info.frames, info.fps, min_frames=run.data.read.min_frames)
+  frames = video.decode_frames(path, idx, cfg.vision.image_size)
+  question = r["conversations"][0]["value"].replace("<image>\n", "")
+  answer = greedy_answer(model, restored, cfg, tokenizer, question, frames, duration=info.duration)
+  print(f"      video {r['video']} ({info.duration:.0f} s)\n      Q: {question}\n      model: {answer}\n"
+        f"      reference: {r['conversations'][1]['value']}", flush=True)
+  result = {"held_out_before": before, "held_out_after": after, "train": summary, "restored_equal": same,
+            "question": question, "answer": answer, "reference": r["conversations"][1]["value"]}
+  with open(os.path.join(a.workdir, "demo.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  return 0
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

@@ -5,7 +5,7 @@ import pytest
 from hourjax.data.chat import (load_tokenizer, move_placeholder_to_front, tokenize_conversation,
                                with_time_instruction)
 from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
-from tiny_tokenizer import save_tiny_tokenizer
+from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
 
 CONV = [{"from": "human", "value": "What colour is the square?\n<image>"},
         {"from": "gpt", "value": "The square is red."},

@@ -1,11 +1,16 @@
-"""The main job runs end to end and reports every stage of the data flow."""
+"""The main job: synthetic data -> training -> save/restore -> held-out evaluation -> an answer."""
+import json
+
 from launch import demo
 
 
-def test_demo_prints_the_data_flow(capsys):
-  demo.main(["--seconds", "24"])
-  out = capsys.readouterr().out
-  # 24 frames, repeated up to the tiny preset's 16 -> 24 memory frames x (4x4 + newline) tokens
-  assert "24 frames at 1 FPS" in out and "408 memory tokens" in out
-  assert "6 frames -> 30 decayed queries" in out   # 24 // 4 frames x (16 // 4 tokens + newline)
-  assert "logits (1, 53, 512)" in out              # 24 text tokens - placeholder + 30 visual
+def test_demo_trains_restores_and_answers(tmp_path, capsys):
+  assert demo.main(["--workdir", str(tmp_path), "--steps", "16", "--videos", "4",
+                    "mesh.fsdp=4", "mesh.sequence=2"]) == 0       # the 8 test devices
+  out = json.load(open(tmp_path / "demo.json"))
+  assert out["restored_equal"] and out["train"]["last_step"] == 16
+  assert out["train"]["last_loss"] < out["train"]["first_loss"]
+  assert out["held_out_after"]["loss"] < out["held_out_before"]["loss"]
+  assert out["held_out_after"]["accuracy"] > out["held_out_before"]["accuracy"]
+  assert out["question"] and isinstance(out["answer"], str)
+  assert "[5/5] one held-out question" in capsys.readouterr().out

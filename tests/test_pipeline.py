@@ -22,7 +22,7 @@ from hourjax.models import build
 from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train import step
-from tiny_tokenizer import save_tiny_tokenizer
+from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
 from tools.convert_torch.verify import rel_err
 
 RUN = get_config("tiny")

@@ -20,7 +20,7 @@ from hourjax.models import build
 from hourjax.train import optimizer as opt_lib
 from hourjax.train import step as step_lib
 from hourjax.train.loop import NonFiniteLoss, check_run, train
-from tiny_tokenizer import save_tiny_tokenizer
+from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

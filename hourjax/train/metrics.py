@@ -21,7 +21,7 @@ class MetricWriter:
       self._jsonl = open(self.path, "a")
       from tensorboard.summary.writer.event_file_writer import EventFileWriter
       self._tb = EventFileWriter(os.path.join(workdir, "tensorboard"))
-    self._start = time.time()
+    self._tty = sys.stderr.isatty()
 
   def write(self, step: int, scalars: Mapping[str, float], extra: Mapping[str, Any] | None = None) -> None:
     if not self.enabled:
@@ -33,13 +33,17 @@ class MetricWriter:
     self._tb.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
     done = step / max(self.total, 1)
     bar = "#" * int(24 * done) + "." * (24 - int(24 * done))
-    rate = scalars.get("tokens_per_s", 0.0)
-    print(f"\r[{bar}] {step}/{self.total} loss {scalars.get('loss', float('nan')):.4f} "
-          f"acc {scalars.get('accuracy', 0.0):.3f} {rate:,.0f} tok/s", end="", file=sys.stderr, flush=True)
+    line = (f"[{bar}] {step}/{self.total} loss {scalars.get('loss', float('nan')):.4f} "
+            f"acc {scalars.get('accuracy', 0.0):.3f} {scalars.get('tokens_per_s', 0.0):,.0f} tok/s")
+    if self._tty:
+      print("\r" + line, end="", file=sys.stderr, flush=True)
+    elif step % max(1, self.total // 10) == 0 or step == self.total:     # logs: one line per 10%
+      print(line, file=sys.stderr, flush=True)
 
   def close(self) -> None:
     if self.enabled:
-      print(file=sys.stderr)
+      if self._tty:
+        print(file=sys.stderr)
       self._jsonl.close()
       self._tb.close()
 

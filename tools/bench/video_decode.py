@@ -59,12 +59,11 @@ print(time.perf_counter() - t, len(x))
 def pipeline_batches_per_s(video_dir: str, videos: list[str], workers: int, steps: int) -> dict:
   """The whole pipeline (decode, tokenize, collate) on the pixel stream, 7B preprocessing."""
   import tempfile
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests"))
   from absl import flags
   from configs.hour_llava import get_config
   from hourjax.config import model_config
   from hourjax.data import pipeline
-  from tiny_tokenizer import save_tiny_tokenizer
+  from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
   flags.FLAGS.mark_as_parsed()
   run = get_config("7b")
   root = tempfile.mkdtemp()
