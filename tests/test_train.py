@@ -94,11 +94,11 @@ def test_startup_validation(synth, tmp_path):
     load(CONFIG, ["train.stepz=3"])
 
 
-def _launch(workdir, overrides):
+def _launch(workdir, overrides, devices=1, extra=()):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
   return subprocess.Popen([sys.executable, "-m", "launch.train", "--config", "configs/hour_llava.py:tiny,stage=3",
-                           "--workdir", str(workdir), *overrides], cwd=ROOT, env=env,
+                           "--workdir", str(workdir), *extra, *overrides], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -165,3 +165,41 @@ def test_nonfinite_loss_keeps_the_last_good_checkpoint(synth, tmp_path):
   assert saved and saved[-1] == bad_step - 1
   losses = _losses(tmp_path)
   assert all(np.isfinite(v) for s, v in losses.items() if s < bad_step)
+
+
+def test_two_processes_equal_one(synth, tmp_path):
+  """2 processes x 4 CPU devices (gloo collectives) train with the losses of 1 process x 8
+  devices: each process reads half of every global batch. Uniform spatial forgetting, because
+  random forgetting draws per batch row and the rows come in another order."""
+  import socket
+  over = _overrides(synth, **{"train.steps": 4, "data.batch_size": 8, "mesh.data": 2, "mesh.fsdp": -1,
+                              "model.forgetting.spatial": "uniform"})
+  single = _launch(tmp_path / "one", over, devices=8)
+  assert single.wait(600) == 0, single.stdout.read()
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [_launch(tmp_path / "two", over, devices=4,
+                   extra=["--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i),
+                          "--cpu-collectives", "gloo"]) for i in range(2)]
+  for p in procs:
+    assert p.wait(600) == 0, p.stdout.read()
+  one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+  assert sorted(one) == sorted(two) == [1, 2, 3, 4]
+  for s in one:
+    assert abs(one[s] - two[s]) / abs(one[s]) < 1e-5, (s, one[s], two[s])
+
+
+def test_prolongvid_stages(synth, tmp_path):
+  from configs import prolongvid
+  from hourjax.data.sources import Source, epoch_records
+  s2 = prolongvid.get_config("7b,stage=2")
+  assert s2.model.llm.rope_theta == s2.model.memaug.rope_theta == 1e9
+  assert s2.data.read.frames == "fixed:128" and s2.train.optimizer.lr.vision == 0
+  assert (s2.data.sources[0]["min_seconds"], s2.data.sources[0]["max_seconds"]) == (120, 300)
+  model_config(s2.model)
+  run = prolongvid.get_config("tiny,stage=1")
+  kept = epoch_records([Source(**dict(s)) for s in run.data.sources], synth, 0)["video"]
+  assert kept and all(r["duration"] < 30 for r in kept)
+  with pytest.raises(ValueError, match="stage"):
+    prolongvid.get_config("7b,stage=5")

@@ -31,6 +31,8 @@ class Source:
   strategy: str = "all"
   weight: float = 1.0
   group_qa: int = 0           # >0: merge single-QA records of one video into up to N turns
+  min_seconds: float = 0.0    # keep videos whose `duration` lies in [min_seconds, max_seconds)
+  max_seconds: float = 0.0    # 0: no upper limit (ProLongVid's stages: < 2, 2-5, 5-20 minutes)
 
   def __post_init__(self):
     parse_strategy(self.strategy)
@@ -122,6 +124,15 @@ def locate(record: dict, source: Source, root: str) -> tuple[str, dict]:
   return "text", dict(record)
 
 
+def by_duration(records: Sequence[dict], source: Source) -> list[dict]:
+  missing = [r.get("id") for r in records if "video" in r and "duration" not in r]
+  if missing:
+    raise ValueError(f"source {source.annotations}: a duration filter needs a `duration` field; "
+                     f"{len(missing)} video records lack it (first: {missing[0]})")
+  upper = source.max_seconds or float("inf")
+  return [r for r in records if "video" not in r or source.min_seconds <= r["duration"] < upper]
+
+
 def resolve(root: str, path: str) -> str:
   return path if os.path.isabs(path) else os.path.join(root, path)
 
@@ -141,6 +152,8 @@ def epoch_records(sources: Sequence[Source], root: str, seed: int) -> dict[str, 
         raise FileNotFoundError(f"data source {i} ({src.annotations}): {what} {resolve(root, path)} "
                                 "does not exist")
     records = select(read_annotations(resolve(root, src.annotations)), src.strategy, seed + i)
+    if src.min_seconds or src.max_seconds:
+      records = by_duration(records, src)
     if src.group_qa:
       records = group_qa(records, src.group_qa)
     whole, part = divmod(src.weight, 1.0)
