@@ -119,6 +119,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                      schedule="cosine", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0,
                      accumulate=1),
       checkpoint_every=100, checkpoint_keep=3, checkpoint_async=True,
+      stop_after=0,      # >0: save and stop after this many steps (job slots); re-run to continue
       peak_flops=0.0))   # per device, for MFU (e.g. 459e12 for a v5p chip in bf16); 0: not logged
   if stage:
     st = STAGES[stage]

@@ -203,3 +203,19 @@ def test_prolongvid_stages(synth, tmp_path):
   assert kept and all(r["duration"] < 30 for r in kept)
   with pytest.raises(ValueError, match="stage"):
     prolongvid.get_config("7b,stage=5")
+
+
+def test_resume_onto_another_mesh(synth, tmp_path):
+  """A checkpoint written on a (fsdp 4, sequence 2) mesh restores onto (data 2, fsdp 2,
+  sequence 2) and training continues where it stopped."""
+  mesh_a = {"mesh.fsdp": 4, "mesh.sequence": 2, "train.checkpoint_async": False}
+  train(load(CONFIG, _overrides(synth, **mesh_a, **{"train.steps": 4})), str(tmp_path / "ref"))
+  first = train(load(CONFIG, _overrides(synth, **mesh_a, **{"train.steps": 4, "train.stop_after": 2})),
+                str(tmp_path / "moved"))
+  assert first["last_step"] == 2 and first["preempted"]
+  mesh_b = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.sequence": 2}
+  summary = train(load(CONFIG, _overrides(synth, **mesh_b, **{"train.steps": 4})), str(tmp_path / "moved"))
+  assert summary["first_step"] == 3
+  ref, moved = _losses(tmp_path / "ref"), _losses(tmp_path / "moved")
+  for s in (3, 4):
+    assert abs(moved[s] - ref[s]) / ref[s] < 1e-5, (s, moved[s], ref[s])

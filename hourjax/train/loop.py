@@ -59,8 +59,6 @@ def check_run(run: ml_collections.ConfigDict) -> None:
   if run.data.batch_size % shards or run.data.batch_size % jax.process_count():
     raise ValueError(f"data.batch_size={run.data.batch_size} is not divisible by the mesh's "
                      f"{shards} batch shards and {jax.process_count()} processes")
-  if run.data.batch_size % t.optimizer.accumulate:
-    raise ValueError(f"train.optimizer.accumulate={t.optimizer.accumulate} must divide data.batch_size")
 
 
 def _scalar(x: Any) -> float:
@@ -152,10 +150,12 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
           scalars["mfu"] = _step_flops(cfg, global_batch, opt_cfg) / dt / (t.peak_flops * jax.device_count())
         writer.write(step + 1, scalars, counters.add(meta))
         losses.append(loss_value)
+        if t.stop_after and step + 1 - start >= t.stop_after:
+          stop["signal"] = "stop_after"
         if ckpts.due(step + 1, steps) or stop["signal"] is not None:
           ckpts.save(step + 1, state, data_iter, {**run_dict, "step": step + 1})
         if stop["signal"] is not None:
-          logging.warning("SIGTERM: saved step %d and stopping", step + 1)
+          logging.warning("%s: saved step %d and stopping", stop["signal"], step + 1)
           break
     finally:
       signal.signal(signal.SIGTERM, previous)

@@ -26,7 +26,7 @@ class OptimizerConfig:
   eps: float = 1e-8
   weight_decay: float = 0.0
   clip_norm: float = 1.0                   # 0: no clipping
-  accumulate: int = 1                      # micro-batches per update
+  accumulate: int = 1                      # batches (train steps) per optimizer update
 
   def __post_init__(self):
     unknown = set(self.lr) - set(GROUPS)
