@@ -32,7 +32,6 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from hourjax.config import load, model_config  # noqa: E402
@@ -42,6 +41,7 @@ from hourjax.models import build  # noqa: E402
 from hourjax.models.qwen2 import Qwen2Config  # noqa: E402
 from hourjax.parallel import mesh as mesh_lib  # noqa: E402
 from hourjax.train import flops as flops_lib  # noqa: E402
+from hourjax.train import optimizer as opt_lib  # noqa: E402
 from hourjax.train import step as step_lib  # noqa: E402
 
 GiB = 2 ** 30
@@ -93,13 +93,14 @@ def compile_step(kind: str, cfg, batch, mesh, dtype, pixels: bool):
   model = build.build(kind, cfg, dtype=dtype, param_dtype=jnp.float32)
   abstract = build.abstract_params(kind, cfg)
   specs = mesh_lib.param_specs(build.logical_specs(kind, cfg), abstract, mesh)
-  adamw = optax.adamw(1e-5, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0)
   if kind == "hour_llava":
     # Stage 3: SigLIP frozen (features are cached; on the pixel path it still runs forward).
-    optimizer = step_lib.freeze(adamw, abstract, ("vision",))
-    loss = functools.partial(step_lib.loss_fn, model)
+    opt_cfg = opt_lib.OptimizerConfig(lr={"projector": 1e-4, "memaug": 1e-4, "llm": 2e-5})
+    loss = lambda p, b, r: step_lib.loss_fn(model, opt_lib.stop_frozen(p, opt_cfg), b, r)
   else:
-    optimizer, loss = adamw, functools.partial(step_lib.lm_loss_fn, model)
+    opt_cfg = opt_lib.OptimizerConfig(lr={"llm": 1e-5})
+    loss = functools.partial(step_lib.lm_loss_fn, model)
+  optimizer = opt_lib.make_optimizer(opt_cfg, abstract, steps=1000)
   state_specs = step_lib.state_specs(optimizer, specs, abstract)
   abstract_state = jax.eval_shape(lambda p: step_lib.init_state(p, optimizer), abstract)
   state_sh = mesh_lib.shardings(state_specs, mesh)

@@ -43,6 +43,7 @@ def main(argv=None) -> int:
   from hourjax.config import load, model_config
   from hourjax.convert.io import load_params, save_params
   from hourjax.data import chat, pipeline, video
+  from hourjax.data.batching import Buckets
   from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
   from hourjax.infer.generate import greedy_answer
   from hourjax.models import build
@@ -71,13 +72,32 @@ def main(argv=None) -> int:
   held_data = run.data.copy_and_resolve_references()
   held_data.root, held_data.epochs, held_data.batch_size = held_dir, 1, 2
 
+  template = chat.template_ids(tokenizer)
+  buckets = Buckets(frames=tuple(run.data.buckets.frames), text=(256,))
+  videos = []
+  for r in held:
+    path = os.path.join(held_dir, r["data_source"], r["video"])
+    info = video.probe(path)
+    idx = video.official_frame_indices(info.frames, info.fps, min_frames=run.data.read.min_frames)
+    videos.append((r, video.decode_frames(path, idx, cfg.vision.image_size), info.duration))
+
+  def answer(params, r, frames, duration, turn):
+    question = r["conversations"][turn]["value"].replace("<image>\n", "")
+    return question, greedy_answer(model, params, cfg, tokenizer, question, frames, duration=duration,
+                                   max_new_tokens=8, buckets=buckets)
+
   def held_out(params) -> dict:
-    return evaluate(model, params, pipeline.from_config(held_data, cfg), jax.random.key(7))
+    """Teacher-forced loss and answer-token accuracy, and exact-match of greedy answers."""
+    out = evaluate(model, params, pipeline.from_config(held_data, cfg), jax.random.key(7), template)
+    hits = [answer(params, r, f, d, t)[1] == r["conversations"][t + 1]["value"]
+            for r, f, d in videos for t in range(0, len(r["conversations"]), 2)]
+    return {**out, "exact_match": sum(hits) / len(hits), "questions": len(hits)}
 
   print("[2/5] held-out before training", flush=True)
   mesh = mesh_lib.make_mesh(dict(run.mesh))
   before = held_out(mesh_lib.init_sharded("hour_llava", cfg, mesh, jax.random.key(run.train.seed)))
-  print(f"      loss {before['loss']:.3f}, answer-token accuracy {before['accuracy']:.3f}", flush=True)
+  print(f"      loss {before['loss']:.3f}, answer-token accuracy {before['accuracy']:.3f}, "
+        f"exact answers {before['exact_match']:.3f} of {before['questions']} questions", flush=True)
 
   print(f"[3/5] training {a.steps} steps (batch {run.data.batch_size}; re-running resumes)", flush=True)
   summary = train(run, os.path.join(a.workdir, "run"))
@@ -92,20 +112,16 @@ def main(argv=None) -> int:
   same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(jax.device_get(state.params))))
   after = held_out(restored)
   print(f"      restored equal to trained: {same}; held-out loss {before['loss']:.3f} -> {after['loss']:.3f}, "
-        f"answer-token accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}", flush=True)
+        f"answer-token accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, exact answers "
+        f"{before['exact_match']:.3f} -> {after['exact_match']:.3f}", flush=True)
 
   print("[5/5] one held-out question", flush=True)
-  r = held[0]
-  path = os.path.join(held_dir, r["data_source"], r["video"])
-  info = video.probe(path)
-  idx = video.official_frame_indices(info.frames, info.fps, min_frames=run.data.read.min_frames)
-  frames = video.decode_frames(path, idx, cfg.vision.image_size)
-  question = r["conversations"][0]["value"].replace("<image>\n", "")
-  answer = greedy_answer(model, restored, cfg, tokenizer, question, frames, duration=info.duration)
-  print(f"      video {r['video']} ({info.duration:.0f} s)\n      Q: {question}\n      model: {answer}\n"
+  r, frames, duration = videos[0]
+  question, reply = answer(restored, r, frames, duration, 0)
+  print(f"      video {r['video']} ({duration:.0f} s)\n      Q: {question}\n      model: {reply}\n"
         f"      reference: {r['conversations'][1]['value']}", flush=True)
   result = {"held_out_before": before, "held_out_after": after, "train": summary, "restored_equal": same,
-            "question": question, "answer": answer, "reference": r["conversations"][1]["value"]}
+            "question": question, "answer": reply, "reference": r["conversations"][1]["value"]}
   with open(os.path.join(a.workdir, "demo.json"), "w") as f:
     json.dump(result, f, indent=1)
   return 0

@@ -3,9 +3,11 @@
 # jax.distributed.initialize()'s TPU detection. Run from your workstation:
 #
 #   TPU=my-v5p-64 ZONE=us-east5-a bash launch/tpu_pod.sh \
-#       --config configs/hour_llava.py:7b,stage=3 --workdir gs://bucket/runs/hl7b-s3 \
-#       data.root=/mnt/data train.init=gs://bucket/runs/hl7b-s2/params mesh.fsdp=-1
+#       --config configs/hour_llava.py:7b,stage=3 --workdir /mnt/runs/hl7b-s3 \
+#       data.root=/mnt/data train.init=/mnt/runs/hl7b-s2/params mesh.fsdp=-1
 #
+# The workdir must be one filesystem every host sees (NFS, Filestore, or a bucket mounted with
+# gcsfuse): checkpoints, metrics and the Grain state are plain files.
 # Assumes the repository is checked out at ~/hourjax on every host (e.g. by a startup script or
 # `gcloud compute tpus tpu-vm scp --worker=all`) and the data mounted at the same path.
 # The TPU runtime needs the `tpu` extra's libtpu; launch/setup.sh installs it.

@@ -1,7 +1,7 @@
 """Train a stage.
 
   python -m launch.train --config configs/hour_llava.py:tiny,stage=3 --workdir /tmp/run data.root=/tmp/synth
-  python -m launch.train --config configs/hour_llava.py:7b,stage=3 --workdir gs://bucket/hl7b-s3 \\
+  python -m launch.train --config configs/hour_llava.py:7b,stage=3 --workdir /mnt/runs/hl7b-s3 \\
       data.root=/data train.init=/runs/hl7b-s2/params mesh.fsdp=-1
 
 Re-running the same command resumes from the workdir's latest checkpoint. Several processes

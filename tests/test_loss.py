@@ -24,6 +24,10 @@ def test_chunked_loss_and_grads_equal_full_logits(t, chunk, shards):
   shifted = jnp.roll(labels, -1, 1).at[:, -1].set(IGNORE_INDEX)
   hits = (jnp.argmax(jnp.einsum("bth,hv->btv", hidden, head), -1) == shifted) & (shifted != IGNORE_INDEX)
   assert int(correct) == int(hits.sum()) > 0
+  common = (int(jnp.bincount(jnp.where(shifted >= 0, shifted, 0).ravel(), length=50)[1:].argmax()) + 1,)
+  *_, answer_hits = jax.jit(lambda h, w: chunked_next_token_loss(h, w, labels, chunk=chunk, shards=shards,
+                                                                 template_ids=common))(hidden, head)
+  assert int(answer_hits) == int((hits & (shifted != common[0])).sum())
   g_ref = jax.grad(lambda h, w: full(h, w)[0], (0, 1))(hidden, head)
   g = jax.jit(jax.grad(lambda h, w: chunked(h, w)[0], (0, 1)))(hidden, head)
   assert tree_rel_err(g, g_ref) < 1e-6

@@ -213,9 +213,17 @@ def test_resume_onto_another_mesh(synth, tmp_path):
   first = train(load(CONFIG, _overrides(synth, **mesh_a, **{"train.steps": 4, "train.stop_after": 2})),
                 str(tmp_path / "moved"))
   assert first["last_step"] == 2 and first["preempted"]
-  mesh_b = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.sequence": 2}
+  mesh_b = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.sequence": 2, "train.peak_flops": 1e9}
   summary = train(load(CONFIG, _overrides(synth, **mesh_b, **{"train.steps": 4})), str(tmp_path / "moved"))
   assert summary["first_step"] == 3
+  # Metrics: JSON lines and TensorBoard events hold the same losses; MFU once a peak is given.
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(str(tmp_path / "moved" / "tensorboard"))
+  events.Reload()
+  assert {e.step: round(e.value, 4) for e in events.Scalars("loss")} == {
+      s: round(v, 4) for s, v in _losses(tmp_path / "moved").items()}
+  lines = [json.loads(l) for l in open(tmp_path / "moved" / "metrics.jsonl")]
+  assert all(0 < l["mfu"] for l in lines if l["step"] > 2) and all("lr/memaug" in l for l in lines)
   ref, moved = _losses(tmp_path / "ref"), _losses(tmp_path / "moved")
   for s in (3, 4):
     assert abs(moved[s] - ref[s]) / ref[s] < 1e-5, (s, moved[s], ref[s])

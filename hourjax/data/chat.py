@@ -32,6 +32,13 @@ def load_tokenizer(path: str) -> Any:
   return transformers.AutoTokenizer.from_pretrained(path)
 
 
+def template_ids(tokenizer: Any) -> tuple[int, ...]:
+  """Ids of the chat template's own tokens (`<|im_start|>`, `<|im_end|>`, newline, the
+  assistant header), which the official labels supervise but which say nothing about answers."""
+  ids = tokenizer.encode("<|im_start|>assistant\n<|im_end|>\n", add_special_tokens=False)
+  return tuple(sorted(set(int(i) for i in ids)))
+
+
 def move_placeholder_to_front(conversations: Sequence[dict]) -> list[dict]:
   """A message with exactly one `<image>` not at its start gets it moved: `<image>\\n` + rest."""
   out = []

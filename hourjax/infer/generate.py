@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hourjax.data import chat
-from hourjax.models.forgetting import video_layout
+from hourjax.data.batching import Buckets, collate
 from hourjax.models.hour_llava import HourLlavaConfig
 
 
@@ -29,29 +29,34 @@ def prompt_ids(tokenizer: Any, question: str, duration: float | None = None, num
   return np.concatenate([ids, np.asarray(header, np.int32)])
 
 
+_FORWARD: dict[Any, Any] = {}
+
+
+def _last_token_logits(model: Any) -> Any:
+  """One jitted forward per model (and per batch shape): logits at the last prompt position."""
+  if model not in _FORWARD:
+    def fn(params, batch):
+      out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                        layout=batch["layout"], pixel_values=batch["pixel_values"], rng=jax.random.key(0))
+      last = jnp.sum(out["attention_mask"], axis=1) - 1      # the LLM sequence has no padding inside
+      return jnp.take_along_axis(out["logits"], last[:, None, None], axis=1)[:, 0]
+    _FORWARD[model] = jax.jit(fn)
+  return _FORWARD[model]
+
+
 def greedy_answer(model: Any, params: Any, cfg: HourLlavaConfig, tokenizer: Any, question: str,
                   pixels: np.ndarray, *, duration: float | None = None, max_new_tokens: int = 24,
-                  text_len: int = 256) -> str:
-  """pixels: uint8 [T, S, S, 3] of one video (1 FPS)."""
+                  buckets: Buckets = Buckets(frames=(128, 256, 512, 1024, 2048, 3600), text=(256, 1024))) -> str:
+  """pixels: uint8 [T, S, S, 3] of one video (1 FPS). Prompts and videos are padded to
+  `buckets`, so answering many questions compiles once per bucket."""
   ids = list(prompt_ids(tokenizer, question, duration, len(pixels)))
-  if len(ids) + max_new_tokens > text_len:
-    raise ValueError(f"prompt of {len(ids)} tokens + {max_new_tokens} new ones exceeds text_len={text_len}")
-  layout = video_layout([len(pixels)], cfg.forgetting)
   end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-
-  @jax.jit
-  def next_token(padded, mask):
-    out = model.apply({"params": params}, padded, mask, layout=layout, pixel_values=pixels[None],
-                      rng=jax.random.key(0))
-    last = jnp.sum(out["attention_mask"][0]) - 1        # the LLM sequence has no padding inside
-    return jnp.argmax(out["logits"][0, last])
-
-  new = []
+  forward = _last_token_logits(model)
+  new: list[int] = []
   for _ in range(max_new_tokens):
-    padded = np.zeros((1, text_len), np.int32)
-    padded[0, :len(ids)] = ids
-    mask = (np.arange(text_len) < len(ids)).astype(np.int32)[None]
-    token = int(next_token(padded, mask))
+    sample = {"input_ids": np.asarray(ids, np.int32), "labels": np.full(len(ids), -100, np.int32),
+              "pixels": pixels}
+    token = int(jnp.argmax(forward(params, collate([sample], cfg, buckets))[0]))
     if token == end:
       break
     ids.append(token)

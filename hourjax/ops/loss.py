@@ -7,6 +7,12 @@ import jax.numpy as jnp
 IGNORE_INDEX = -100
 
 
+def answer_tokens(labels: jax.Array, template_ids: tuple[int, ...] = ()) -> jax.Array:
+  """How many next-token targets are supervised and not chat-template tokens."""
+  shifted = labels[:, 1:]
+  return jnp.sum((shifted != IGNORE_INDEX) & ~jnp.isin(shifted, jnp.asarray(template_ids, jnp.int32)))
+
+
 def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sum of CE of logits[:, :-1] against labels[:, 1:] over non-ignored tokens, their count).
 
@@ -23,9 +29,11 @@ def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, ja
 
 
 def chunked_next_token_loss(hidden: jax.Array, head: jax.Array, labels: jax.Array, *,
-                            chunk: int = 1024, shards: int = 1) -> tuple[jax.Array, jax.Array, jax.Array]:
+                            chunk: int = 1024, shards: int = 1,
+                            template_ids: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array, jax.Array]:
   """next_token_loss of logits = hidden @ head, never holding more than a chunk of logits, plus
-  how many supervised tokens the argmax predicts (for accuracy): (total CE, count, correct).
+  how many supervised tokens whose label is not in `template_ids` the argmax predicts (answer
+  accuracy): (total CE, count, correct).
 
   hidden [B, T, H] (after the final norm), head [H, V]. The full [B, T, V] float32 logits of a
   152K vocabulary dwarf everything else in a long-context step; here each scan step makes
@@ -54,7 +62,7 @@ def chunked_next_token_loss(hidden: jax.Array, head: jax.Array, labels: jax.Arra
     valid = yc != IGNORE_INDEX
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, jnp.where(valid, yc, 0)[..., None], axis=-1)[..., 0]
-    hit = valid & (jnp.argmax(logits, -1) == yc)
+    hit = valid & (jnp.argmax(logits, -1) == yc) & ~jnp.isin(yc, jnp.asarray(template_ids, jnp.int32))
     return (carry[0] - jnp.sum(jnp.where(valid, picked, 0.0)), carry[1] + jnp.sum(valid),
             carry[2] + jnp.sum(hit)), None
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from hourjax.config import model_config
 from hourjax.convert.io import load_params, read_meta
-from hourjax.data import pipeline
+from hourjax.data import chat, pipeline
 from hourjax.models import build
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train import flops as flops_lib
@@ -88,8 +88,10 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   counters = DataCounters()
   run_dict = {"config": run.to_dict(), "workdir": os.path.abspath(workdir)}
 
+  template = chat.template_ids(chat.load_tokenizer(run.data.read.tokenizer)) if run.data.read.tokenizer else ()
+
   def loss(params, batch, rng, modality):
-    return step_lib.loss_fn(model, opt_lib.stop_frozen(params, opt_cfg), batch, rng, modality)
+    return step_lib.loss_fn(model, opt_lib.stop_frozen(params, opt_cfg), batch, rng, modality, template)
 
   jitted: dict[str, Any] = {}
 
@@ -141,7 +143,7 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         now = time.perf_counter()
         dt, step_time = now - step_time, now
         tokens = int(np.asarray(batch["attention_mask"]).sum()) * jax.process_count()
-        scalars = {"loss": loss_value, "accuracy": _scalar(m["correct_tokens"]) / max(1, _scalar(m["supervised_tokens"])),
+        scalars = {"loss": loss_value, "accuracy": _scalar(m["correct_tokens"]) / max(1, _scalar(m["answer_tokens"])),
                    "grad_norm": _scalar(m["grad_norm"]), "step_time_s": dt, "tokens_per_s": tokens / dt,
                    "supervised_tokens": _scalar(m["supervised_tokens"])}
         for g, sched in opt_lib.schedules(opt_cfg, max(1, steps // micro)).items():

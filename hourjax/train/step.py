@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from hourjax.ops.attention import ring_shards
-from hourjax.ops.loss import chunked_next_token_loss
+from hourjax.ops.loss import answer_tokens, chunked_next_token_loss
 
 Batch = dict[str, Any]
 
@@ -31,14 +31,18 @@ class TrainState:
   opt_state: Any
 
 
-def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
-            modality: str = "video") -> tuple[jax.Array, dict[str, jax.Array]]:
+def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array, modality: str = "video",
+            template_ids: tuple[int, ...] = ()) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Mean next-token CE over the batch's supervised tokens; aux counts them, and the answer
+  tokens (not in `template_ids`, e.g. `chat.template_ids(tokenizer)`) the argmax gets right."""
   out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
                     layout=batch.get("layout"), features=batch.get("features"),
                     pixel_values=batch.get("pixel_values"), modality=modality, rng=rng, head=False)
   head = model.apply({"params": params}, method=lambda m: m.llm.head_weight())
-  total, count, correct = chunked_next_token_loss(out["hidden"], head, out["labels"], shards=ring_shards())
-  return total / jnp.maximum(count, 1), {"supervised_tokens": count, "correct_tokens": correct}
+  total, count, correct = chunked_next_token_loss(out["hidden"], head, out["labels"], shards=ring_shards(),
+                                                  template_ids=template_ids)
+  return total / jnp.maximum(count, 1), {"supervised_tokens": count, "correct_tokens": correct,
+                                         "answer_tokens": answer_tokens(out["labels"], template_ids)}
 
 
 def lm_loss_fn(model: nn.Module, params: Any, batch: Batch,
@@ -48,16 +52,8 @@ def lm_loss_fn(model: nn.Module, params: Any, batch: Batch,
                           segment_ids=batch.get("segment_ids"), head=False)
   head = model.apply({"params": params}, method=lambda m: m.head_weight())
   total, count, correct = chunked_next_token_loss(hidden, head, batch["labels"], shards=ring_shards())
-  return total / jnp.maximum(count, 1), {"supervised_tokens": count, "correct_tokens": correct}
-
-
-def freeze(optimizer: optax.GradientTransformation, params: Any,
-           frozen: tuple[str, ...]) -> optax.GradientTransformation:
-  """`optimizer` on every top-level module except those named in `frozen`, which get no
-  update and no optimizer state (e.g. the SigLIP tower in stage 3)."""
-  labels = {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v)
-            for k, v in params.items()}
-  return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, labels)
+  return total / jnp.maximum(count, 1), {"supervised_tokens": count, "correct_tokens": correct,
+                                         "answer_tokens": count}
 
 
 def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainState:
