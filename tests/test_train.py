@@ -61,7 +61,7 @@ def test_optimizer_groups_freezing_and_schedule():
   from hourjax.data.synthetic import synthetic_batch
   batch = synthetic_batch(CFG, jax.random.key(1), [20], 16, pixels=True)
   model = build.build("hour_llava", CFG)
-  grads = jax.grad(lambda p: step_lib.loss_fn(model, opt_lib.stop_frozen(p, cfg), batch, jax.random.key(2))[0])(params)
+  grads = jax.jit(jax.grad(lambda p: step_lib.loss_fn(model, opt_lib.stop_frozen(p, cfg), batch, jax.random.key(2))[0]))(params)
   assert all(not np.any(g) for g in jax.tree.leaves(grads["vision"]))
   assert all(np.any(g) for g in jax.tree.leaves(grads["memaug"]))
   updates, _ = tx.update(grads, state, params)
