@@ -227,3 +227,22 @@ def test_resume_onto_another_mesh(synth, tmp_path):
   ref, moved = _losses(tmp_path / "ref"), _losses(tmp_path / "moved")
   for s in (3, 4):
     assert abs(moved[s] - ref[s]) / ref[s] < 1e-5, (s, moved[s], ref[s])
+
+
+def test_accumulation_equals_one_big_batch():
+  """accumulate=2 gives the loss and gradient of the whole batch (normalised by all its
+  supervised tokens, not a mean of micro-batch means)."""
+  import dataclasses
+  from hourjax.data.synthetic import synthetic_batch
+  cfg = dataclasses.replace(CFG, forgetting=dataclasses.replace(CFG.forgetting, spatial="uniform"))
+  model, params = build.build("hour_llava", cfg), build.init_params("hour_llava", cfg, jax.random.key(0))
+  batch = synthetic_batch(cfg, jax.random.key(1), [20, 9, 31, 16], 24)
+  batch["labels"] = batch["labels"].at[1, 12:].set(-100)      # micro-batches with unequal token counts
+  loss = lambda p, b, r: step_lib.loss_fn(model, p, b, r)
+  (ref, ref_aux), ref_g = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, batch, jax.random.key(2))
+  (got, aux), g = jax.jit(lambda p, b, r: step_lib.accumulated_value_and_grad(loss, p, b, r, 2))(
+      params, batch, jax.random.key(2))
+  assert int(aux["supervised_tokens"]) == int(ref_aux["supervised_tokens"])
+  assert abs(float(got) - float(ref)) / float(ref) < 1e-6
+  from tools.convert_torch.verify import tree_rel_err
+  assert tree_rel_err(g, ref_g) < 1e-5

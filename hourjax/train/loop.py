@@ -59,6 +59,10 @@ def check_run(run: ml_collections.ConfigDict) -> None:
   if run.data.batch_size % shards or run.data.batch_size % jax.process_count():
     raise ValueError(f"data.batch_size={run.data.batch_size} is not divisible by the mesh's "
                      f"{shards} batch shards and {jax.process_count()} processes")
+  k = t.optimizer.accumulate
+  if run.data.batch_size % (k * shards):
+    raise ValueError(f"train.optimizer.accumulate={k}: data.batch_size={run.data.batch_size} must split "
+                     f"into {k} micro-batches that each divide by the {shards} batch shards")
 
 
 def _scalar(x: Any) -> float:
@@ -76,10 +80,9 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   data_iter = iter(pipeline.from_config(run.data, cfg, process_index=jax.process_index(),
                                         process_count=jax.process_count()))
   steps = t.steps or pipeline.epoch_batches(run.data)     # 0: one epoch, as the official runs
-  micro = opt_cfg.accumulate
   abstract = build.abstract_params("hour_llava", cfg)
   specs = mesh_lib.param_specs(build.logical_specs("hour_llava", cfg), abstract, mesh)
-  optimizer = opt_lib.make_optimizer(opt_cfg, abstract, max(1, steps // micro))
+  optimizer = opt_lib.make_optimizer(opt_cfg, abstract, steps)
   state_sh = mesh_lib.shardings(step_lib.state_specs(optimizer, specs, abstract), mesh)
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), every=t.checkpoint_every,
                       keep=t.checkpoint_keep, use_async=t.checkpoint_async)
@@ -97,7 +100,7 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
   def step_fn(modality: str):
     if modality not in jitted:
-      fn = step_lib.make_train_step(lambda p, b, r: loss(p, b, r, modality), optimizer)
+      fn = step_lib.make_train_step(lambda p, b, r: loss(p, b, r, modality), optimizer, opt_cfg.accumulate)
       jitted[modality] = jax.jit(fn, in_shardings=(state_sh, None, None), out_shardings=(state_sh, None),
                                  donate_argnums=0)
     return jitted[modality]
@@ -146,8 +149,8 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         scalars = {"loss": loss_value, "accuracy": _scalar(m["correct_tokens"]) / max(1, _scalar(m["answer_tokens"])),
                    "grad_norm": _scalar(m["grad_norm"]), "step_time_s": dt, "tokens_per_s": tokens / dt,
                    "supervised_tokens": _scalar(m["supervised_tokens"])}
-        for g, sched in opt_lib.schedules(opt_cfg, max(1, steps // micro)).items():
-          scalars[f"lr/{g}"] = float(sched(step // micro))
+        for g, sched in opt_lib.schedules(opt_cfg, steps).items():
+          scalars[f"lr/{g}"] = float(sched(step))
         if t.peak_flops:
           scalars["mfu"] = _step_flops(cfg, global_batch, opt_cfg) / dt / (t.peak_flops * jax.device_count())
         writer.write(step + 1, scalars, counters.add(meta))

@@ -1,5 +1,6 @@
 """The optimizer of a stage: AdamW per module group with its own learning rate, frozen groups
-with no optimizer state, warmup + cosine, global-norm clipping and optional accumulation.
+with no optimizer state, warmup + cosine and global-norm clipping. (Gradient accumulation is
+in the train step: `step.make_train_step(..., accumulate=k)`.)
 
 Groups follow the official freezing code (spec §4.2): `vision` (SigLIP), `projector`, `memaug`
 and `llm` (the decoder, its embeddings and head, and `image_newline`, as the official
@@ -26,7 +27,7 @@ class OptimizerConfig:
   eps: float = 1e-8
   weight_decay: float = 0.0
   clip_norm: float = 1.0                   # 0: no clipping
-  accumulate: int = 1                      # batches (train steps) per optimizer update
+  accumulate: int = 1                      # micro-batches per step (step.make_train_step)
 
   def __post_init__(self):
     unknown = set(self.lr) - set(GROUPS)
@@ -75,8 +76,6 @@ def make_optimizer(cfg: OptimizerConfig, params: Mapping[str, Any], steps: int) 
   tx = optax.multi_transform({**per_group, "frozen": optax.set_to_zero()}, labels(params, cfg))
   if cfg.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
-  if cfg.accumulate > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=cfg.accumulate)
   return tx
 
 

@@ -63,14 +63,47 @@ def init_state(params: Any, optimizer: optax.GradientTransformation) -> TrainSta
 LossFn = Callable[[Any, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
 
 
-def make_train_step(loss: LossFn, optimizer: optax.GradientTransformation
+def micro_batches(batch: Batch, k: int) -> Batch:
+  """[B, ...] -> [k, B/k, ...], micro-batch j holding rows j, j+k, ...: a device's rows stay on
+  it when B/k still divides by the batch shards."""
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"batch of {x.shape[0]} does not split into {k} micro-batches")
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def accumulated_value_and_grad(loss: LossFn, params: Any, batch: Batch, rng: jax.Array, k: int):
+  """The loss and gradient of the whole batch, computed over k micro-batches in a scan: each
+  micro-batch's mean loss is weighted by its supervised tokens, so the result is normalised by
+  the tokens of the whole batch, as without accumulation."""
+  def body(carry, micro):
+    (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params, micro, rng)
+    n = aux["supervised_tokens"].astype(jnp.float32)
+    total, g, sums = carry
+    return (total + value * n, jax.tree.map(lambda a, b: a + b * n, g, grads),
+            jax.tree.map(jnp.add, sums, aux)), None
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  aux0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                      jax.eval_shape(lambda: loss(params, jax.tree.map(lambda x: x[0], micro_batches(batch, k)), rng)[1]))
+  (total, grads, aux), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros, aux0), micro_batches(batch, k))
+  n = jnp.maximum(aux["supervised_tokens"], 1).astype(jnp.float32)
+  return (total / n, aux), jax.tree.map(lambda g: g / n, grads)
+
+
+def make_train_step(loss: LossFn, optimizer: optax.GradientTransformation, accumulate: int = 1
                     ) -> Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
   """loss(params, batch, rng) -> (state, batch, rng) -> (state, metrics); jit it with the
-  state's and batch's shardings (and donate the state)."""
+  state's and batch's shardings (and donate the state). `accumulate` > 1 splits the batch into
+  that many micro-batches (less activation memory, one update)."""
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-    (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch, rng)
+    if accumulate > 1:
+      (value, aux), grads = accumulated_value_and_grad(loss, state.params, batch, rng, accumulate)
+    else:
+      (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(state.params, batch, rng)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), **aux}
