@@ -17,11 +17,11 @@ import argparse
 import os
 import sys
 
-import jax
 import numpy as np
 
 from hourjax.convert.io import load_params, read_meta, write_safetensors
-from hourjax.data.video import VideoError, decode_frames, probe, to_siglip
+from hourjax.data.video import VideoError, probe
+from hourjax.infer.encode import video_features
 from hourjax.models import build
 
 
@@ -46,7 +46,6 @@ def main(argv=None) -> int:
   cfg = build.config_from_dict("hour_llava", meta["config"])
   params = load_params(a.params)
   model = build.build("hour_llava", cfg)
-  encode = jax.jit(lambda px: model.apply({"params": params}, px, True, method="encode_frames"))
   videos = sorted(os.path.relpath(os.path.join(d, f), a.videos)
                   for d, _, files in os.walk(a.videos) for f in files if f.endswith(".mp4"))
   if not videos:
@@ -59,16 +58,14 @@ def main(argv=None) -> int:
       continue
     try:
       info = probe(os.path.join(a.videos, rel))
-      frames = decode_frames(os.path.join(a.videos, rel), feature_frame_indices(info.frames, info.duration),
-                             cfg.vision.image_size)
+      feats = video_features(model, params, os.path.join(a.videos, rel),
+                             feature_frame_indices(info.frames, info.duration), cfg.vision.image_size, a.chunk)
     except VideoError as e:
       bad.append(str(e))
       continue
-    feats = np.concatenate([np.asarray(encode(to_siglip(frames[i:i + a.chunk])[None]))[0]
-                            for i in range(0, len(frames), a.chunk)])
     os.makedirs(os.path.dirname(out), exist_ok=True)
     write_safetensors(out + ".tmp", {"vid_feat": feats.astype(np.float32)},
-                      {"duration": f"{info.duration:.2f}", "frames": str(len(frames))})
+                      {"duration": f"{info.duration:.2f}", "frames": str(len(feats))})
     os.replace(out + ".tmp", out)     # a crash never leaves a half-written feature file
     written += 1
   print(f"{written} written, {skipped} already there, {len(bad)} unusable")

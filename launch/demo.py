@@ -45,7 +45,7 @@ def main(argv=None) -> int:
   from hourjax.data import chat, pipeline, video
   from hourjax.data.batching import Buckets
   from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
-  from hourjax.infer.generate import greedy_answer
+  from hourjax.infer.generate import Sampling, answer as answer_question
   from hourjax.models import build
   from hourjax.parallel import mesh as mesh_lib
   from hourjax.train.evaluate import evaluate
@@ -83,8 +83,8 @@ def main(argv=None) -> int:
 
   def answer(params, r, frames, duration, turn):
     question = r["conversations"][turn]["value"].replace("<image>\n", "")
-    return question, greedy_answer(model, params, cfg, tokenizer, question, frames, duration=duration,
-                                   max_new_tokens=8, buckets=buckets)
+    return question, answer_question(model, params, cfg, tokenizer, question, frames, duration=duration,
+                                     sampling=Sampling(max_new_tokens=8), buckets=buckets)
 
   def held_out(params) -> dict:
     """Teacher-forced loss and answer-token accuracy, and exact-match of greedy answers."""

@@ -1,12 +1,16 @@
-"""Greedy answers from Hour-LLaVA: the prompt in the official chat format, the video as the
-memory, one token at a time until `<|im_end|>`.
+"""Answers from Hour-LLaVA: prefill the KV cache with the prompt (video memory -> decayed queries
+-> MemAug -> LLM), then decode one token per step in a `lax.while_loop`, greedy or sampled
+(temperature, top-p), until every prompt of the batch has produced `<|im_end|>`.
 
-Each step re-runs the forward on a fixed-size padded prompt (one compiled program), which is
-what a tiny model on a CPU needs; cached decoding for real models belongs to the inference
-module.
+    batch = collate([sample, ...], cfg, buckets)          # prompts of any lengths, right-padded
+    tokens, n = generate(model, params, batch, jax.random.key(0), Sampling(max_new_tokens=64), end_id)
+
+One compiled program per (bucket, Sampling). Random forgetting (the official default) makes an
+answer depend on the key; a fixed key, or `forgetting.spatial="uniform"`, makes it reproducible.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -16,6 +20,76 @@ import numpy as np
 from hourjax.data import chat
 from hourjax.data.batching import Buckets, collate
 from hourjax.models.hour_llava import HourLlavaConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  temperature: float = 0.0      # 0: greedy
+  top_p: float = 1.0            # nucleus: the smallest set of tokens holding this probability
+  max_new_tokens: int = 64
+
+
+def sample_token(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+  """logits [B, V] -> tokens [B]."""
+  if sampling.temperature == 0:
+    return jnp.argmax(logits, -1)
+  logits = logits / sampling.temperature
+  if sampling.top_p < 1:
+    order = jnp.argsort(-logits, -1)
+    sorted_logits = jnp.take_along_axis(logits, order, -1)
+    probs = jax.nn.softmax(sorted_logits, -1)
+    before = jnp.cumsum(probs, -1) - probs            # mass of the tokens ranked above
+    sorted_logits = jnp.where(before < sampling.top_p, sorted_logits, -jnp.inf)   # keeps the top one
+    logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+  return jax.random.categorical(key, logits, -1)
+
+
+_PROGRAMS: dict[Any, Any] = {}
+
+
+def _program(model: Any, sampling: Sampling, end_id: int, modality: str, on_token: Any) -> Any:
+  key = (model, sampling, end_id, modality, on_token)
+  if key in _PROGRAMS:
+    return _PROGRAMS[key]
+
+  def run(params, batch, rng):
+    forget_key, sample_key = jax.random.split(rng)
+    inputs = dict(layout=batch.get("layout"), pixel_values=batch.get("pixel_values"),
+                  features=batch.get("features"), modality=modality, rng=forget_key)
+    out_len = jax.eval_shape(lambda: model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+                                                 **inputs)["attention_mask"]).shape[1]
+    pre = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], **inputs,
+                      cache_len=out_len + sampling.max_new_tokens)
+    b, n = pre["lengths"].shape[0], sampling.max_new_tokens
+    state = (jnp.zeros((), jnp.int32), jnp.full((b, n), end_id, jnp.int32), jnp.zeros((b,), bool),
+             pre["last_logits"], pre["cache"], pre["lengths"])
+
+    def step(state):
+      i, tokens, done, logits, cache, positions = state
+      token = jnp.where(done, end_id, sample_token(logits, jax.random.fold_in(sample_key, i), sampling))
+      tokens = tokens.at[:, i].set(token)
+      if on_token is not None:          # streaming: the host sees each token as it is chosen
+        jax.debug.callback(on_token, token, done, ordered=True)
+      done = done | (token == end_id)
+      logits, cache = model.apply({"params": params}, token, positions, cache, method="decode_step")
+      return i + 1, tokens, done, logits, cache, positions + 1
+
+    _, tokens, done, *_ = jax.lax.while_loop(lambda s: (s[0] < n) & ~jnp.all(s[2]), step, state)
+    lengths = jnp.argmax(jnp.concatenate([tokens == end_id, jnp.ones((b, 1), bool)], 1), 1)
+    return tokens, lengths
+
+  _PROGRAMS[key] = jax.jit(run)
+  return _PROGRAMS[key]
+
+
+def generate(model: Any, params: Any, batch: dict, rng: jax.Array, sampling: Sampling, end_id: int,
+             modality: str = "video", on_token: Any = None) -> tuple[np.ndarray, np.ndarray]:
+  """A collated batch of prompts (no labels needed) -> (tokens [B, max_new_tokens], how many of
+  them precede `end_id` per prompt). `on_token(tokens [B], finished [B])` is called on the host
+  after every decoding step."""
+  arrays = {k: v for k, v in batch.items() if k not in ("meta", "labels")}
+  tokens, lengths = _program(model, sampling, end_id, modality, on_token)(params, arrays, rng)
+  return np.asarray(tokens), np.asarray(lengths)
 
 
 def prompt_ids(tokenizer: Any, question: str, duration: float | None = None, num_frames: int = 0) -> np.ndarray:
@@ -29,36 +103,14 @@ def prompt_ids(tokenizer: Any, question: str, duration: float | None = None, num
   return np.concatenate([ids, np.asarray(header, np.int32)])
 
 
-_FORWARD: dict[Any, Any] = {}
-
-
-def _last_token_logits(model: Any) -> Any:
-  """One jitted forward per model (and per batch shape): logits at the last prompt position."""
-  if model not in _FORWARD:
-    def fn(params, batch):
-      out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                        layout=batch["layout"], pixel_values=batch["pixel_values"], rng=jax.random.key(0))
-      last = jnp.sum(out["attention_mask"], axis=1) - 1      # the LLM sequence has no padding inside
-      return jnp.take_along_axis(out["logits"], last[:, None, None], axis=1)[:, 0]
-    _FORWARD[model] = jax.jit(fn)
-  return _FORWARD[model]
-
-
-def greedy_answer(model: Any, params: Any, cfg: HourLlavaConfig, tokenizer: Any, question: str,
-                  pixels: np.ndarray, *, duration: float | None = None, max_new_tokens: int = 24,
-                  buckets: Buckets = Buckets(frames=(128, 256, 512, 1024, 2048, 3600), text=(256, 1024))) -> str:
-  """pixels: uint8 [T, S, S, 3] of one video (1 FPS). Prompts and videos are padded to
-  `buckets`, so answering many questions compiles once per bucket."""
-  ids = list(prompt_ids(tokenizer, question, duration, len(pixels)))
+def answer(model: Any, params: Any, cfg: HourLlavaConfig, tokenizer: Any, question: str, pixels: np.ndarray, *,
+           duration: float | None = None, sampling: Sampling = Sampling(max_new_tokens=24),
+           buckets: Buckets = Buckets(frames=(128, 256, 512, 1024, 2048, 3600), text=(256, 1024)),
+           rng: jax.Array | None = None) -> str:
+  """One question about one video (uint8 frames [T, S, S, 3] at 1 FPS) -> the answer text."""
+  ids = prompt_ids(tokenizer, question, duration, len(pixels))
+  sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "pixels": pixels}
   end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-  forward = _last_token_logits(model)
-  new: list[int] = []
-  for _ in range(max_new_tokens):
-    sample = {"input_ids": np.asarray(ids, np.int32), "labels": np.full(len(ids), -100, np.int32),
-              "pixels": pixels}
-    token = int(jnp.argmax(forward(params, collate([sample], cfg, buckets))[0]))
-    if token == end:
-      break
-    ids.append(token)
-    new.append(token)
-  return tokenizer.decode(new, skip_special_tokens=True).strip()
+  tokens, n = generate(model, params, collate([sample], cfg, buckets), jax.random.key(0) if rng is None else rng,
+                       sampling, end)
+  return tokenizer.decode(tokens[0, :n[0]].tolist(), skip_special_tokens=True).strip()

@@ -30,7 +30,7 @@ from hourjax.models import forgetting as fg
 from hourjax.models.forgetting import ForgettingConfig, VideoLayout
 from hourjax.models.layers import dense, gelu_exact
 from hourjax.models.memaug import MemAug, MemAugConfig
-from hourjax.models.qwen2 import Qwen2, Qwen2Config
+from hourjax.models.qwen2 import KVCache, Qwen2, Qwen2Config
 from hourjax.models.siglip import SiglipConfig, SiglipVision
 from hourjax.ops.loss import IGNORE_INDEX
 from hourjax.parallel import axes as ax
@@ -144,13 +144,17 @@ class HourLlava(nn.Module):
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, labels: jax.Array | None = None,
                *, layout: VideoLayout | None = None, pixel_values: jax.Array | None = None,
                features: jax.Array | None = None, modality: str = "video",
-               rng: jax.Array | None = None, head: bool = True) -> dict[str, jax.Array]:
+               rng: jax.Array | None = None, head: bool = True,
+               cache_len: int | None = None) -> dict[str, jax.Array]:
     """input_ids [B, L] with one IMAGE_TOKEN_INDEX per visual sample (none for text-only);
     pixel_values [B, T, h, w, 3] or pre-pooled SigLIP `features` [B, T, 64, C];
     layout from `forgetting.video_layout` / `image_layout`; rng for random forgetting.
     Returns logits [B, L', V], labels [B, L'] aligned to them (ignore_index on visual tokens
     and padding) and attention_mask [B, L']; with head=False "hidden" (the LLM's final-normed
     states [B, L', H]) replaces "logits", for a loss that applies the head in chunks.
+    With `cache_len` (inference prefill; prompts right-padded) the LLM fills a KVCache of that
+    many slots and the result is {"last_logits" [B, V] (each prompt's last token), "cache",
+    "lengths" [B] (the next token's position)}: continue with `decode_step`.
     """
     c = self.cfg
     input_ids = jnp.asarray(input_ids)
@@ -159,7 +163,7 @@ class HourLlava(nn.Module):
     is_ph = input_ids == IMAGE_TOKEN_INDEX   # text-only samples: all text counts as prefix
     split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), input_ids.shape[1])[:, None]
     if layout is None or (pixel_values is None and features is None):
-      return self._decode(text, valid, split, labels, None, None, head)
+      return self._decode(text, valid, split, labels, None, None, head, cache_len)
     if modality not in ("video", "image"):
       raise ValueError(f"modality={modality!r}: expected 'video' or 'image'")
     rng = jax.random.key(0) if rng is None else rng
@@ -222,7 +226,12 @@ class HourLlava(nn.Module):
     if c.use_memaug:
       visual = self._memaug(text, valid, split, labels, visual, visual_ids, visual_mask,
                             memory, memory_ids, memory_mask)
-    return self._decode(text, valid, split, labels, visual, visual_mask, head)
+    return self._decode(text, valid, split, labels, visual, visual_mask, head, cache_len)
+
+  def decode_step(self, tokens: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    """tokens, positions [B] -> (logits [B, V], the cache one slot further)."""
+    logits, cache = self.llm(tokens[:, None], positions=positions[:, None], cache=cache)
+    return logits[:, 0], cache
 
   def _memaug(self, text, valid, split, labels, visual, visual_ids, visual_mask,
               memory, memory_ids, memory_mask):
@@ -253,7 +262,7 @@ class HourLlava(nn.Module):
     return visual_out
 
   # -- 6. splice and decode ----------------------------------------------------------------------
-  def _decode(self, text, valid, split, labels, visual, visual_mask, head=True):
+  def _decode(self, text, valid, split, labels, visual, visual_mask, head=True, cache_len=None):
     """Text tokens keep their order; the visual tokens take the placeholder's place."""
     b, length = valid.shape
     labels = jnp.full((b, length), IGNORE_INDEX) if labels is None else jnp.asarray(labels)
@@ -273,5 +282,14 @@ class HourLlava(nn.Module):
         labels, mode="drop")
     mask = jnp.arange(out_len)[None] < valid.sum(1, keepdims=True) + n_visual
     self.sow("intermediates", "inputs_embeds", embeds)
+    if cache_len is not None:
+      if cache_len < out_len:
+        raise ValueError(f"cache_len={cache_len} is shorter than the prompt's {out_len} LLM tokens")
+      lengths = mask.sum(1)
+      cache = KVCache.create(self.cfg.llm, b, cache_len, self.dtype)
+      logits, cache = self.llm(inputs_embeds=embeds, attention_mask=mask, cache=cache,
+                               positions=jnp.broadcast_to(jnp.arange(out_len), (b, out_len)))
+      last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
+      return {"last_logits": last, "cache": cache, "lengths": lengths}
     out, _ = self.llm(inputs_embeds=embeds, attention_mask=mask, head=head)
     return {"logits" if head else "hidden": out, "labels": llm_labels, "attention_mask": mask}

@@ -1,0 +1,35 @@
+"""A video's pooled SigLIP features, encoded chunk by chunk: an hour at 1 FPS is 3,600 frames
+(1.6 GB of 384px pixels), but only `chunk` of them are decoded and on the device at a time;
+what stays is [T, 64, 1152] (the memory's raw material, 1 GB in float32)."""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from hourjax.data import video
+
+_ENCODERS: dict[Any, Any] = {}
+
+
+def _encoder(model: Any) -> Any:
+  if model not in _ENCODERS:
+    _ENCODERS[model] = jax.jit(lambda p, px: model.apply({"params": p}, px, True, method="encode_frames"))
+  return _ENCODERS[model]
+
+
+def video_features(model: Any, params: Any, path: str, indices: np.ndarray, size: int,
+                   chunk: int = 128) -> np.ndarray:
+  """Frames `indices` of the video at `path` -> float32 [T, pool^2, C], `chunk` frames per call
+  (the last chunk is padded, so one program serves every chunk)."""
+  encode = _encoder(model)
+  chunk = min(chunk, len(indices))
+  out = []
+  for start in range(0, len(indices), chunk):
+    frames = video.decode_frames(path, indices[start:start + chunk], size)
+    n = len(frames)
+    if n < chunk:
+      frames = np.concatenate([frames, np.zeros((chunk - n, *frames.shape[1:]), frames.dtype)])
+    out.append(np.asarray(encode(params, frames[None]))[0, :n])
+  return np.concatenate(out).astype(np.float32)
