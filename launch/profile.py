@@ -1,0 +1,132 @@
+"""Measure a training step or a prefill: time, throughput, compiled FLOPs and memory, MFU, and an
+XLA profiler trace.
+
+  python -m launch.profile --config configs/hour_llava.py:tiny --mode train --frames 64 --text 256 \\
+      --batch 2 --steps 10 --trace /tmp/trace       # tensorboard --logdir /tmp/trace (Profile tab)
+  python -m launch.profile --config configs/hour_llava.py:7b --mode prefill --peak-flops 459e12 ...
+
+Runs --warmup + --steps steps on a random batch of the given bucket and prints the median step
+time, tokens per second (text + visual LLM tokens), the compiled program's FLOPs
+(`cost_analysis`) and the FLOP/s achieved, MFU against --peak-flops per device (default: this
+host's measured float32 matmul rate), and the compiled memory (`memory_analysis`). Overrides
+(key=value) change the config, e.g. model.llm.attention=splash.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of an n x n float32 matmul on the default device (a CPU's practical peak)."""
+  import jax
+  import jax.numpy as jnp
+  x = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  f(x).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(x).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n ** 3 / min(times)
+
+
+def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warmup: int,
+            peak_flops: float, trace: str = "") -> dict:
+  import jax
+  import jax.numpy as jnp
+  from hourjax.config import model_config
+  from hourjax.data.synthetic import synthetic_batch
+  from hourjax.models import build
+  from hourjax.train import optimizer as opt_lib
+  from hourjax.train import step as step_lib
+  cfg = model_config(run.model)
+  model = build.build("hour_llava", cfg, dtype=jnp.bfloat16 if run.train.dtype == "bfloat16" else jnp.float32)
+  params = build.init_params("hour_llava", cfg, jax.random.key(0))
+  data = synthetic_batch(cfg, jax.random.key(1), [frames] * batch, text)
+  rng = jax.random.key(2)
+  if mode == "train":
+    opt_cfg = opt_lib.OptimizerConfig(lr={"projector": 1e-4, "memaug": 1e-4, "llm": 2e-5})
+    tx = opt_lib.make_optimizer(opt_cfg, params, 1000)
+    fn = jax.jit(step_lib.make_train_step(
+        lambda p, b, r: step_lib.loss_fn(model, opt_lib.stop_frozen(p, opt_cfg), b, r), tx), donate_argnums=0)
+    state = step_lib.init_state(params, tx)
+    args = (state, data, rng)
+  elif mode == "prefill":
+    fn = jax.jit(lambda p, b, r: model.apply({"params": p}, b["input_ids"], b["attention_mask"], layout=b["layout"],
+                                             features=b["features"], rng=r)["logits"])
+    args = (params, data, rng)
+  else:
+    raise ValueError(f"--mode {mode!r}: expected train or prefill")
+  t = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get("flops", 0.0))
+  mem = compiled.memory_analysis()
+  times = []
+
+  def once(args):
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    return out
+
+  for i in range(warmup + steps):
+    t = time.perf_counter()
+    out = once(args)
+    if mode == "train":
+      args = (out[0], data, rng)
+    if i >= warmup:
+      times.append(time.perf_counter() - t)
+  if trace:
+    with jax.profiler.trace(trace):
+      for _ in range(min(3, steps)):
+        out = once(args)
+        if mode == "train":
+          args = (out[0], data, rng)
+  median = statistics.median(times)
+  k = cfg.forgetting.spatial_count(cfg.pool_size ** 2)
+  from hourjax.models.forgetting import num_retained
+  llm_tokens = batch * (text - 1 + num_retained(max(frames, cfg.forgetting.min_memory_frames), cfg.forgetting) * (k + 1))
+  devices = jax.device_count()
+  return {"mode": mode, "batch": batch, "frames": frames, "text": text, "compile_s": compile_s,
+          "median_step_s": median, "tokens_per_s": llm_tokens / median, "flops": flops,
+          "flops_per_s": flops / median, "mfu": flops / median / (peak_flops * devices),
+          "peak_flops_per_device": peak_flops,
+          "memory": {k: getattr(mem, k, None) for k in ("temp_size_in_bytes", "argument_size_in_bytes",
+                                                         "output_size_in_bytes", "generated_code_size_in_bytes")},
+          "trace": trace}
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/hour_llava.py:tiny")
+  p.add_argument("--mode", default="train", choices=("train", "prefill"))
+  p.add_argument("--batch", type=int, default=2)
+  p.add_argument("--frames", type=int, default=64)
+  p.add_argument("--text", type=int, default=256)
+  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--peak-flops", type=float, default=0.0, help="per device; 0: measure a float32 matmul here")
+  p.add_argument("--trace", default="", help="directory for a jax.profiler trace (TensorBoard / XProf)")
+  p.add_argument("overrides", nargs="*")
+  a = p.parse_args(argv)
+  from hourjax.config import load
+  run = load(a.config, a.overrides)
+  peak = a.peak_flops or matmul_peak()
+  r = profile(run, a.mode, a.batch, a.frames, a.text, a.steps, a.warmup, peak, a.trace)
+  print(f"{r['mode']}: median {r['median_step_s'] * 1e3:.1f} ms/step, {r['tokens_per_s']:,.0f} LLM tokens/s, "
+        f"{r['flops'] / 1e9:.2f} GFLOP/step (compiled), {r['flops_per_s'] / 1e9:.1f} GFLOP/s, MFU {r['mfu']:.1%} "
+        f"of {peak / 1e9:.0f} GFLOP/s/device; temp memory {r['memory']['temp_size_in_bytes'] or 0:,} B; "
+        f"compile {r['compile_s']:.1f} s" + (f"; trace in {r['trace']}" if r['trace'] else ""))
+  print(json.dumps(r))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

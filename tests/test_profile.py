@@ -1,0 +1,25 @@
+"""launch.profile reports the compiled program's cost and memory and writes a profiler trace."""
+import glob
+import os
+
+from configs.hour_llava import get_config
+from hourjax.config import model_config
+from hourjax.train import flops as flops_lib
+from launch import profile
+
+
+def test_profile_train_step_and_trace(tmp_path):
+  run = get_config("tiny")
+  r = profile.profile(run, "train", batch=2, frames=32, text=64, steps=2, warmup=1, peak_flops=1e11,
+                      trace=str(tmp_path))
+  cfg = model_config(run.model)
+  # The compiled FLOPs are of the order of the analytic count (which omits softmax, norms, ...).
+  from hourjax.models.forgetting import video_layout
+  lay = video_layout([32, 32], cfg.forgetting)
+  analytic = sum(flops_lib.hour_llava_step(cfg, 2, 64, 32, lay.memory_frames.shape[1],
+                                           lay.retained_frames.shape[1], pixels=False).values())
+  assert 0.5 < r["flops"] / analytic < 3, (r["flops"], analytic)
+  import jax
+  assert r["median_step_s"] > 0 and abs(r["mfu"] - r["flops_per_s"] / (1e11 * jax.device_count())) < 1e-12
+  assert r["memory"]["temp_size_in_bytes"] > 0
+  assert glob.glob(os.path.join(str(tmp_path), "plugins", "profile", "*", "*.xplane.pb"))
