@@ -83,6 +83,7 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   abstract = build.abstract_params("hour_llava", cfg)
   specs = mesh_lib.param_specs(build.logical_specs("hour_llava", cfg), abstract, mesh)
   optimizer = opt_lib.make_optimizer(opt_cfg, abstract, steps)
+  lr_schedules = opt_lib.schedules(opt_cfg, steps)      # for logging; the optimizer holds its own
   state_sh = mesh_lib.shardings(step_lib.state_specs(optimizer, specs, abstract), mesh)
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), every=t.checkpoint_every,
                       keep=t.checkpoint_keep, use_async=t.checkpoint_async)
@@ -149,7 +150,7 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         scalars = {"loss": loss_value, "accuracy": _scalar(m["correct_tokens"]) / max(1, _scalar(m["answer_tokens"])),
                    "grad_norm": _scalar(m["grad_norm"]), "step_time_s": dt, "tokens_per_s": tokens / dt,
                    "supervised_tokens": _scalar(m["supervised_tokens"])}
-        for g, sched in opt_lib.schedules(opt_cfg, steps).items():
+        for g, sched in lr_schedules.items():
           scalars[f"lr/{g}"] = float(sched(step))
         if t.peak_flops:
           scalars["mfu"] = _step_flops(cfg, global_batch, opt_cfg) / dt / (t.peak_flops * jax.device_count())

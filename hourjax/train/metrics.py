@@ -53,14 +53,12 @@ class DataCounters:
 
   def __init__(self):
     self.counts: collections.Counter = collections.Counter()
-    self.recent_skips: collections.deque = collections.deque(maxlen=20)
 
   def add(self, meta: Mapping[str, Any]) -> dict[str, Any]:
     """Adds one batch's report; returns what to log with the step (skipped ids included)."""
     self.counts[f"samples_{meta['stream']}"] += len(meta["ids"])
     self.counts["skipped"] += len(meta["skipped"])
     self.counts["truncated"] += len(meta["truncated"])
-    self.recent_skips.extend(meta["skipped"])
     out: dict[str, Any] = {"stream": meta["stream"]}
     if meta["skipped"]:
       out["skipped"] = [list(s) for s in meta["skipped"]]
