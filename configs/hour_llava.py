@@ -96,7 +96,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict()
   cfg.model = ml_collections.ConfigDict(dict(
       vision=dict(TINY_VISION if size == "tiny" else SO400M, **EXECUTION),
-      llm=dict(llm, **EXECUTION),
+      llm=dict(llm, initializer_range=0.02, **EXECUTION),
       memaug=dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm), depth=2 if size == "tiny" else 4)),
       forgetting=dict(FORGETTING, min_memory_frames=16 if size == "tiny" else 128),
       feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True))
@@ -114,7 +114,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                 min_frames=16 if tiny else 128, time_instruction=True, label_separators=True,
                 max_text_len=512 if tiny else 32768, resample="pil")))
   cfg.train = ml_collections.ConfigDict(dict(
-      stage=stage, steps=0, seed=0, init="", dtype="float32" if tiny else "bfloat16",
+      stage=stage, steps=0, seed=0, init="", init_llm="", dtype="float32" if tiny else "bfloat16",
       optimizer=dict(lr=dict(vision=0.0, projector=0.0, memaug=0.0, llm=0.0), warmup_ratio=0.03,
                      schedule="cosine", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, clip_norm=1.0,
                      accumulate=1),

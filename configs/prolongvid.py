@@ -4,12 +4,22 @@ a fixed number of uniformly sampled frames per stage on videos of growing length
   python -m launch.train --config configs/prolongvid.py:7b,stage=2 --workdir /runs/plv-s2 \\
       data.root=/data train.init=/runs/plv-s1/params
 
+  python -m launch.train --config configs/prolongvid.py:7b,stage=context_extension --workdir /runs/plv-ctx \
+      data.documents='["/data/slimpajama/*.jsonl"]' data.tokenizer=/ckpt/qwen2 train.init=/ckpt/llava-ov-7b
+
+Stage context_extension (paper §4.2): the decoder alone continues pretraining on long text
+(SlimPajama), packed into 256K-token sequences with segment ids, RoPE theta raised to 1e9 from
+the start, ring attention over the mesh's 'sequence' axis. Its <workdir>/params initialise the
+video stages' LLM (train.init_llm=/runs/plv-ctx/params). A progressive context schedule trains
+phases of growing length, e.g. train.context_schedule='((200, 32768), (200, 131072), (400, 262144))'.
+The paper gives neither token count nor rate for this stage; the defaults follow Fu et al. 2024
+(its cited recipe): 2e-5 constant after warm-up, ~4M-token batches.
+
 Stages: 1 = 32 frames of videos under 2 minutes, 2 = 128 frames of 2-5 minute videos, 3 = 192
 frames of 5-20 minute videos (ProLongVid's README; its stage-2 script: lr 1e-5, cosine, 3%
 warmup, one epoch, projector and LLM trained, vision frozen, no time instruction). The model
 is Hour-LLaVA's (configs/hour_llava.py) with the decoder's rope_theta raised from 1e6 to 1e9;
 MemAug trains with the LLM. Annotations need a `duration` (seconds) per video for the filters.
-The long-context decoder stage (text only, up to 256K tokens) is its own issue.
 """
 from __future__ import annotations
 
@@ -23,12 +33,45 @@ ROPE_THETA = 1e9
 LR = 1e-5
 
 
+CONTEXT = {"7b": dict(seq_len=262144, batch_size=16, steps=1250, lr=2e-5, sequence=8),
+           "3b": dict(seq_len=262144, batch_size=16, steps=1250, lr=2e-5, sequence=8),
+           "tiny": dict(seq_len=512, batch_size=4, steps=20, lr=hour_llava.TINY_LR, sequence=1)}
+
+
+def context_extension(size: str) -> ml_collections.ConfigDict:
+  """The decoder alone on packed long text (hourjax.data.text); SigLIP, projector, MemAug unused."""
+  cfg = hour_llava.get_config(size)
+  c = CONTEXT[size]
+  cfg.model.llm.rope_theta = ROPE_THETA
+  cfg.model.memaug.rope_theta = ROPE_THETA
+  if size != "tiny":
+    cfg.model.llm.attention = "ring"
+    cfg.model.llm.remat = "full"
+    cfg.model.llm.scan_layers = True
+  cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=c["sequence"]))
+  cfg.data = ml_collections.ConfigDict(dict(
+      documents=[], field="text", tokenizer="", seq_len=c["seq_len"], batch_size=c["batch_size"],
+      seed=0, epochs=0, threads=2, read_ahead=0))
+  del cfg.train["stage"]      # an int in the video stages
+  cfg.train.stage = "context_extension"
+  cfg.train.decoder_only = True
+  cfg.train.context_schedule = ()
+  cfg.train.steps = c["steps"]
+  cfg.train.checkpoint_every = 100 if size != "tiny" else 10
+  cfg.train.optimizer.lr = ml_collections.ConfigDict(dict(vision=0.0, projector=0.0, memaug=0.0, llm=c["lr"]))
+  cfg.train.optimizer.schedule = "constant"
+  return cfg
+
+
 def get_config(arg: str = "7b,stage=1") -> ml_collections.ConfigDict:
   size, *rest = arg.split(",")
   opts = dict(item.split("=", 1) for item in rest if "=" in item)
-  stage = int(opts.get("stage", 1))
+  if opts.get("stage") == "context_extension" and not set(opts) - {"stage"}:
+    return context_extension(size)
+  stage = int(opts.get("stage", 1)) if str(opts.get("stage", 1)).isdigit() else 0
   if stage not in STAGES or set(opts) - {"stage"}:
-    raise ValueError(f"config argument {arg!r}: expected size[,stage=N] with N in {sorted(STAGES)}")
+    raise ValueError(f"config argument {arg!r}: expected size[,stage=N] with N in {sorted(STAGES)} "
+                     "or stage=context_extension")
   cfg = hour_llava.get_config(f"{size},stage=3")      # trained groups: all but SigLIP
   st = STAGES[stage]
   cfg.model.llm.rope_theta = ROPE_THETA

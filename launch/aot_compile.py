@@ -4,10 +4,11 @@
   python -m launch.aot_compile --config configs/hour_llava.py:7b --topology v5p:4x4x4 \\
       --mesh data=1,fsdp=16,tensor=1,sequence=4 --batch 16 --frames 3600 --retained 512 --text 1024 \\
       --set model.llm.attention=ring model.memaug.attention=ring
-  # ProLongVid-style decoder at a 256K-token context with ring attention
-  python -m launch.aot_compile --config configs/hour_llava.py:7b --decoder-only --context 262144 \\
-      --topology v5p:4x4x4 --mesh data=1,fsdp=4,tensor=1,sequence=16 --batch 4 \\
-      --set model.llm.attention=ring
+  # ProLongVid's context-extension stage as configured: the decoder alone, 256K-token packed
+  # sequences, RoPE theta 1e9, ring attention, the stage's optimizer (context, batch and mesh
+  # default to the config's)
+  python -m launch.aot_compile --config configs/prolongvid.py:7b,stage=context_extension \\
+      --topology v5p:4x4x4 --mesh data=1,fsdp=4,tensor=1,sequence=16 --batch 4
 
 libtpu's compiler runs here and reports per-device HBM (arguments, temporaries, outputs),
 compiled FLOPs, and fit against the chip's HBM. Layers are scanned (`--unrolled` to unroll)
@@ -88,17 +89,18 @@ def depths_of(cfg) -> dict[str, int]:
   return {"llm": cfg.llm.num_layers, "vision": cfg.vision.num_layers, "memaug": cfg.memaug.depth}
 
 
-def compile_step(kind: str, cfg, batch, mesh, dtype, pixels: bool):
-  """Lower and compile the train step with abstract params/state/batch on `mesh`."""
+def compile_step(kind: str, cfg, batch, mesh, dtype, pixels: bool, opt_cfg=None):
+  """Lower and compile the train step with abstract params/state/batch on `mesh`; the
+  optimizer is the run's (`opt_cfg`) or, for a config without a stage, stage 3's."""
   model = build.build(kind, cfg, dtype=dtype, param_dtype=jnp.float32)
   abstract = build.abstract_params(kind, cfg)
   specs = mesh_lib.param_specs(build.logical_specs(kind, cfg), abstract, mesh)
   if kind == "hour_llava":
     # Stage 3: SigLIP frozen (features are cached; on the pixel path it still runs forward).
-    opt_cfg = opt_lib.OptimizerConfig(lr={"projector": 1e-4, "memaug": 1e-4, "llm": 2e-5})
+    opt_cfg = opt_cfg or opt_lib.OptimizerConfig(lr={"projector": 1e-4, "memaug": 1e-4, "llm": 2e-5})
     loss = lambda p, b, r: step_lib.loss_fn(model, opt_lib.stop_frozen(p, opt_cfg), b, r)
   else:
-    opt_cfg = opt_lib.OptimizerConfig(lr={"llm": 1e-5})
+    opt_cfg = opt_cfg or opt_lib.OptimizerConfig(lr={"llm": 1e-5})
     loss = functools.partial(step_lib.lm_loss_fn, model)
   optimizer = opt_lib.make_optimizer(opt_cfg, abstract, steps=1000)
   state_specs = step_lib.state_specs(optimizer, specs, abstract)
@@ -132,13 +134,14 @@ def main(argv=None) -> int:
   p.add_argument("--config", required=True, help="e.g. configs/hour_llava.py:7b")
   p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
   p.add_argument("--topology", required=True, help="libtpu topology, e.g. v5p:4x4x4")
-  p.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1,sequence=1")
-  p.add_argument("--batch", type=int, required=True, help="global batch (samples or sequences)")
+  p.add_argument("--mesh", help="axis sizes, e.g. data=1,fsdp=-1,tensor=1,sequence=1 (default: the config's)")
+  p.add_argument("--batch", type=int, help="global batch, samples or sequences (default: the config's)")
   p.add_argument("--remat", default="full", help="remat policy for every layer stack")
   p.add_argument("--unrolled", action="store_true", help="do not scan the layers")
   p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
-  p.add_argument("--decoder-only", action="store_true", help="Qwen2 alone on packed text (ProLongVid)")
-  p.add_argument("--context", type=int, default=32768, help="decoder-only sequence length")
+  p.add_argument("--decoder-only", action="store_true",
+                 help="Qwen2 alone on packed text (implied by a config with train.decoder_only)")
+  p.add_argument("--context", type=int, help="decoder-only sequence length (default: data.seq_len or 32768)")
   p.add_argument("--frames", type=int, default=3600, help="input frames (1 FPS) = memory frames")
   p.add_argument("--retained", type=int, default=512, help="retained (decayed-query) frames")
   p.add_argument("--text", type=int, default=1024, help="text tokens per sample")
@@ -149,10 +152,18 @@ def main(argv=None) -> int:
 
   run = load(a.config, [f"model.{k}.remat={a.remat}" for k in ("vision", "llm", "memaug")] + a.set)
   hl = with_scan(model_config(run.model), not a.unrolled)
+  a.decoder_only = a.decoder_only or run.train.get("decoder_only", False)
+  a.context = a.context or run.data.get("seq_len", 32768)
+  a.batch = a.batch or run.data.batch_size
+  mesh_sizes = parse_mesh(a.mesh) if a.mesh else dict(run.mesh)
+  lr = dict(run.train.optimizer.lr)
+  opt_cfg = None
+  if any(v > 0 for v in lr.values()):       # a stage config: compile with its optimizer
+    opt_cfg = opt_lib.OptimizerConfig(**{**run.train.optimizer.to_dict(), "lr": lr})
   kind, cfg = ("qwen2", hl.llm) if a.decoder_only else ("hour_llava", hl)
   dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
   devices = tpu_devices(a.topology)
-  mesh = mesh_lib.make_mesh(parse_mesh(a.mesh), devices)
+  mesh = mesh_lib.make_mesh(mesh_sizes, devices)
   peak, hbm = chip(a.topology)
   n_batch = mesh_lib.batch_shards(mesh)
   if a.batch % n_batch:
@@ -173,7 +184,7 @@ def main(argv=None) -> int:
     analytic = flops_lib.hour_llava_step(cfg, a.batch, a.text, a.frames, a.frames, a.retained, a.pixels)
 
   t0 = time.perf_counter()
-  compiled = compile_step(kind, cfg, make_batch(cfg), mesh, dtype, a.pixels)
+  compiled = compile_step(kind, cfg, make_batch(cfg), mesh, dtype, a.pixels, opt_cfg)
   seconds = time.perf_counter() - t0
   if isinstance(compiled, DoesNotFit):
     print(f"{a.config} {' '.join(a.set)}\n  topology {a.topology} ({len(devices)} chips), mesh "
@@ -187,7 +198,8 @@ def main(argv=None) -> int:
       - mem.alias_size_in_bytes
   report = {
       "config": a.config, "overrides": a.set, "topology": a.topology, "chips": len(devices),
-      "mesh": dict(mesh.shape), "batch": a.batch, "remat": a.remat, "scan_layers": not a.unrolled,
+      "mesh": dict(mesh.shape), "batch": a.batch, **({"context": a.context} if a.decoder_only else {}),
+      "optimizer": {k: v for k, v in (opt_cfg.lr.items() if opt_cfg else ())}, "remat": a.remat, "scan_layers": not a.unrolled,
       "compile_seconds": round(seconds, 1),
       "per_device_gib": {"arguments": mem.argument_size_in_bytes / GiB, "temporaries": mem.temp_size_in_bytes / GiB,
                          "outputs": mem.output_size_in_bytes / GiB, "aliased": mem.alias_size_in_bytes / GiB,

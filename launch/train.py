@@ -8,6 +8,8 @@ Re-running the same command resumes from the workdir's latest checkpoint. Severa
 (TPU pod hosts, SLURM tasks) find each other through `jax.distributed.initialize()`'s automatic
 detection; elsewhere pass --coordinator HOST:PORT --num-processes N --process-id I. When the run
 ends, the trained parameters are written to <workdir>/params (the next stage's train.init).
+A progressive context schedule (configs/prolongvid.py:*,stage=context_extension) trains its
+phases in <workdir>/phase<i>_<length> and writes the last one's parameters there.
 """
 from __future__ import annotations
 
@@ -46,14 +48,9 @@ def main(argv=None) -> int:
   initialize_distributed(a)
   from absl import flags
   flags.FLAGS.mark_as_parsed()      # Grain's worker processes read absl flags
-  from hourjax.config import load, model_config
-  from hourjax.convert.io import save_params
-  from hourjax.train.loop import train
-  run = load(a.config, a.overrides)
-  summary = train(run, a.workdir)
-  state = summary.pop("state")
-  if not summary["preempted"] and summary["last_step"] == summary["steps"]:
-    save_params(os.path.join(a.workdir, "params"), state.params, "hour_llava", model_config(run.model))
+  from hourjax.config import load
+  from hourjax.train.loop import run_stage
+  summary = run_stage(load(a.config, a.overrides), a.workdir)
   if jax.process_index() == 0:
     print(json.dumps(summary, indent=1))
   return 0

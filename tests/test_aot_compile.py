@@ -28,3 +28,20 @@ def test_tiny_stage3_step_compiles_for_v5e(tmp_path):
   assert r["per_device_gib"]["arguments"] * 2**30 >= state_bytes / 2 * 0.95
   assert r["per_device_gib"]["aliased"] > 0          # the state is donated
   assert r["compiled_tflops_scanned_body_once"] > 0
+
+
+def test_context_extension_stage_compiles_from_its_config(tmp_path):
+  """The exact stage config (decoder only, theta 1e9, its optimizer and sequence length) with
+  ring attention over a 4-chip 'sequence' axis."""
+  out = tmp_path / "ctx.json"
+  aot_compile.main(["--config", f"{CONFIGS}/prolongvid.py:tiny,stage=context_extension", "--topology", "v5e:2x2",
+                    "--mesh", "data=1,fsdp=1,tensor=1,sequence=4", "--set", "model.llm.attention=ring",
+                    "--json", str(out)])
+  r = json.loads(out.read_text())
+  assert r["fits"] and r["context"] == 512 and r["batch"] == 4 and r["mesh"]["sequence"] == 4
+  assert r["optimizer"]["llm"] > 0 and r["optimizer"]["memaug"] == 0
+  from configs.prolongvid import get_config as plv
+  llm = with_scan(model_config(plv("tiny,stage=context_extension").model), True).llm
+  assert llm.rope_theta == 1e9
+  n = build.count_params(build.abstract_params("qwen2", llm))
+  assert r["per_device_gib"]["arguments"] * 2**30 >= 12 * n * 0.95    # f32 params + 2 moments, unsharded

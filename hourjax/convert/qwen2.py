@@ -47,7 +47,8 @@ def config_from_hf(d: dict[str, Any], **overrides) -> Qwen2Config:
                 num_heads=d["num_attention_heads"],
                 num_kv_heads=d.get("num_key_value_heads") or d["num_attention_heads"],
                 rope_theta=float(theta), rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)))
+                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+                initializer_range=float(d.get("initializer_range", 0.02)))
   return Qwen2Config(**{**fields, **overrides})
 
 
@@ -59,4 +60,4 @@ def config_to_hf(c: Qwen2Config) -> dict[str, Any]:
               rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
               rms_norm_eps=c.rms_norm_eps, tie_word_embeddings=c.tie_word_embeddings,
               hidden_act="silu", max_position_embeddings=32768, attention_dropout=0.0,
-              use_sliding_window=False)
+              use_sliding_window=False, initializer_range=c.initializer_range)

@@ -13,6 +13,15 @@ def answer_tokens(labels: jax.Array, template_ids: tuple[int, ...] = ()) -> jax.
   return jnp.sum((shifted != IGNORE_INDEX) & ~jnp.isin(shifted, jnp.asarray(template_ids, jnp.int32)))
 
 
+def shift_labels(labels: jax.Array) -> jax.Array:
+  """labels[:, 1:] padded with IGNORE_INDEX: the target of each position. The last position is
+  masked with a `where`, not `.at[:, -1].set`: once the labels are sharded along the sequence
+  (propagated from a ring-attention model's activations), XLA's partitioner applied that
+  update at the last slot of every shard (jax 0.10.2, CPU), dropping one target per shard."""
+  last = jnp.arange(labels.shape[1])[None] == labels.shape[1] - 1
+  return jnp.where(last, IGNORE_INDEX, jnp.roll(labels, -1, axis=1))
+
+
 def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sum of CE of logits[:, :-1] against labels[:, 1:] over non-ignored tokens, their count).
 
@@ -20,7 +29,7 @@ def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, ja
   are shifted (a roll: one neighbour exchange when the sequence is sharded) rather than the
   logits sliced, which would re-split a [B, T, V] array across the sequence shards.
   """
-  labels = jnp.roll(labels, -1, axis=1).at[:, -1].set(IGNORE_INDEX)
+  labels = shift_labels(labels)
   logits = logits.astype(jnp.float32)
   valid = labels != IGNORE_INDEX
   logp = jax.nn.log_softmax(logits, axis=-1)
@@ -42,7 +51,7 @@ def chunked_next_token_loss(hidden: jax.Array, head: jax.Array, labels: jax.Arra
   token from another device.
   """
   b, t, h = hidden.shape
-  labels = jnp.roll(labels, -1, axis=1).at[:, -1].set(IGNORE_INDEX)
+  labels = shift_labels(labels)
   if t % shards:
     shards = 1
   per_shard = t // shards

@@ -28,3 +28,20 @@ def evaluate(model: Any, params: Any, batches: Iterable[dict], rng: jax.Array,
     answers += float(np.asarray(aux["answer_tokens"]))
     count += n
   return {"loss": total / max(count, 1), "accuracy": correct / max(answers, 1), "tokens": count}
+
+
+def choose_option(model: Any, params: Any, batch: dict, rng: jax.Array, option_ids: Any) -> jax.Array:
+  """Multiple choice, teacher-forced: for each sample, the index of the option token (the ids
+  of "A".."D", or of each option's word: [K] or per sample [B, K]) with the highest logit where
+  the first supervised option token is predicted. Batch as for training (labels mark the answer;
+  prompt tokens are MemAug's query as in training). Jit-able; [B] int32."""
+  import jax.numpy as jnp
+  out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                    layout=batch.get("layout"), features=batch.get("features"),
+                    pixel_values=batch.get("pixel_values"), rng=rng)
+  labels = out["labels"]
+  option_ids = jnp.broadcast_to(jnp.asarray(option_ids), (labels.shape[0], jnp.shape(option_ids)[-1]))
+  is_answer = jnp.any(labels[:, :, None] == option_ids[:, None, :], axis=-1)
+  at = jnp.maximum(jnp.argmax(is_answer, axis=1) - 1, 0)       # logits there predict the answer
+  logits = jnp.take_along_axis(out["logits"], at[:, None, None], axis=1)[:, 0]
+  return jnp.argmax(jnp.take_along_axis(logits, option_ids, axis=1), axis=-1).astype(jnp.int32)

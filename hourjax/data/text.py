@@ -1,0 +1,150 @@
+"""Long documents for ProLongVid's context-extension stage: documents -> tokens -> sequences of
+exactly `seq_len` tokens packed from consecutive documents, with segment ids so that attention
+and the loss never cross a document boundary. Deterministic and resumable like the video
+pipeline: one seeded Grain graph whose iterator state goes into every checkpoint.
+
+    from hourjax.data import text
+    ds = text.dataset(["/data/slimpajama/*.jsonl"], "/ckpt/tokenizer", seq_len=32768, batch_size=8, seed=0)
+    batch = next(iter(ds))   # input_ids, labels, positions, segment_ids: int32 [8, 32768]
+
+Documents: JSONL lines (`{"text": ...}`, SlimPajama's format) or ArrayRecord records (the same
+JSON, or raw UTF-8 text). Each document is tokenized and ends with the tokenizer's EOS token;
+documents are concatenated in shuffled order and cut every `seq_len` tokens (concat-then-split:
+a long document continues in the next sequence, where its positions restart at 0). In a
+sequence, segment k+1 is the k-th document piece, 0 is padding; positions count from 0 in each
+piece; the first token of a piece is not a target, so no token is predicted across documents.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from hourjax.ops.loss import IGNORE_INDEX
+
+
+def _expand(patterns: Sequence[str]) -> list[str]:
+  paths = []
+  for p in patterns:
+    found = sorted(glob.glob(p))
+    if not found:
+      raise FileNotFoundError(f"text documents {p!r}: no such file")
+    paths += found
+  return paths
+
+
+class Documents(grain.sources.RandomAccessDataSource):
+  """Random access to documents across JSONL and ArrayRecord files (a JSONL file is indexed by
+  line offsets once, at start-up; blank lines are skipped)."""
+
+  def __init__(self, patterns: Sequence[str], field: str = "text"):
+    self.paths, self.field = _expand(patterns), field
+    self._files: list[tuple[str, Any]] = []      # (path, line offsets | ArrayRecord source)
+    counts = []
+    for path in self.paths:
+      if path.endswith(".jsonl") or path.endswith(".json"):
+        offsets, at = [], 0
+        with open(path, "rb") as f:
+          for line in f:
+            if line.strip():
+              offsets.append(at)
+            at += len(line)
+        self._files.append((path, np.asarray(offsets, np.int64)))
+        counts.append(len(offsets))
+      elif ".array_record" in os.path.basename(path):
+        source = grain.sources.ArrayRecordDataSource([path])
+        self._files.append((path, source))
+        counts.append(len(source))
+      else:
+        raise ValueError(f"text documents {path!r}: expected .jsonl or .array_record files")
+    self._ends = np.cumsum(counts)
+    if not len(self):
+      raise ValueError(f"text documents {list(patterns)}: no documents")
+
+  def __len__(self) -> int:
+    return int(self._ends[-1]) if len(self._ends) else 0
+
+  def __getitem__(self, index: int) -> str:
+    f = int(np.searchsorted(self._ends, index, side="right"))
+    i = index - (int(self._ends[f - 1]) if f else 0)
+    path, where = self._files[f]
+    if isinstance(where, np.ndarray):
+      with open(path, "rb") as fh:
+        fh.seek(int(where[i]))
+        raw = fh.readline()
+    else:
+      raw = where[i]
+    if raw[:1] != b"{":
+      return raw.decode("utf-8")
+    try:
+      return json.loads(raw)[self.field]
+    except (json.JSONDecodeError, KeyError) as e:
+      raise ValueError(f"{path} document {i}: expected JSON with a {self.field!r} field ({e})") from None
+
+  def __getstate__(self):     # worker processes reopen ArrayRecord files
+    return {"paths": self.paths, "field": self.field}
+
+  def __setstate__(self, state):
+    self.__init__(state["paths"], state["field"])
+
+
+class Tokenize(grain.transforms.Map):
+  def __init__(self, tokenizer: str):
+    self.path, self._tok = tokenizer, None
+
+  def __getstate__(self):
+    return {"path": self.path}
+
+  def __setstate__(self, state):
+    self.path, self._tok = state["path"], None
+
+  def map(self, document: str) -> dict:
+    if self._tok is None:
+      from hourjax.data.chat import load_tokenizer
+      self._tok = load_tokenizer(self.path)
+    ids = self._tok.encode(document, add_special_tokens=False) + [self._tok.eos_token_id]
+    return {"tokens": np.asarray(ids, np.int32)}
+
+
+def training_example(packed: dict) -> dict:
+  """ConcatThenSplit's {tokens, tokens_segment_ids} -> the decoder batch format (one row)."""
+  tokens = packed["tokens"].astype(np.int32)
+  segments = packed["tokens_segment_ids"].astype(np.int32)
+  index = np.arange(len(tokens))
+  starts = np.r_[True, segments[1:] != segments[:-1]]
+  positions = index - np.maximum.accumulate(np.where(starts, index, 0))
+  labels = np.where(starts | (segments == 0), IGNORE_INDEX, tokens)
+  return {"input_ids": tokens, "labels": labels.astype(np.int32),
+          "positions": np.where(segments == 0, 0, positions).astype(np.int32), "segment_ids": segments}
+
+
+def dataset(patterns: Sequence[str], tokenizer: str, *, seq_len: int, batch_size: int, seed: int,
+            epochs: int = 0, field: str = "text", process_index: int = 0, process_count: int = 1,
+            threads: int = 2, read_ahead: int = 0) -> grain.IterDataset:
+  """This process's batches ([batch_size, seq_len] int32 arrays) of its share of the documents.
+  epochs=0 repeats forever (a step count ends the run)."""
+  if seq_len < 2:
+    raise ValueError(f"seq_len={seq_len}: a packed sequence needs at least 2 tokens")
+  docs = grain.MapDataset.source(Documents(patterns, field))
+  if len(docs) < process_count:
+    raise ValueError(f"{len(docs)} documents cannot be shared by {process_count} processes")
+  docs = docs[process_index::process_count].shuffle(seed=seed).repeat(epochs or None)
+  tokens = docs.map(Tokenize(tokenizer)).to_iter_dataset(
+      grain.ReadOptions(num_threads=threads, prefetch_buffer_size=read_ahead or 4 * batch_size))
+  packed = grain.experimental.ConcatThenSplitIterDataset(tokens, length_struct={"tokens": seq_len})
+  return packed.map(training_example).batch(batch_size, drop_remainder=True)
+
+
+def from_config(data: Any, *, process_index: int = 0, process_count: int = 1,
+                seq_len: int | None = None, seed: int | None = None) -> grain.IterDataset:
+  """`cfg.data` of a decoder-only run (configs/prolongvid.py:*,stage=context_extension)."""
+  if data.batch_size % process_count:
+    raise ValueError(f"data.batch_size={data.batch_size} is not divisible by {process_count} processes")
+  return dataset(list(data.documents), data.tokenizer, seq_len=seq_len or data.seq_len,
+                 batch_size=data.batch_size // process_count, seed=data.seed if seed is None else seed,
+                 epochs=data.epochs, field=data.field, process_index=process_index,
+                 process_count=process_count, threads=data.threads, read_ahead=data.read_ahead)

@@ -1,0 +1,411 @@
+"""The paper's central claim at CPU scale: MemAug against token-compression baselines at the same
+number of LLM tokens, and MemAug's memory-scale and temporal-compression ablations (Hour-LLaVA
+paper Table 5, Table 4, Fig. 4), on the synthetic long-video benchmark `data/long_video_mcq.py`.
+
+  python -m launch.ablation                       # the whole study (~70 min on 2 cores)
+  python -m launch.ablation --smoke --out /tmp/s  # a few steps of the same code (the test)
+
+1. Renders the train / held-out test splits (256 s at 1 FPS, 32 px frames) and encodes them
+   once with a frozen, randomly initialised tiny SigLIP (4x4 patches pooled to 2x2 tokens per
+   frame): every arm reads the same cached features.
+2. Trains every arm from scratch, 3 seeds each, with the same data order, steps and optimizer
+   (projector, MemAug and LLM trained; the tiny Hour-LLaVA of configs/hour_llava.py), through
+   the real model, loss and train step.
+3. Scores held-out multiple-choice accuracy per task (the option with the highest logit),
+   writes results.json (re-running skips finished runs), the table and the plot to docs/.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+DOC_BEGIN, DOC_END = "<!-- ablation:begin (written by launch/ablation.py) -->", "<!-- ablation:end -->"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  name: str
+  group: str                 # main | baseline | memory | temporal: the table section / plot it joins
+  model: dict                # overrides of the study's model config (use_memaug, forgetting.*)
+  x: float = 0.0             # memory scale or temporal compression (1/keep) for the plots
+
+
+def _mem(keep_t=4, **kw):
+  return {"use_memaug": True, "forgetting": dict(dict(spatial="random", spatial_keep=4, temporal="uniform",
+                                                      temporal_keep=keep_t, memory_scale=1.0), **kw)}
+
+
+def _compress(temporal, spatial_keep=4, temporal_keep=4):
+  return {"use_memaug": False, "forgetting": dict(spatial="random", spatial_keep=spatial_keep,
+                                                  temporal=temporal, temporal_keep=temporal_keep,
+                                                  memory_scale=1.0)}
+
+
+ARMS = (
+    Arm("Hour-LLaVA (MemAug)", "main", _mem(), x=1.0),
+    Arm("uniform", "baseline", _compress("uniform")),
+    Arm("random", "baseline", _compress("random")),
+    Arm("keyframe", "baseline", _compress("keyframe")),
+    Arm("question-guided", "baseline", _compress("question")),
+    Arm("LLaVA-Video (25 frames)", "baseline", _compress("uniform", spatial_keep=1, temporal_keep=10)),
+    Arm("memory 50%", "memory", _mem(memory_scale=0.5), x=0.5),
+    Arm("memory 25%", "memory", _mem(memory_scale=0.25), x=0.25),
+    Arm("decayed only", "memory", _mem(memory_scale=0.0), x=0.0),
+    Arm("temporal 1", "temporal", _mem(keep_t=1), x=1.0),
+    Arm("temporal 1/2", "temporal", _mem(keep_t=2), x=1 / 2),
+    Arm("temporal 1/8", "temporal", _mem(keep_t=8), x=1 / 8),
+    Arm("temporal 1/16", "temporal", _mem(keep_t=16), x=1 / 16),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  train_videos: int = 10000
+  test_videos: int = 400
+  frames: int = 128
+  size: int = 32
+  steps: int = 500
+  batch: int = 16
+  lr: float = 3e-3
+  memaug_depth: int = 1      # the tiny config's 2 doubles the MemAug arms' cost
+  seeds: tuple[int, ...] = (0, 1, 2)
+  eval_every: int = 0        # also score the held-out split every this many steps (a learning curve)
+  siglip_seed: int = 1234
+
+
+SMOKE = Study(train_videos=16, test_videos=8, frames=96, steps=3, batch=4, seeds=(0,))
+SMOKE_ARMS = ("Hour-LLaVA (MemAug)", "keyframe", "decayed only")
+
+
+def model_config(study: Study, arm: Arm | None = None):
+  """The tiny Hour-LLaVA of configs/hour_llava.py with 32 px frames and 2x2 tokens per frame."""
+  from hourjax.config import load, model_config as to_dataclass
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "hour_llava.py")
+  run = load(path + ":tiny,stage=3", ["model.vision.image_size=32", "model.vision.patch_size=8",
+                                      "model.pool_size=2", f"model.forgetting.min_memory_frames={study.frames}",
+                                      f"model.memaug.depth={study.memaug_depth}"])
+  m = run.model.to_dict()
+  if arm is not None:
+    m["use_memaug"] = arm.model["use_memaug"]
+    m["forgetting"].update(arm.model["forgetting"])
+  return to_dataclass(m)
+
+
+def llm_tokens(study: Study, arm: Arm) -> int:
+  """Visual tokens the LLM reads per video (kept tokens + one newline per retained frame)."""
+  from hourjax.models.forgetting import num_retained
+  cfg = model_config(study, arm)
+  return num_retained(study.frames, cfg.forgetting) * (cfg.forgetting.spatial_count(cfg.pool_size ** 2) + 1)
+
+
+def width_scaled(params: dict, std: float = 0.02) -> dict:
+  """The trained modules' weights rescaled from HF's N(0, 0.02) to N(0, 1/fan_in).
+
+  0.02 is ~1/sqrt(width) for widths in the thousands; at this study's width of 64 it leaves
+  every product of two weights (attention values through their output projection, MemAug's
+  recall from memory) ~40x too weak: a memory frame moved the initial logits by 1e-5 and the
+  first 1,500+ steps sat on a plateau. Embeddings get 1/sqrt(width)."""
+  import jax
+  def rescale(path, x):
+    names = [getattr(k, "key", "") for k in path]
+    if names[0] not in ("projector", "memaug", "llm") or x.ndim < 2:
+      return x
+    if names[-1] == "embedding":
+      fan_in = x.shape[-1]
+    else:
+      fan_in = int(np.prod(x.shape[:-1])) if names[-2] == "o" else x.shape[0]
+    return x * (fan_in ** -0.5 / std)
+  return jax.tree_util.tree_map_with_path(rescale, params)
+
+
+def encode_split(study: Study, items, cache: str) -> np.ndarray:
+  """Frozen SigLIP features [N, T, 4, C] (float16 on disk), cached by file name."""
+  if os.path.exists(cache):
+    return np.load(cache)
+  import jax
+  from hourjax.data.long_video_mcq import render
+  from hourjax.models import build
+  cfg = model_config(study)
+  model = build.build("hour_llava", cfg)
+  params = build.init_params("hour_llava", cfg, jax.random.key(study.siglip_seed))
+  encode = jax.jit(lambda p, x: model.apply({"params": p}, x, pool=True, method=model.encode_frames))
+  chunk, out = 8, []
+  for i in range(0, len(items), chunk):
+    pixels = np.stack([render(it, study.frames, study.size) for it in items[i:i + chunk]])
+    pad = chunk - len(pixels)
+    feats = np.asarray(encode(params, np.concatenate([pixels, np.zeros_like(pixels[:pad])]) if pad else pixels))
+    out.append(feats[:len(pixels)].astype(np.float16))
+  out = np.concatenate(out)
+  np.save(cache, out)
+  return out
+
+
+def save_tokenizer(path: str, items) -> None:
+  """A tiny BPE trained on the benchmark's few distinct texts, so each spells in few tokens and
+  every option word is one token."""
+  from hourjax.data.long_video_mcq import QUESTIONS
+  from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
+  prompts = {t["value"] for it in items for t in it.conversation()}
+  template = ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
+              "<|im_end|>\n<|im_start|>assistant\n"]
+  options = [o for q in QUESTIONS.values() for o in q[1]]
+  save_tiny_tokenizer(path, (sorted(prompts) + template + options) * 20, vocab_size=500)
+
+
+def tokenize(items, tokenizer) -> dict[str, np.ndarray]:
+  from hourjax.data.chat import tokenize_conversation
+  pairs = [tokenize_conversation(tokenizer, it.conversation()) for it in items]
+  length = -(-max(len(i) for i, _ in pairs) // 8) * 8
+  ids = np.zeros((len(items), length), np.int32)
+  labels = np.full((len(items), length), -100, np.int32)
+  mask = np.zeros((len(items), length), np.int32)
+  for k, (i, l) in enumerate(pairs):
+    ids[k, :len(i)], labels[k, :len(i)], mask[k, :len(i)] = i, l, 1
+  return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(study: Study, name: str):
+  """(model config, optimizer, layout, jitted train step, jitted scorer): one compile per arm."""
+  import jax
+  from hourjax.models import build
+  from hourjax.models.forgetting import video_layout
+  from hourjax.train import step as step_lib
+  from hourjax.train.evaluate import choose_option
+  from hourjax.train.optimizer import OptimizerConfig, make_optimizer
+  cfg = model_config(study, next(a for a in ARMS if a.name == name))
+  model = build.build("hour_llava", cfg)
+  opt = OptimizerConfig(lr=dict(projector=study.lr, memaug=study.lr, llm=study.lr), warmup_ratio=0.05)
+  tx = make_optimizer(opt, build.abstract_params("hour_llava", cfg), study.steps)
+  layout = video_layout([study.frames] * study.batch, cfg.forgetting)
+  step = jax.jit(step_lib.make_train_step(functools.partial(step_lib.loss_fn, model), tx), donate_argnums=0)
+  score = jax.jit(lambda p, b: choose_option(model, p, {k: v for k, v in b.items() if k != "options"},
+                                             jax.random.key(99), b["options"]))
+  return cfg, tx, layout, step, score
+
+
+def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log) -> dict[int, dict]:
+  """Trains and scores one arm for each seed (compiled once per arm)."""
+  import jax
+  from hourjax.data.long_video_mcq import TASKS
+  from hourjax.models import build
+  from hourjax.train import step as step_lib
+  cfg, tx, layout, step, score = _compiled(study, arm.name)
+  n_train, n_test = len(data["input_ids"]), len(test["input_ids"])
+
+  def predict(params) -> np.ndarray:
+    preds = []
+    for s in range(0, n_test, study.batch):
+      rows = np.arange(s, s + study.batch) % n_test      # the last batch wraps; extras are dropped
+      batch = {k: v[rows] for k, v in test.items() if k not in ("answer", "task", "dropped")}
+      batch["layout"] = layout
+      preds.append(np.asarray(score(params, batch))[:min(study.batch, n_test - s)])
+    return np.concatenate(preds)
+
+  results = {}
+  for seed in seeds:
+    t0 = time.time()
+    params = width_scaled(build.init_params("hour_llava", cfg, jax.random.key(seed)))
+    state = step_lib.init_state(params, tx)
+    order = np.random.default_rng(seed)
+    perm, at, losses = order.permutation(n_train), 0, []
+    rng = jax.random.key(seed)
+    curve = []
+    for i in range(study.steps):
+      if at + study.batch > n_train:
+        perm, at = order.permutation(n_train), 0
+      rows = np.sort(perm[at:at + study.batch])
+      at += study.batch
+      batch = {k: v[rows] for k, v in data.items()}
+      batch["layout"] = layout
+      state, metrics = step(state, batch, rng)
+      if i % 50 == 0 or i == study.steps - 1:
+        losses.append((i, float(metrics["loss"])))
+      if study.eval_every and (i + 1) % study.eval_every == 0 and i + 1 < study.steps:
+        curve.append((i + 1, float(np.mean(predict(state.params) == test["answer"]))))
+        log(f"    step {i + 1}: held-out accuracy {curve[-1][1]:.3f}")
+    train_s = time.time() - t0
+    preds = predict(state.params)
+    hit = preds == test["answer"]
+    acc = {t: float(hit[test["task"] == t].mean()) for t in TASKS}
+    acc["needle (dropped)"] = float(hit[(test["task"] == "needle") & test["dropped"]].mean())
+    acc["needle (kept)"] = float(hit[(test["task"] == "needle") & ~test["dropped"]].mean())
+    acc["mean"] = float(np.mean([acc[t] for t in TASKS]))
+    results[seed] = {"accuracy": acc, "losses": losses, "curve": curve, "train_seconds": train_s,
+                     "predicted": np.bincount(preds, minlength=4).tolist(),
+                     "seconds": time.time() - t0}
+    log(f"  {arm.name:26s} seed {seed}: loss {losses[0][1]:.3f} -> {losses[-1][1]:.3f}, "
+        + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()) + f" ({time.time() - t0:.0f} s)")
+  return results
+
+
+COLUMNS = ("needle", "needle (dropped)", "order", "counting", "control", "mean")
+
+
+def _cell(runs: list[dict], key: str) -> str:
+  v = np.array([r["accuracy"][key] for r in runs]) * 100
+  return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
+
+
+def table(study: Study, arms, results: dict) -> str:
+  lines = ["| arm | MemAug | LLM visual tokens | " + " | ".join(COLUMNS) + " |",
+           "|---|---|---|" + "---|" * len(COLUMNS)]
+  for arm in arms:
+    runs = list(results.get(arm.name, {}).values())
+    if not runs:
+      continue
+    lines.append(f"| {arm.name} | {'yes' if arm.model['use_memaug'] else 'no'} | {llm_tokens(study, arm)} | "
+                 + " | ".join(_cell(runs, c) for c in COLUMNS) + " |")
+  return "\n".join(lines)
+
+
+def plot(arms, results: dict, path: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  main = next((a for a in arms if a.group == "main"), None)
+  if main is None or not results.get(main.name):
+    return
+  panels = [("memory", "memory scale (fraction of frames in memory; 0 = decayed only)"),
+            ("temporal", "temporal compression (fraction of frames kept as decayed queries)")]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for axis, (group, label) in zip(axes, panels):
+    points = sorted([a for a in arms if a.group == group] + [main], key=lambda a: a.x)
+    points = [a for a in points if results.get(a.name)]
+    xs = [a.x for a in points]
+    for key in ("needle", "order", "counting", "control", "mean"):
+      v = np.array([[r["accuracy"][key] * 100 for r in results[a.name].values()] for a in points])
+      axis.errorbar(xs, v.mean(1), yerr=v.std(1, ddof=1) if v.shape[1] > 1 else None, marker="o",
+                    capsize=3, label=key, linewidth=2.5 if key == "mean" else 1.2)
+    if group == "temporal":
+      axis.set_xscale("log", base=2)
+      axis.set_xticks(xs, [f"1/{round(1 / x)}" if x < 1 else "1" for x in xs])
+    axis.axhline(25, color="grey", linestyle=":", linewidth=1)
+    axis.set_xlabel(label)
+    axis.set_ylabel("held-out accuracy (%)")
+    axis.set_ylim(0, 100)
+  axes[0].legend(fontsize=8)
+  fig.suptitle("Hour-LLaVA tiny, synthetic long-video MCQ (mean ± sd over seeds; dotted: chance)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def machine() -> str:
+  import jax
+  cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+  mem = next((int(l.split()[1]) // 2 ** 20 for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+  return f"{os.cpu_count()} x {cpu}, {mem} GiB RAM, {platform.system()}, jax {jax.__version__} on CPU"
+
+
+def write_report(doc: str, study: Study, arms, results: dict, command: str, wall: float, png: str) -> None:
+  body = "\n".join([
+      DOC_BEGIN, "",
+      f"Command: `{command}`  ", f"Wall time: {wall / 60:.1f} min (the last invocation; re-runs skip "
+      "finished runs)  ", f"Machine: {machine()}  ",
+      f"Setup: {study.train_videos} training and {study.test_videos} held-out videos of {study.frames} "
+      f"frames ({study.size} px, 1 FPS), {study.steps} steps of batch {study.batch}, AdamW lr "
+      f"{study.lr} (5% warm-up, cosine), seeds {list(study.seeds)}; accuracy in % (mean ± sd over "
+      "seeds), chance 25.", "",
+      table(study, arms, results), "", f"![accuracy against memory scale and temporal compression]"
+      f"({os.path.basename(png)})", "", DOC_END])
+  text = open(doc).read() if os.path.exists(doc) else "# Ablation: MemAug against token compression\n\n"
+  if DOC_BEGIN in text:
+    text = text[:text.index(DOC_BEGIN)] + body + text[text.index(DOC_END) + len(DOC_END):]
+  else:
+    text = text.rstrip("\n") + "\n\n" + body + "\n"
+  with open(doc, "w") as f:
+    f.write(text)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--workdir", default="/tmp/hourjax_ablation", help="cached features and results.json")
+  p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"),
+                 help="where ablation.md and ablation.png go")
+  p.add_argument("--smoke", action="store_true", help="tiny splits, 3 steps, 3 arms, 1 seed")
+  p.add_argument("--arms", nargs="*", help="only these arms (names as in the table)")
+  p.add_argument("--steps", type=int, help="override the training steps (a different study: use "
+                 "another --workdir)")
+  p.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
+  p.add_argument("--lr", type=float, help="override the learning rate")
+  p.add_argument("--frames", type=int, help="override the video length (frames at 1 FPS)")
+  p.add_argument("--batch", type=int, help="override the batch size")
+  p.add_argument("--eval-every", type=int, default=0, help="held-out accuracy every N steps too")
+  a = p.parse_args(argv)
+  from absl import flags
+  flags.FLAGS.mark_as_parsed()
+  from hourjax.data import chat
+  from hourjax.data.long_video_mcq import QUESTIONS, SPLIT_SEEDS, TASKS, make_split
+
+  study = SMOKE if a.smoke else Study()
+  if a.steps:
+    study = dataclasses.replace(study, steps=a.steps)
+  if a.seeds:
+    study = dataclasses.replace(study, seeds=tuple(a.seeds))
+  for field in ("lr", "frames", "batch"):
+    if getattr(a, field):
+      study = dataclasses.replace(study, **{field: getattr(a, field)})
+  study = dataclasses.replace(study, eval_every=a.eval_every)
+  arms = [x for x in ARMS if (a.arms is None and (not a.smoke or x.name in SMOKE_ARMS)) or x.name in (a.arms or ())]
+  unknown = set(a.arms or ()) - {x.name for x in ARMS}
+  if unknown:
+    raise SystemExit(f"unknown arms {sorted(unknown)}; expected some of {[x.name for x in ARMS]}")
+  os.makedirs(a.workdir, exist_ok=True)
+  os.makedirs(a.out, exist_ok=True)
+  log = lambda msg: print(msg, flush=True)
+  start = time.time()
+  tag = f"{study.frames}f{study.size}px"
+  train_items = make_split(study.train_videos, SPLIT_SEEDS["train"], study.frames)
+  test_items = make_split(study.test_videos, SPLIT_SEEDS["test"], study.frames)
+  log(f"[1/3] encoding {len(train_items)} + {len(test_items)} videos with the frozen SigLIP")
+  train_feats = encode_split(study, train_items, os.path.join(a.workdir, f"train_{len(train_items)}_{tag}.npy"))
+  test_feats = encode_split(study, test_items, os.path.join(a.workdir, f"test_{len(test_items)}_{tag}.npy"))
+  tok_dir = os.path.join(a.workdir, "tokenizer")
+  if not os.path.exists(tok_dir):
+    save_tokenizer(tok_dir, train_items + test_items)
+  tokenizer = chat.load_tokenizer(tok_dir)
+  option_ids = {}
+  for task in TASKS:
+    words = QUESTIONS[task][1]
+    ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+    if any(len(i) != 1 for i in ids):
+      raise RuntimeError(f"the tokenizer must spell each option of {task!r} as one token, got {ids}")
+    option_ids[task] = [i[0] for i in ids]
+  data = dict(tokenize(train_items, tokenizer), features=train_feats)
+  test = dict(tokenize(test_items, tokenizer), features=test_feats,
+              options=np.array([option_ids[it.task] for it in test_items], np.int32),
+              answer=np.array([it.answer for it in test_items]), task=np.array([it.task for it in test_items]),
+              dropped=np.array([it.flash_dropped for it in test_items]))
+
+  results_path = os.path.join(a.workdir, "results_smoke.json" if a.smoke else "results.json")
+  results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+  log(f"[2/3] training {len(arms)} arms x {len(study.seeds)} seeds, {study.steps} steps each")
+  for seed in study.seeds:          # seed-major: every finished seed is a complete table
+    for arm in arms:
+      if str(seed) in results.get(arm.name, {}):
+        continue
+      out = run_arm(study, arm, [seed], data, test, log)
+      results.setdefault(arm.name, {})[str(seed)] = out[seed]
+      with open(results_path + ".tmp", "w") as f:
+        json.dump(results, f, indent=1)
+      os.replace(results_path + ".tmp", results_path)
+  log("[3/3] report")
+  png = os.path.join(a.out, "ablation.png")
+  plot(arms, results, png)
+  command = "python -m launch.ablation" + (" --smoke" if a.smoke else "")
+  write_report(os.path.join(a.out, "ablation.md"), study, arms, results, command, time.time() - start, png)
+  log(table(study, arms, results))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,169 @@
+"""The synthetic long-video multiple-choice benchmark (answers recomputed from the rendered
+pixels, balanced, the needle dropped by uniform forgetting as stated) and the ablation study's
+smoke mode (the same script, a few steps)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from hourjax.data import long_video_mcq as mcq
+from hourjax.models.forgetting import ForgettingConfig, video_layout
+
+
+def _flash_frames(pixels):
+  """Frames showing the white checkerboard: white in every quadrant."""
+  white = np.all(pixels >= 240, axis=-1)
+  h = pixels.shape[1] // 2
+  return np.flatnonzero(white[:, :h, :h].any((1, 2)) & white[:, h:, h:].any((1, 2)))
+
+
+def _runs(frames):
+  return 0 if len(frames) == 0 else 1 + int(np.sum(np.diff(frames) > 1))
+
+
+def _colour_name(rgb, table):
+  return min(table, key=lambda k: np.abs(np.asarray(table[k]) - rgb).sum())
+
+
+@pytest.mark.parametrize("frames", [128, 256])
+def test_answers_follow_from_the_pixels(frames):
+  items = mcq.make_split(60, seed=5, frames=frames)
+  for item in items:
+    px = mcq.render(item, frames, 32)
+    flashes = _flash_frames(px)
+    assert _runs(flashes) == len(item.flashes)
+    c = 16          # the centre pixel shows the segment's shape
+    if item.task == "needle":
+      f = flashes[0]
+      colours = {_colour_name(px[f, y, x], mcq.COLOURS) for y, x in [(0, 12), (12, 0)]}   # off-white checks
+      assert item.options[item.answer] in colours
+    elif item.task == "order":
+      after = flashes[-1] + 1
+      assert item.options[item.answer] == _colour_name(px[after, c, c], mcq.COLOURS)
+    elif item.task == "counting":
+      assert int(item.options[item.answer]) == _runs(flashes)
+    else:
+      quiet = np.setdiff1d(np.arange(frames), flashes)[0]
+      assert item.options[item.answer] == _colour_name(px[quiet, 0, 0], mcq.BACKGROUNDS)
+    # flash_dropped: no flash frame among the frames uniform 1/4 temporal forgetting retains.
+    layout = video_layout([frames], ForgettingConfig(min_memory_frames=frames))
+    retained = set(layout.retained_frames[0][layout.retained_frames[0] >= 0].tolist())
+    assert item.flash_dropped == (not retained & set(flashes.tolist()))
+
+
+def test_splits_are_balanced_and_the_needle_is_often_forgotten():
+  items = mcq.make_split(2000, seed=0, frames=128)
+  for task in mcq.TASKS:
+    answers = np.bincount([i.answer for i in items if i.task == task], minlength=4)
+    assert answers.sum() == 500 and answers.min() > 500 / 4 * 0.75, (task, answers)
+  dropped = np.mean([i.flash_dropped for i in items if i.task == "needle"])
+  assert 0.35 < dropped < 0.65
+  assert mcq.make_split(8, seed=0, frames=128) == items[:8]          # reproducible from the seed
+  assert mcq.make_split(8, seed=1, frames=128) != items[:8]
+  with pytest.raises(ValueError, match="at least 96"):
+    mcq.plan("needle", np.random.default_rng(0), frames=50)
+
+
+def test_written_split_decodes_to_the_rendered_frames(tmp_path):
+  from hourjax.data import video
+  path = mcq.write_split(str(tmp_path), 2, seed=3, frames=128)
+  rows = [json.loads(l) for l in open(path)]
+  assert rows[0]["conversations"][1]["value"] == rows[0]["answer"] and "<image>" in rows[0]["conversations"][0]["value"]
+  items = mcq.make_split(2, seed=3, frames=128)
+  mp4 = os.path.join(str(tmp_path), rows[0]["data_source"], rows[0]["video"])
+  info = video.probe(mp4)
+  assert info.frames == 128 and abs(info.fps - 1) < 1e-6
+  decoded = video.decode_frames(mp4, np.arange(128), 32).astype(float)
+  # mpeg4 with 4:2:0 chroma at 32 px blurs the checkerboard: compare against the other video.
+  own = np.abs(decoded - mcq.render(items[0], 128, 32)).mean()
+  other = np.abs(decoded - mcq.render(items[1], 128, 32)).mean()
+  assert own < 20 and other > 2 * own, (own, other)
+
+
+def test_choose_option_reads_the_answer_position():
+  """The predicted option is the argmax over the option tokens of the logits one position
+  before the answer word, found independently from the tokenized text."""
+  from launch import ablation
+  from hourjax.data.chat import tokenize_conversation
+  from hourjax.data.chat import load_tokenizer
+  from hourjax.models import build
+  from hourjax.train.evaluate import choose_option
+  import tempfile
+  study = ablation.SMOKE
+  items = mcq.make_split(4, seed=2, frames=study.frames)
+  with tempfile.TemporaryDirectory() as d:
+    ablation.save_tokenizer(d, mcq.make_split(8, seed=0, frames=study.frames))
+    tok = load_tokenizer(d)
+  options = np.array([[tok.encode(w, add_special_tokens=False)[0] for w in it.options] for it in items])
+  batch = ablation.tokenize(items, tok)
+  cfg = ablation.model_config(study, ablation.ARMS[1])          # uniform, no MemAug: one token per frame
+  model = build.build("hour_llava", cfg)
+  params = build.init_params("hour_llava", cfg, jax.random.key(0))
+  batch["features"] = np.random.default_rng(0).normal(size=(4, study.frames, 4, 32)).astype(np.float32)
+  batch["layout"] = video_layout([study.frames] * 4, cfg.forgetting)
+  got = np.asarray(choose_option(model, params, batch, jax.random.key(1), options))
+  logits = np.asarray(model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                  layout=batch["layout"], features=batch["features"], rng=jax.random.key(1))["logits"])
+  n_visual = (study.frames // 4) * 2          # retained frames x (1 token + newline)
+  for i, item in enumerate(items):
+    ids, _ = tokenize_conversation(tok, item.conversation())
+    answer = len(ids) - 3                     # ... <the option word> <|im_end|> \n
+    assert ids[answer] == options[i, item.answer]
+    at = answer - 1 + n_visual - 1            # the placeholder becomes n_visual tokens
+    assert got[i] == np.argmax(logits[i, at, options[i]])
+
+
+def test_smoke_study_writes_table_and_plot(tmp_path):
+  from launch import ablation
+  out, work = tmp_path / "out", tmp_path / "work"
+  assert ablation.main(["--smoke", "--workdir", str(work), "--out", str(out)]) == 0
+  doc = (out / "ablation.md").read_text()
+  assert ablation.DOC_BEGIN in doc and "python -m launch.ablation --smoke" in doc
+  for arm in ablation.SMOKE_ARMS:
+    assert f"| {arm} |" in doc
+  assert (out / "ablation.png").stat().st_size > 10_000
+  results = json.loads((work / "results_smoke.json").read_text())
+  acc = results["Hour-LLaVA (MemAug)"]["0"]["accuracy"]
+  assert set(mcq.TASKS) <= set(acc) and all(0 <= v <= 1 for v in acc.values() if v == v)
+  # A re-run trains nothing and rewrites the same section in place.
+  assert ablation.main(["--smoke", "--workdir", str(work), "--out", str(out)]) == 0
+  assert (out / "ablation.md").read_text().count(ablation.DOC_BEGIN) == 1
+
+
+def test_dropped_frames_reach_the_llm_only_through_memaug():
+  """A frame that temporal forgetting drops changes the answer logits only when MemAug reads a
+  memory holding it; with no MemAug or a decayed-only memory it cannot. And MemAug's
+  parameters get a gradient from the answer. (At the study's width-scaled initialisation; at
+  HF's N(0, 0.02) the dropped frame moved the logits by 1e-5 relative: see `width_scaled`.)"""
+  from launch import ablation
+  from hourjax.models import build
+  from hourjax.train.step import loss_fn
+  study = ablation.SMOKE
+  arms = {a.name: a for a in ablation.ARMS}
+  rng = np.random.default_rng(0)
+  ids = np.array([[1, 2, -200, 3, 4, 5, 6, 7]], np.int32)
+  labels = np.array([[-100, -100, -100, -100, -100, 5, 6, 7]], np.int32)
+  feats = rng.normal(size=(1, study.frames, 4, 32)).astype(np.float32)
+  dropped = 1                                  # retained frames are 0, 4, 8, ... (uniform 1/4)
+  changed = feats.copy()
+  changed[0, dropped] += 3.0
+
+  def logits(name, f):
+    cfg = ablation.model_config(study, arms[name])
+    layout = video_layout([study.frames], cfg.forgetting)
+    assert dropped not in layout.retained_frames[0]
+    model = build.build("hour_llava", cfg)
+    params = ablation.width_scaled(build.init_params("hour_llava", cfg, jax.random.key(0)))
+    out = model.apply({"params": params}, ids, np.ones_like(ids), labels, layout=layout, features=f,
+                      rng=jax.random.key(1))
+    return np.asarray(out["logits"]), model, params, layout
+  base, model, params, layout = logits("Hour-LLaVA (MemAug)", feats)
+  assert np.abs(logits("Hour-LLaVA (MemAug)", changed)[0] - base).max() > 1e-3 * np.abs(base).max()
+  for name in ("uniform", "decayed only"):
+    np.testing.assert_array_equal(logits(name, changed)[0], logits(name, feats)[0])
+  batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels, "layout": layout,
+           "features": feats}
+  grads = jax.grad(lambda p: loss_fn(model, p, batch, jax.random.key(1))[0])(params)
+  assert all(float(np.abs(g).max()) > 0 for g in jax.tree.leaves(grads["memaug"]))
