@@ -55,7 +55,7 @@ ARMS = (
     Arm("random", "baseline", _compress("random")),
     Arm("keyframe", "baseline", _compress("keyframe")),
     Arm("question-guided", "baseline", _compress("question")),
-    Arm("LLaVA-Video (25 frames)", "baseline", _compress("uniform", spatial_keep=1, temporal_keep=10)),
+    Arm("LLaVA-Video-style", "baseline", _compress("uniform", spatial_keep=1, temporal_keep=10)),
     Arm("memory 50%", "memory", _mem(memory_scale=0.5), x=0.5),
     Arm("memory 25%", "memory", _mem(memory_scale=0.25), x=0.25),
     Arm("decayed only", "memory", _mem(memory_scale=0.0), x=0.0),
