@@ -44,4 +44,5 @@ def test_context_extension_stage_compiles_from_its_config(tmp_path):
   llm = with_scan(model_config(plv("tiny,stage=context_extension").model), True).llm
   assert llm.rope_theta == 1e9
   n = build.count_params(build.abstract_params("qwen2", llm))
-  assert r["per_device_gib"]["arguments"] * 2**30 >= 12 * n * 0.95    # f32 params + 2 moments, unsharded
+  # f32 params + 2 Adam moments, split at most 4 ways (weights also shard over 'sequence': ZeRO-3).
+  assert r["per_device_gib"]["arguments"] * 2**30 >= 12 * n / 4 * 0.95
