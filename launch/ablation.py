@@ -12,7 +12,8 @@ paper Table 5, Table 4, Fig. 4), on the synthetic long-video benchmark `data/lon
    (projector, MemAug and LLM trained; the tiny Hour-LLaVA of configs/hour_llava.py), through
    the real model, loss and train step.
 3. Scores held-out multiple-choice accuracy per task (the option with the highest logit),
-   writes results.json (re-running skips finished runs), the table and the plot to docs/.
+   writes docs/ablation_results.json (re-running skips finished runs, seed by seed), the table
+   and the plot to docs/.
 """
 from __future__ import annotations
 
@@ -328,7 +329,7 @@ def write_report(doc: str, study: Study, arms, results: dict, command: str, wall
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--workdir", default="/tmp/hourjax_ablation", help="cached features and results.json")
+  p.add_argument("--workdir", default="/tmp/hourjax_ablation", help="cached features and tokenizer")
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"),
                  help="where ablation.md and ablation.png go")
   p.add_argument("--smoke", action="store_true", help="tiny splits, 3 steps, 3 arms, 1 seed")
@@ -386,7 +387,8 @@ def main(argv=None) -> int:
               answer=np.array([it.answer for it in test_items]), task=np.array([it.task for it in test_items]),
               dropped=np.array([it.flash_dropped for it in test_items]))
 
-  results_path = os.path.join(a.workdir, "results_smoke.json" if a.smoke else "results.json")
+  # Results live beside the report (docs/ablation_results.json): a re-run anywhere resumes them.
+  results_path = os.path.join(a.out, "ablation_results_smoke.json" if a.smoke else "ablation_results.json")
   results = json.load(open(results_path)) if os.path.exists(results_path) else {}
   log(f"[2/3] training {len(arms)} arms x {len(study.seeds)} seeds, {study.steps} steps each")
   for seed in study.seeds:          # seed-major: every finished seed is a complete table
@@ -400,6 +402,8 @@ def main(argv=None) -> int:
       os.replace(results_path + ".tmp", results_path)
   log("[3/3] report")
   png = os.path.join(a.out, "ablation.png")
+  # Only the requested seeds, so a table never mixes arms with different seed counts.
+  results = {k: {s: r for s, r in v.items() if int(s) in study.seeds} for k, v in results.items()}
   plot(arms, results, png)
   command = "python -m launch.ablation" + (" --smoke" if a.smoke else "")
   write_report(os.path.join(a.out, "ablation.md"), study, arms, results, command, time.time() - start, png)

@@ -124,7 +124,7 @@ def test_smoke_study_writes_table_and_plot(tmp_path):
   for arm in ablation.SMOKE_ARMS:
     assert f"| {arm} |" in doc
   assert (out / "ablation.png").stat().st_size > 10_000
-  results = json.loads((work / "results_smoke.json").read_text())
+  results = json.loads((out / "ablation_results_smoke.json").read_text())
   acc = results["Hour-LLaVA (MemAug)"]["0"]["accuracy"]
   assert set(mcq.TASKS) <= set(acc) and all(0 <= v <= 1 for v in acc.values() if v == v)
   # A re-run trains nothing and rewrites the same section in place.
