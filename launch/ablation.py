@@ -36,7 +36,6 @@ class Arm:
   name: str
   group: str                 # main | baseline | memory | temporal: the table section / plot it joins
   model: dict                # overrides of the study's model config (use_memaug, forgetting.*)
-  x: float = 0.0             # memory scale or temporal compression (1/keep) for the plots
 
 
 def _mem(keep_t=4, **kw):
@@ -51,19 +50,19 @@ def _compress(temporal, spatial_keep=4, temporal_keep=4):
 
 
 ARMS = (
-    Arm("Hour-LLaVA (MemAug)", "main", _mem(), x=1.0),
+    Arm("Hour-LLaVA (MemAug)", "main", _mem()),
     Arm("uniform", "baseline", _compress("uniform")),
     Arm("random", "baseline", _compress("random")),
     Arm("keyframe", "baseline", _compress("keyframe")),
     Arm("question-guided", "baseline", _compress("question")),
     Arm("LLaVA-Video-style", "baseline", _compress("uniform", spatial_keep=1, temporal_keep=10)),
-    Arm("memory 50%", "memory", _mem(memory_scale=0.5), x=0.5),
-    Arm("memory 25%", "memory", _mem(memory_scale=0.25), x=0.25),
-    Arm("decayed only", "memory", _mem(memory_scale=0.0), x=0.0),
-    Arm("temporal 1", "temporal", _mem(keep_t=1), x=1.0),
-    Arm("temporal 1/2", "temporal", _mem(keep_t=2), x=1 / 2),
-    Arm("temporal 1/8", "temporal", _mem(keep_t=8), x=1 / 8),
-    Arm("temporal 1/16", "temporal", _mem(keep_t=16), x=1 / 16),
+    Arm("memory 50%", "memory", _mem(memory_scale=0.5)),
+    Arm("memory 25%", "memory", _mem(memory_scale=0.25)),
+    Arm("decayed only", "memory", _mem(memory_scale=0.0)),
+    Arm("temporal 1", "temporal", _mem(keep_t=1)),
+    Arm("temporal 1/2", "temporal", _mem(keep_t=2)),
+    Arm("temporal 1/8", "temporal", _mem(keep_t=8)),
+    Arm("temporal 1/16", "temporal", _mem(keep_t=16)),
 )
 
 
@@ -279,9 +278,10 @@ def plot(arms, results: dict, path: str) -> None:
             ("temporal", "temporal compression (fraction of frames kept as decayed queries)")]
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for axis, (group, label) in zip(axes, panels):
-    points = sorted([a for a in arms if a.group == group] + [main], key=lambda a: a.x)
-    points = [a for a in points if results.get(a.name)]
-    xs = [a.x for a in points]
+    f = lambda a: a.model["forgetting"]
+    x_of = (lambda a: f(a)["memory_scale"]) if group == "memory" else (lambda a: 1 / f(a)["temporal_keep"])
+    points = sorted([a for a in arms if a.group == group and results.get(a.name)] + [main], key=x_of)
+    xs = [x_of(a) for a in points]
     for key in ("needle", "order", "counting", "control", "mean"):
       v = np.array([[r["accuracy"][key] * 100 for r in results[a.name].values()] for a in points])
       axis.errorbar(xs, v.mean(1), yerr=v.std(1, ddof=1) if v.shape[1] > 1 else None, marker="o",
@@ -310,8 +310,10 @@ def machine() -> str:
 def write_report(doc: str, study: Study, arms, results: dict, command: str, wall: float, png: str) -> None:
   body = "\n".join([
       DOC_BEGIN, "",
-      f"Command: `{command}`  ", f"Wall time: {wall / 60:.1f} min (the last invocation; re-runs skip "
-      "finished runs)  ", f"Machine: {machine()}  ",
+      f"Command: `{command}`  ",
+      f"Wall time: {sum(r['seconds'] for v in results.values() for r in v.values()) / 60:.1f} min of "
+      f"training and scoring (summed over the runs, which may span invocations) + {wall / 60:.1f} min in "
+      "the last invocation's set-up and report  ", f"Machine: {machine()}  ",
       f"Setup: {study.train_videos} training and {study.test_videos} held-out videos of {study.frames} "
       f"frames ({study.size} px, 1 FPS), {study.steps} steps of batch {study.batch}, AdamW lr "
       f"{study.lr} (5% warm-up, cosine), seeds {list(study.seeds)}; accuracy in % (mean ± sd over "
