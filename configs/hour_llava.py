@@ -99,7 +99,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       llm=dict(llm, initializer_range=0.02, **EXECUTION),
       memaug=dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm), depth=2 if size == "tiny" else 4)),
       forgetting=dict(FORGETTING, min_memory_frames=16 if size == "tiny" else 128),
-      feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True))
+      feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True,
+      max_length=32768, vision_grad_frames=128))      # official truncation and SigLIP no-grad rule
   # Mesh axis sizes (one may be -1: the remaining devices); see hourjax.parallel.mesh.
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
   # The input pipeline (hourjax.data.pipeline.from_config). sources: dicts of

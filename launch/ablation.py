@@ -162,7 +162,7 @@ def save_tokenizer(path: str, items) -> None:
 
 def tokenize(items, tokenizer) -> dict[str, np.ndarray]:
   from hourjax.data.chat import tokenize_conversation
-  pairs = [tokenize_conversation(tokenizer, it.conversation()) for it in items]
+  pairs = [tokenize_conversation(tokenizer, it.conversation(), has_image=True) for it in items]
   length = -(-max(len(i) for i, _ in pairs) // 8) * 8
   ids = np.zeros((len(items), length), np.int32)
   labels = np.full((len(items), length), -100, np.int32)
@@ -379,7 +379,7 @@ def main(argv=None) -> int:
   option_ids = {}
   for task in TASKS:
     words = QUESTIONS[task][1]
-    ids = [tokenizer.encode(w, add_special_tokens=False) for w in words]
+    ids = [tokenizer.encode(w) for w in words]
     if any(len(i) != 1 for i in ids):
       raise RuntimeError(f"the tokenizer must spell each option of {task!r} as one token, got {ids}")
     option_ids[task] = [i[0] for i in ids]

@@ -4,22 +4,25 @@
       --video lecture.mp4 --question "What is written on the board at the end?"
 
 The video is read at 1 FPS by the official rule and encoded `--chunk` frames at a time (an hour
-never sits on the device as pixels), the prompt gets the official time instruction, and the
-answer is printed token by token as it is generated. Greedy by default (`--temperature`,
-`--top-p` to sample); `--deterministic` replaces the official random spatial forgetting with the
-uniform grid, so the answer does not depend on `--seed`.
+never sits on the device as pixels), resized as in training (PIL bicubic; `--resample swscale`
+for FFmpeg's faster scaler), the prompt gets the official time instruction with the `<image>`
+placeholder where training puts it, and the answer is printed token by token as it is generated,
+until `<|im_end|>` or `<|endoftext|>`. Greedy by default (`--temperature`, `--top-p` to sample);
+`--deterministic` replaces the official random spatial forgetting with the uniform grid, so the
+answer does not depend on `--seed`; `--show-prompt` prints the prompt with the visual tokens'
+place marked.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--params", required=True, help="an hourjax Hour-LLaVA checkpoint (convert.py or training)")
   p.add_argument("--tokenizer", default="", help="tokenizer directory (default: --params)")
@@ -31,42 +34,61 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--chunk", type=int, default=128, help="frames encoded per SigLIP call")
   p.add_argument("--min-frames", type=int, default=128, help="the official rule's minimum frame count")
+  p.add_argument("--resample", default="pil", choices=("pil", "swscale"))
+  p.add_argument("--no-time-instruction", action="store_true")
   p.add_argument("--deterministic", action="store_true")
-  a = p.parse_args(argv)
-  import jax
-  from hourjax.convert.io import load_params, read_meta
-  from hourjax.data import chat, video
-  from hourjax.data.batching import Buckets, collate
-  from hourjax.infer.encode import video_features
-  from hourjax.infer.generate import Sampling, generate, prompt_ids
-  from hourjax.models import build
+  p.add_argument("--show-prompt", action="store_true")
+  return p
 
-  meta = read_meta(a.params)
-  if meta["kind"] != "hour_llava":
-    raise SystemExit(f"{a.params} holds a {meta['kind']!r} model; expected hour_llava")
-  cfg = build.config_from_dict("hour_llava", meta["config"])
-  if a.deterministic:
-    cfg = dataclasses.replace(cfg, forgetting=dataclasses.replace(cfg.forgetting, spatial="uniform"))
-  tokenizer = chat.load_tokenizer(a.tokenizer or a.params)
-  model, params = build.build("hour_llava", cfg), load_params(a.params)
+
+def prepare(a: argparse.Namespace) -> tuple[Any, dict, Any]:
+  """(the loaded checkpoint, the one-prompt batch, the video's VideoInfo) for the arguments."""
+  from hourjax.data import video
+  from hourjax.data.batching import Buckets, collate
+  from hourjax.infer.checkpoint import open_model
+  from hourjax.infer.encode import video_features
+  from hourjax.infer.generate import prompt_ids
+
+  loaded = open_model(a.params, tokenizer=a.tokenizer, deterministic=a.deterministic)
   info = video.probe(a.video)
   indices = video.official_frame_indices(info.frames, info.fps, min_frames=a.min_frames)
-  features = video_features(model, params, a.video, indices, cfg.vision.image_size, a.chunk)
-  ids = prompt_ids(tokenizer, a.question, info.duration, len(indices))
+  features = video_features(loaded.model, loaded.params, a.video, indices, loaded.cfg.vision.image_size,
+                            a.chunk, resample=a.resample)
+  ids = prompt_ids(loaded.tokenizer, a.question, None if a.no_time_instruction else info.duration, len(indices))
   sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "features": features}
   buckets = Buckets(frames=(len(features),), text=(-(-len(ids) // 64) * 64,))
-  end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+  return loaded, collate([sample], loaded.cfg, buckets), info
+
+
+def main(argv=None) -> int:
+  a = parser().parse_args(argv)
+  import jax
+  from hourjax.data.chat import render_prompt
+  from hourjax.infer.generate import Sampling, generate
+
+  loaded, batch, info = prepare(a)
+  tok = loaded.tokenizer
+  if a.show_prompt:
+    print(render_prompt(tok, batch["input_ids"][0][batch["attention_mask"][0] > 0],
+                        visual_tokens(loaded.cfg, batch)), flush=True)
 
   def show(token, finished):
-    if not finished[0] and int(token[0]) != end:
-      print(tokenizer.decode([int(token[0])]), end="", flush=True)
+    if not finished[0] and int(token[0]) not in tok.stop_ids:
+      print(tok.decode([int(token[0])]), end="", flush=True)
 
-  print(f"{os.path.basename(a.video)}: {info.duration:.0f} s, {len(indices)} frames\nQ: {a.question}\nA: ", end="",
-        flush=True)
-  generate(model, params, collate([sample], cfg, buckets), jax.random.key(a.seed),
-                       Sampling(a.temperature, a.top_p, a.max_new_tokens), end, on_token=show)
+  n = len(batch["features"][0])
+  print(f"{os.path.basename(a.video)}: {info.duration:.0f} s, {n} frames\nQ: {a.question}\nA: ", end="", flush=True)
+  generate(loaded.model, loaded.params, batch, jax.random.key(a.seed),
+           Sampling(a.temperature, a.top_p, a.max_new_tokens), tok.stop_ids, on_token=show)
   print()
   return 0
+
+
+def visual_tokens(cfg: Any, batch: dict) -> int:
+  """How many visual tokens the LLM reads for the batch's first video (retained frames x
+  (spatially kept tokens + newline))."""
+  per_frame = cfg.forgetting.spatial_count(cfg.pool_size ** 2) + 1
+  return int(batch["layout"].num_retained[0]) * per_frame
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
   python -m launch.cache_features --params /ckpt/hj-hl7b-s2 --videos /data/VideoMarathon/videos \\
       --out /data/VideoMarathon/features
 
-For every .mp4 under --videos: max(int(duration), 128) frames spread over the video (all frames
-if it has fewer than 128, the last frame always included), SigLIP (the checkpoint's vision
-tower, float32) in chunks of --chunk frames, bilinear 27x27 -> 8x8, written to
+For every video under --videos (.mp4, .mkv, .webm, .mov): max(int(duration), 128) frames spread
+over the video (all frames if it has fewer than 128, the last frame always included; the
+duration is frames / average FPS, as the official script computes it), resized as in training
+(PIL bicubic; `--resample swscale` for FFmpeg's scaler), SigLIP (the checkpoint's vision tower,
+float32) in chunks of --chunk frames, bilinear 27x27 -> 8x8, written to
 <out>/<same relative path>.safetensors as "vid_feat" [T, 64, C] float32 with the duration
 (seconds, 2 decimals) in the metadata. Existing outputs are skipped; unusable videos are
 skipped, counted and listed at the end.
@@ -19,18 +21,12 @@ import sys
 
 import numpy as np
 
-from hourjax.convert.io import load_params, read_meta, write_safetensors
-from hourjax.data.video import VideoError, probe
+from hourjax.convert.io import write_safetensors
+from hourjax.data.video import VideoError, cache_frame_indices, probe
+from hourjax.infer.checkpoint import open_model
 from hourjax.infer.encode import video_features
-from hourjax.models import build
 
-
-def feature_frame_indices(total: int, duration: float, min_frames: int = 128) -> np.ndarray:
-  """The official caching rule: max(int(duration), 128) frames by linspace, the last appended."""
-  if total < min_frames:
-    return np.arange(total)
-  idx = np.linspace(0, total - 1, max(int(duration), min_frames)).astype(int)
-  return idx if idx[-1] == total - 1 else np.append(idx, total - 1)
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
 
 def main(argv=None) -> int:
@@ -39,17 +35,13 @@ def main(argv=None) -> int:
   p.add_argument("--videos", required=True)
   p.add_argument("--out", required=True)
   p.add_argument("--chunk", type=int, default=128, help="frames per SigLIP call")
+  p.add_argument("--resample", default="pil", choices=("pil", "swscale"))
   a = p.parse_args(argv)
-  meta = read_meta(a.params)
-  if meta["kind"] != "hour_llava":
-    raise SystemExit(f"{a.params} holds a {meta['kind']!r} model; expected hour_llava")
-  cfg = build.config_from_dict("hour_llava", meta["config"])
-  params = load_params(a.params)
-  model = build.build("hour_llava", cfg)
+  loaded = open_model(a.params, tokenizer=None)
   videos = sorted(os.path.relpath(os.path.join(d, f), a.videos)
-                  for d, _, files in os.walk(a.videos) for f in files if f.endswith(".mp4"))
+                  for d, _, files in os.walk(a.videos) for f in files if f.lower().endswith(VIDEO_SUFFIXES))
   if not videos:
-    raise SystemExit(f"no .mp4 files under {a.videos}")
+    raise SystemExit(f"no videos ({', '.join(VIDEO_SUFFIXES)}) under {a.videos}")
   written, skipped, bad = 0, 0, []
   for rel in videos:
     out = os.path.join(a.out, os.path.splitext(rel)[0] + ".safetensors")
@@ -58,8 +50,9 @@ def main(argv=None) -> int:
       continue
     try:
       info = probe(os.path.join(a.videos, rel))
-      feats = video_features(model, params, os.path.join(a.videos, rel),
-                             feature_frame_indices(info.frames, info.duration), cfg.vision.image_size, a.chunk)
+      feats = video_features(loaded.model, loaded.params, os.path.join(a.videos, rel),
+                             cache_frame_indices(info.frames, info.duration), loaded.cfg.vision.image_size,
+                             a.chunk, resample=a.resample)
     except VideoError as e:
       bad.append(str(e))
       continue

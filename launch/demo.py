@@ -72,7 +72,7 @@ def main(argv=None) -> int:
   held_data = run.data.copy_and_resolve_references()
   held_data.root, held_data.epochs, held_data.batch_size = held_dir, 1, 2
 
-  template = chat.template_ids(tokenizer)
+  template = tokenizer.template_ids()
   buckets = Buckets(frames=tuple(run.data.buckets.frames), text=(256,))
   videos = []
   for r in held:

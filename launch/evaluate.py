@@ -33,19 +33,19 @@ def main(argv=None) -> int:
   p.add_argument("--frames", type=int, default=0, help="0: official 1-FPS rule; N: N uniform frames")
   p.add_argument("--min-frames", type=int, default=128)
   p.add_argument("--chunk", type=int, default=128)
+  p.add_argument("--resample", default="pil", choices=("pil", "swscale"), help="frame resize (as training: pil)")
   p.add_argument("--no-time-instruction", action="store_true")
   p.add_argument("--limit", type=int, default=0, help="score at most this many items (0: all)")
   p.add_argument("--process-index", type=int, default=-1, help="default: jax.process_index()")
   p.add_argument("--process-count", type=int, default=-1)
   a = p.parse_args(argv)
   import jax
-  from hourjax.convert.io import load_params, read_meta
-  from hourjax.data import chat, video
+  from hourjax.data import video
   from hourjax.data.batching import Buckets, collate
   from hourjax.infer import benchmarks as bm
   from hourjax.infer.encode import video_features
   from hourjax.infer.generate import Sampling, generate, prompt_ids
-  from hourjax.models import build
+  from hourjax.infer.checkpoint import open_model
 
   if a.benchmark not in bm.READERS:
     raise SystemExit(f"--benchmark {a.benchmark!r}: expected one of {sorted(bm.READERS)}")
@@ -59,11 +59,8 @@ def main(argv=None) -> int:
   done = {json.loads(line)["id"] for line in open(shard)} if os.path.exists(shard) else set()
   todo = [it for it in mine if it.id not in done]
 
-  meta = read_meta(a.params)
-  cfg = build.config_from_dict("hour_llava", meta["config"])     # random forgetting with a fixed key
-  tokenizer = chat.load_tokenizer(a.tokenizer or a.params)
-  model, params = build.build("hour_llava", cfg), load_params(a.params)
-  end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+  loaded = open_model(a.params, tokenizer=a.tokenizer)     # random forgetting with a fixed key
+  model, params, cfg, tokenizer = loaded.model, loaded.params, loaded.cfg, loaded.tokenizer
   sampling = Sampling(max_new_tokens=32 if a.benchmark == "longvideobench" else 16)
   rng = random.Random(0) if a.benchmark == "longvideobench" else None
   current = (None, None)
@@ -78,7 +75,7 @@ def main(argv=None) -> int:
           idx = (video.fixed_frame_indices(info.frames, a.frames) if a.frames else
                  video.official_frame_indices(info.frames, info.fps, min_frames=a.min_frames))
           current = (item.video, (info, idx, video_features(model, params, item.video, idx,
-                                                            cfg.vision.image_size, a.chunk)))
+                                                            cfg.vision.image_size, a.chunk, a.resample)))
         info, idx, feats = current[1]
         subs = bm.subtitle_text(item.subtitles, (idx / info.fps).tolist())
         question = bm.prompt(a.benchmark, item, subs)
@@ -89,8 +86,8 @@ def main(argv=None) -> int:
         continue
       sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "features": feats}
       batch = collate([sample], cfg, Buckets(frames=(len(feats),), text=(-(-len(ids) // 256) * 256,)))
-      tokens, k = generate(model, params, batch, jax.random.key(0), sampling, end)
-      response = tokenizer.decode(tokens[0, :k[0]].tolist(), skip_special_tokens=True)
+      tokens, k = generate(model, params, batch, jax.random.key(0), sampling, tokenizer.stop_ids)
+      response = tokenizer.decode(tokens[0, :k[0]].tolist())
       pred = bm.extract_letter(response, len(item.options), rng)
       out.write(json.dumps({**record, "response": response, "pred": pred, "correct": pred == item.answer}) + "\n")
       out.flush()

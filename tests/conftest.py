@@ -45,3 +45,29 @@ def randomize_torch(model, seed: int = 0):
         p.copy_(0.1 * torch.randn(p.shape, generator=g))
   return model.eval()
 
+
+
+def _qwen_tokenizer(qwen25: bool) -> str:
+  """The real Qwen2 (or Qwen2.5) tokenizer, built from the qwen-agent wheel on the package index
+  (tools/qwen_tokenizer.py; cached under $HOURJAX_CACHE). Skips offline, fails under CI."""
+  from tools import qwen_tokenizer
+  try:
+    return qwen_tokenizer.ensure(qwen25)
+  except RuntimeError as e:
+    if os.environ.get("CI") == "true":
+      pytest.fail(f"the real Qwen tokenizer could not be built under CI: {e}")
+    pytest.skip(f"the real Qwen tokenizer is not available here: {e}")
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer() -> str:
+  return _qwen_tokenizer(False)
+
+
+@pytest.fixture(scope="session")
+def qwen25_tokenizer() -> str:
+  return _qwen_tokenizer(True)
+
+
+# The real vocabulary's size in the models that use it (Qwen2.5-3B's embedding; Qwen2-7B has 152064).
+QWEN_VOCAB = 151936

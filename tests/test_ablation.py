@@ -96,7 +96,7 @@ def test_choose_option_reads_the_answer_position():
   with tempfile.TemporaryDirectory() as d:
     ablation.save_tokenizer(d, mcq.make_split(8, seed=0, frames=study.frames))
     tok = load_tokenizer(d)
-  options = np.array([[tok.encode(w, add_special_tokens=False)[0] for w in it.options] for it in items])
+  options = np.array([[tok.encode(w)[0] for w in it.options] for it in items])
   batch = ablation.tokenize(items, tok)
   cfg = ablation.model_config(study, ablation.ARMS[1])          # uniform, no MemAug: one token per frame
   model = build.build("hour_llava", cfg)
@@ -108,7 +108,7 @@ def test_choose_option_reads_the_answer_position():
                                   layout=batch["layout"], features=batch["features"], rng=jax.random.key(1))["logits"])
   n_visual = (study.frames // 4) * 2          # retained frames x (1 token + newline)
   for i, item in enumerate(items):
-    ids, _ = tokenize_conversation(tok, item.conversation())
+    ids, _ = tokenize_conversation(tok, item.conversation(), has_image=True)
     answer = len(ids) - 3                     # ... <the option word> <|im_end|> \n
     assert ids[answer] == options[i, item.answer]
     at = answer - 1 + n_visual - 1            # the placeholder becomes n_visual tokens

@@ -8,7 +8,7 @@ from configs.hour_llava import get_config
 from hourjax.config import model_config
 from hourjax.data.batching import Buckets, collate
 from hourjax.models import build
-from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
+from hourjax.constants import IMAGE_TOKEN_INDEX
 from tools.convert_torch.verify import rel_err
 
 CFG = model_config(get_config("tiny").model)

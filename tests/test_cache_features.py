@@ -10,7 +10,8 @@ from hourjax.config import model_config
 from hourjax.convert.io import SafetensorsFile, save_params
 from hourjax.data.video import decode_frames, moving_square, probe, to_siglip, write_video
 from hourjax.models import build
-from launch.cache_features import feature_frame_indices, main
+from hourjax.data.video import cache_frame_indices as feature_frame_indices
+from launch.cache_features import main
 from tools.convert_torch.verify import rel_err
 
 

@@ -15,7 +15,7 @@ from hourjax.data import text
 from hourjax.data.chat import load_tokenizer
 from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
 from hourjax.models import build
-from hourjax.ops.loss import IGNORE_INDEX
+from hourjax.constants import IGNORE_INDEX
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train.step import lm_loss_fn
 from tools.convert_torch.verify import rel_err, tree_rel_err
@@ -64,7 +64,7 @@ def test_documents_pack_exactly_and_resume(corpus):
   # Concat-then-split loses nothing: the stream is the shuffled documents, each + EOS, in order
   # (up to the partly filled last rows that drop_remainder drops).
   order = list(grain_order(40, seed=3))
-  expected = np.concatenate([tok.encode(corpus["docs"][i], add_special_tokens=False) + [tok.eos_token_id]
+  expected = np.concatenate([tok.encode(corpus["docs"][i]) + [tok.end_of_text]
                              for i in order])
   assert len(stream) > 0.8 * len(expected)
   np.testing.assert_array_equal(stream, expected[:len(stream)])

@@ -96,7 +96,7 @@ def test_llava_onevision_memaug_initialised_and_logged(tmp_path, caplog):
     import_torch(str(tmp_path))
   with caplog.at_level(logging.WARNING, "hourjax.convert"):
     conv = import_torch(str(tmp_path), key=jax.random.key(3))
-  assert conv.initialised == ["memaug"] and "MemAug is not in the LLaVA-OneVision" in caplog.text
+  assert conv.initialised == ["memaug"] and "MemAug is not in the llava_onevision checkpoint" in caplog.text
   k = conv.params["memaug"]["layers_0"]["cross_attn"]["q"]["kernel"]
   assert 0.015 < float(np.std(k)) < 0.025       # N(0, 0.02), as HF's init of the official stage 1
   assert not np.any(conv.params["memaug"]["layers_0"]["fc1"]["bias"])
@@ -163,3 +163,151 @@ def test_convert_cli(tmp_path):
   ids = torch.arange(12)[None]
   with torch.no_grad():
     assert rel_err(back(ids).logits.numpy(), ref(ids).logits.numpy()) == 0.0
+
+
+# -- the checkpoint layouts users download ------------------------------------------------------
+
+def _fixture_state_dict(fixture_path):
+  f = SafetensorsFile(fixture_path("hourllava_official_e2e_small.safetensors"))
+  import json
+  return ({k[len("state_dict."):]: f.get(k) for k in f.keys() if k.startswith("state_dict.")},
+          json.loads(f.metadata["config"]))
+
+
+def llava_config(official: dict, model_type: str) -> dict:
+  """config.json as lmms-lab's llava-onevision-qwen2-*-si / jylins' llava-onevision-qwen25-3b-si
+  ship it (LlavaQwenForCausalLM, a Qwen2Config with LLaVA-NeXT's mm_* fields), at the fixture's
+  tiny sizes; `vision_config` (absent from the real ones, whose tower is so400m) gives the tiny tower."""
+  keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+          "num_key_value_heads", "rms_norm_eps", "rope_theta", "tie_word_embeddings", "vision_config")
+  return {**{k: official[k] for k in keep if k in official}, "architectures": ["LlavaQwenForCausalLM"], "model_type": model_type,
+          "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu",
+          "image_aspect_ratio": "anyres_max_9", "image_crop_resolution": None,
+          "image_grid_pinpoints": [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)],
+          "image_split_resolution": None, "initializer_range": 0.02, "max_position_embeddings": 32768,
+          "max_window_layers": 28, "mm_hidden_size": official["mm_hidden_size"], "mm_newline_position": "grid",
+          "mm_patch_merge_type": "spatial_unpad", "mm_projector_lr": None, "mm_projector_type": "mlp2x_gelu",
+          "mm_resampler_type": None, "mm_spatial_pool_mode": "bilinear",
+          "mm_tunable_parts": "mm_vision_tower,mm_mlp_adapter,mm_language_model", "mm_use_im_patch_token": False,
+          "mm_use_im_start_end": False, "mm_vision_select_feature": "patch", "mm_vision_select_layer": -2,
+          "mm_vision_tower": "google/siglip-so400m-patch14-384", "mm_vision_tower_lr": 2e-06,
+          "pos_skipping_range": 4096, "rope_scaling": None, "sliding_window": 131072,
+          "tokenizer_model_max_length": 32768, "tokenizer_padding_side": "right", "torch_dtype": "bfloat16",
+          "transformers_version": "4.40.0.dev0", "use_cache": True, "use_mm_proj": True,
+          "use_pos_skipping": False, "use_sliding_window": False, "vision_tower_pretrained": None}
+
+
+@pytest.mark.parametrize("model_type", ["llava", "llava_qwen"])
+def test_llava_next_original_layout_round_trip(fixture_path, tmp_path, model_type, caplog):
+  """The LLaVA-NeXT / OneVision original layout: the Hour-LLaVA keys without MemAug. It imports
+  into the same weights the official Hour-LLaVA layout gives, MemAug initialised (and logged),
+  and exports back to exactly its keys, tensors and config."""
+  import json
+  sd, official = _fixture_state_dict(fixture_path)
+  llava_sd = {k: v for k, v in sd.items() if not k.startswith("model.vision_resampler.")}
+  for name, tensors, cfg in (("llava", llava_sd, llava_config(official, model_type)), ("official", sd, official)):
+    (tmp_path / name).mkdir()
+    write_safetensors(str(tmp_path / name / "model.safetensors"), tensors)
+    (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+  with caplog.at_level(logging.WARNING, "hourjax.convert"):
+    conv = import_torch(str(tmp_path / "llava"), key=jax.random.key(0))
+  assert conv.source_kind == "llava" and conv.kind == "hour_llava" and conv.initialised == ["memaug"]
+  assert "MemAug is not in the llava checkpoint" in caplog.text
+  ref = import_torch(str(tmp_path / "official"))
+  ref.params.pop("memaug"), conv.params.pop("memaug")
+  jax.tree.map(np.testing.assert_array_equal, conv.params, ref.params)
+  assert conv.config.llm == ref.config.llm and conv.config.vision == ref.config.vision
+  export_torch(str(tmp_path / "out"), "llava", conv.config, conv.params, conv.source_config)
+  out = _tensors(tmp_path / "out")
+  assert set(out) == set(llava_sd) - {"lm_head.weight"}       # tied: the head is the embedding
+  for k in out:
+    np.testing.assert_array_equal(out[k], llava_sd[k], err_msg=k)
+  back = json.loads((tmp_path / "out" / "config.json").read_text())
+  src = llava_config(official, model_type)
+  assert {k: back[k] for k in src if k != "vision_config"} == {k: src[k] for k in src if k != "vision_config"}
+  assert back["vision_config"].items() >= src["vision_config"].items()
+
+
+def test_llava_config_without_vision_config_is_so400m():
+  """Real LLaVA-OneVision configs name the tower instead of describing it."""
+  from hourjax.convert.hour_llava import SO400M_KEPT
+  cfg = llava_config({"vocab_size": 152064, "hidden_size": 3584, "intermediate_size": 18944,
+                      "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+                      "rms_norm_eps": 1e-6, "rope_theta": 1e6, "tie_word_embeddings": False,
+                      "mm_hidden_size": 1152}, "llava")
+  c = api.config_from_hf("llava", cfg)
+  assert c.vision == SO400M_KEPT and c.llm.hidden_size == 3584 and c.memaug.depth == 4
+  assert {k: v.shape for k, v in build.abstract_params("hour_llava", c)["vision"]["patch_embed"].items()} == {
+      "kernel": (14, 14, 3, 1152), "bias": (1152,)}
+  with pytest.raises(ValueError, match="mm_vision_tower"):
+    api.config_from_hf("llava", {**cfg, "mm_vision_tower": "openai/clip-vit-large-patch14-336"})
+
+
+def test_tied_head_in_the_file_must_equal_the_embeddings(fixture_path, tmp_path):
+  """The fixture (tied) stores lm_head.weight: loaded as a copy; a different one is an error."""
+  import json
+  sd, official = _fixture_state_dict(fixture_path)
+  assert official["tie_word_embeddings"] and "lm_head.weight" in sd
+  for name, head in (("same", sd["model.embed_tokens.weight"]), ("other", sd["model.embed_tokens.weight"] + 1)):
+    (tmp_path / name).mkdir()
+    write_safetensors(str(tmp_path / name / "model.safetensors"), {**sd, "lm_head.weight": head})
+    (tmp_path / name / "config.json").write_text(json.dumps(official))
+  import_torch(str(tmp_path / "same"))
+  with pytest.raises(ConversionError, match="lm_head.weight differs from the embeddings"):
+    import_torch(str(tmp_path / "other"))
+
+
+def test_training_output_directory_with_bin_shards_loads(tmp_path):
+  """What a HF Trainer run leaves: sharded .bin weights with their index, training_args.bin beside."""
+  import json
+  ref = hf_models.qwen2(tmp_path / "st")
+  sd = ref.state_dict()
+  (tmp_path / "run").mkdir()
+  names = sorted(sd)
+  half = {k: sd[k] for k in names[:len(names) // 2]}, {k: sd[k] for k in names[len(names) // 2:]}
+  weight_map = {}
+  for i, part in enumerate(half):
+    name = f"pytorch_model-{i + 1:05d}-of-00002.bin"
+    torch.save(part, tmp_path / "run" / name)
+    weight_map.update({k: name for k in part})
+  (tmp_path / "run" / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+  torch.save({"learning_rate": 2e-5, "output_dir": "/runs/x"}, tmp_path / "run" / "training_args.bin")
+  (tmp_path / "run" / "config.json").write_text((tmp_path / "st" / "config.json").read_text())
+  jax.tree.map(np.testing.assert_array_equal, import_torch(str(tmp_path / "run")).params,
+               import_torch(str(tmp_path / "st")).params)
+  (tmp_path / "run" / "pytorch_model.bin.index.json").unlink()     # no index: the weight .bin files
+  jax.tree.map(np.testing.assert_array_equal, import_torch(str(tmp_path / "run")).params,
+               import_torch(str(tmp_path / "st")).params)
+
+
+def test_transposed_tensor_of_the_right_size_is_an_error(tmp_path):
+  def edit(sd):   # k_proj is [kv*d, H] = [16, 64]: its transpose has the same element count
+    sd["model.layers.0.self_attn.k_proj.weight"] = np.ascontiguousarray(sd["model.layers.0.self_attn.k_proj.weight"].T)
+  with pytest.raises(ConversionError, match=r"k_proj\.weight: got \(64, 16\), expected \(16, 64\)"):
+    import_torch(_broken(tmp_path, edit))
+
+
+def test_truncated_file_and_missing_config_are_named(tmp_path):
+  hf_models.qwen2(tmp_path / "ok")
+  (tmp_path / "cut").mkdir()
+  data = (tmp_path / "ok" / "model.safetensors").read_bytes()
+  (tmp_path / "cut" / "model.safetensors").write_bytes(data[:len(data) // 2])
+  (tmp_path / "cut" / "config.json").write_text((tmp_path / "ok" / "config.json").read_text())
+  with pytest.raises(ValueError, match=r"cut/model\.safetensors: tensor .* beyond the end of the file"):
+    import_torch(str(tmp_path / "cut"))
+  (tmp_path / "cut" / "model.safetensors").write_bytes(data[:5])
+  with pytest.raises(ValueError, match=r"cut/model\.safetensors: not a readable safetensors file"):
+    import_torch(str(tmp_path / "cut"))
+  (tmp_path / "ok" / "config.json").unlink()
+  with pytest.raises(FileNotFoundError, match=r"ok has no config\.json"):
+    import_torch(str(tmp_path / "ok"))
+
+
+def test_nonfinite_weights_are_an_error_unless_allowed(tmp_path):
+  def edit(sd):
+    sd["model.norm.weight"] = sd["model.norm.weight"].copy()
+    sd["model.norm.weight"][3] = np.nan
+  path = _broken(tmp_path, edit)
+  with pytest.raises(ConversionError, match=r"non finite tensors: model\.norm\.weight \(1 of 64 values\)"):
+    import_torch(path)
+  assert np.isnan(import_torch(path, allow_nonfinite=True).params["norm"]["scale"][3])

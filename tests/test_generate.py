@@ -11,7 +11,7 @@ from hourjax.config import model_config
 from hourjax.data.batching import Buckets, collate
 from hourjax.infer.generate import Sampling, generate, sample_token
 from hourjax.models import build
-from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
+from hourjax.constants import IMAGE_TOKEN_INDEX
 
 CFG = model_config(get_config("tiny").model)
 CFG = dataclasses.replace(CFG, forgetting=dataclasses.replace(CFG.forgetting, spatial="uniform"))
@@ -96,6 +96,5 @@ def test_ask_streams_the_answer(tmp_path, capsys):
   ids = prompt_ids(tok, question, info.duration, len(idx))
   batch = collate([{"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "features": feats}], CFG,
                   Buckets(frames=(len(idx),), text=(-(-len(ids) // 64) * 64,)))
-  end = tok.convert_tokens_to_ids("<|im_end|>")
-  tokens, n = generate(model, params, batch, jax.random.key(0), Sampling(max_new_tokens=10), end)
+  tokens, n = generate(model, params, batch, jax.random.key(0), Sampling(max_new_tokens=10), tok.stop_ids)
   assert printed == "".join(tok.decode([t]) for t in tokens[0, :n[0]]) and n[0] > 0

@@ -9,7 +9,8 @@ import pytest
 
 from hourjax.models import build
 from hourjax.models.forgetting import ForgettingConfig, image_layout, video_layout
-from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX, HourLlavaConfig
+from hourjax.constants import IMAGE_TOKEN_INDEX
+from hourjax.models.hour_llava import HourLlavaConfig
 from hourjax.models.memaug import MemAugConfig
 from hourjax.models.qwen2 import Qwen2Config
 from hourjax.models.siglip import SiglipConfig
@@ -151,3 +152,51 @@ def test_one_compile_per_bucket():
     lay = video_layout(counts, CFG.forgetting, padded_frames=12, memory_frames=12, retained_frames=3)
     fwd(params, ids, np.ones((2, 12)), lay, rng.uniform(-1, 1, (2, 12, 112, 112, 3)).astype(np.float32))
   assert fwd._cache_size() == 1
+
+
+def test_sequences_are_cut_at_max_length_after_the_visual_tokens():
+  """The official model truncates the spliced sequence (text + visual tokens) to
+  tokenizer_model_max_length: the first K LLM tokens, logits unchanged (causal), labels cut."""
+  rng = np.random.default_rng(3)
+  (ids, labels), frames = _sample(rng, 20, 5), rng.uniform(-1, 1, (1, 8, 112, 112, 3)).astype(np.float32)
+  params, layout = _params(), video_layout([8], CFG.forgetting)
+
+  def run(cfg):
+    return jax.jit(lambda p: build.build("hour_llava", cfg).apply(
+        {"params": p}, ids[None], np.ones((1, 20)), labels[None], layout=layout, pixel_values=frames))(params)
+  full = run(CFG)
+  n = full["logits"].shape[1]
+  for k in (n - 7, 9):        # cut inside the text after the video, and inside the visual tokens
+    cut = run(dataclasses.replace(CFG, max_length=k))
+    assert cut["logits"].shape[1] == k and int(cut["attention_mask"].sum()) == k
+    assert rel_err(cut["logits"], full["logits"][:, :k]) < 1e-6
+    np.testing.assert_array_equal(cut["labels"], full["labels"][:, :k])
+
+
+def test_siglip_gets_no_gradient_from_videos_longer_than_128_frames():
+  """Official stage 2: videos of more than 128 frames are encoded under no_grad; shorter ones
+  (and the LLM, projector and MemAug always) get gradients. Checked per sample in one batch."""
+  cfg = dataclasses.replace(CFG, vision_grad_frames=6)
+  model, params = build.build("hour_llava", cfg), _params(cfg)
+  rng = np.random.default_rng(4)
+  (ids, labels), frames = _sample(rng, 12, 2), rng.uniform(-1, 1, (2, 7, 112, 112, 3)).astype(np.float32)
+  layout = video_layout([7, 6], cfg.forgetting)          # sample 0 has 7 > 6 frames
+
+  @jax.jit
+  def grads(p, weight):
+    def loss(p):
+      out = model.apply({"params": p}, np.stack([ids, ids]), np.ones((2, 12)), np.stack([labels, labels]),
+                        layout=layout, pixel_values=frames)
+      logp = jax.nn.log_softmax(out["logits"][:, :-1])
+      tgt = out["labels"][:, 1:]
+      nll = -jnp.take_along_axis(logp, jnp.maximum(tgt, 0)[..., None], -1)[..., 0] * (tgt >= 0)
+      return jnp.sum(nll.sum(1) * weight)
+    return jax.grad(loss)(p)
+
+  norm = lambda tree: float(sum(jnp.sum(x * x) for x in jax.tree.leaves(tree)))
+  long_only = grads(params, jnp.array([1.0, 0.0]))
+  assert norm(long_only["vision"]) == 0.0 and norm(long_only["projector"]) > 0 and norm(long_only["llm"]) > 0
+  short = grads(params, jnp.array([0.0, 1.0]))
+  assert norm(short["vision"]) > 0
+  both = grads(params, jnp.array([1.0, 1.0]))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), both["vision"], short["vision"])

@@ -5,7 +5,8 @@ import pytest
 
 from hourjax.models import build
 from hourjax.models.qwen2 import Qwen2Config
-from hourjax.ops.loss import IGNORE_INDEX, chunked_next_token_loss, next_token_loss
+from hourjax.constants import IGNORE_INDEX
+from hourjax.ops.loss import chunked_next_token_loss, next_token_loss
 from hourjax.train.step import lm_loss_fn
 from tools.convert_torch.verify import rel_err, tree_rel_err
 

@@ -12,20 +12,21 @@ import pytest
 from configs.hour_llava import get_config
 from hourjax.config import model_config
 from hourjax.convert.io import write_safetensors
-from hourjax.data import pipeline
+from hourjax.data import pipeline, video
 from hourjax.data.prepared import load_prepared, write_prepared
-from hourjax.data.samples import feature_indices
 from hourjax.data.sources import Source, epoch_records, group_qa, select
 from hourjax.data.synthetic_videos import write_dataset
 from hourjax.data.video import decode_frames, probe, to_siglip
 from hourjax.models import build
-from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
+from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train import step
-from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
 from tools.convert_torch.verify import rel_err
 
+from conftest import QWEN_VOCAB
+
 RUN = get_config("tiny")
+RUN.model.llm.vocab_size = QWEN_VOCAB      # the real Qwen2 vocabulary tokenizes every sample here
 CFG = model_config(RUN.model)
 Q = "What colour is the square in the video?"
 
@@ -36,8 +37,9 @@ def _conv(question=Q, answer="The square is red, then blue.", image=True):
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-  """Synthetic videos, cached features, images and text, with every kind of bad record."""
+def data_root(tmp_path_factory, qwen2_tokenizer):
+  """Synthetic videos, cached features, images and text, with every kind of bad record, and the
+  real Qwen2 tokenizer."""
   from PIL import Image
   root = str(tmp_path_factory.mktemp("data"))
   write_dataset(root, num_videos=4, seconds=(18, 30), fps=2, size=48, seed=1)
@@ -70,7 +72,8 @@ def data_root(tmp_path_factory):
             for i in range(3)]
   images += [{"id": "broken", "image": "broken.png", "conversations": _conv()},
              {"id": "two_images", "image": ["im0.png", "im1.png"], "conversations": _conv()},
-             {"id": "no_placeholder", "image": "im1.png", "conversations": _conv(image=False)}]
+             {"id": "no_placeholder", "image": "im1.png", "conversations": _conv(image=False)},
+             {"id": "two_placeholders", "image": "im1.png", "conversations": _conv("<image>\nTwice?")}]
   text = [{"id": f"t{i}", "conversations": _conv("How many circles appear?", "Three circles appear.", False)}
           for i in range(5)]
   text.append({"id": "long", "conversations": _conv("Three circles appear. " * 80, "Three.", False)})
@@ -78,7 +81,7 @@ def data_root(tmp_path_factory):
   for name, records in (("images.json", images), ("text.json", text)):
     with open(os.path.join(root, name), "w") as f:
       json.dump(records, f)
-  save_tiny_tokenizer(os.path.join(root, "tokenizer"))
+  os.symlink(qwen2_tokenizer, os.path.join(root, "tokenizer"))
   return root
 
 
@@ -139,9 +142,10 @@ def test_streams_bad_input_and_static_shapes(data_root):
   streams = [b["meta"]["stream"] for b in batches]
   assert set(streams) == {"video", "features", "image", "text"}
   skipped = {i: why for b in batches for i, why in b["meta"]["skipped"]}
-  assert set(skipped) >= {"corrupt", "empty", "missing", "broken", "two_images", "no_placeholder",
+  assert set(skipped) >= {"corrupt", "empty", "missing", "broken", "two_images", "two_placeholders",
                           "no_features", "text_with_placeholder"}, skipped
-  assert "multi-image" in skipped["two_images"] and "placeholder" in skipped["no_placeholder"]
+  assert "multi-image" in skipped["two_images"] and "2 <image> placeholders" in skipped["two_placeholders"]
+  assert "no_placeholder" not in skipped     # the official image sharding puts "<image>\n" first
   assert "gone.mp4" in skipped["missing"]
   assert any("long" in b["meta"]["truncated"] for b in batches) or "long" in skipped
   seen = [i for b in batches for i in b["meta"]["ids"]]
@@ -169,8 +173,8 @@ def test_streams_bad_input_and_static_shapes(data_root):
 
 def test_cached_feature_rule(data_root):
   """n = min(T, int(duration)) frames by linspace (spec §1.5), and the time instruction's N."""
-  np.testing.assert_array_equal(feature_indices(40, 20.4), np.linspace(0, 39, 20).astype(int))
-  np.testing.assert_array_equal(feature_indices(12, 30.0), np.arange(12))
+  np.testing.assert_array_equal(video.cached_feature_indices(40, 20.4), np.linspace(0, 39, 20).astype(int))
+  np.testing.assert_array_equal(video.cached_feature_indices(12, 30.0), np.arange(12))
   batches = _epoch(_data(data_root, epochs=1, sources=[dict(annotations="features.jsonl", features="features")]))
   assert sorted(b["features"][i].any(-1).any(-1).sum() for b in batches for i in range(2)) == [12, 20]
 
@@ -242,6 +246,7 @@ def test_global_arrays_and_bucket_padding(data_root):
                                                            dict(annotations="text.json")])
   batch = next(b for b in _epoch(data) if b["meta"]["stream"] == "features")
   run = get_config("tiny")
+  run.model.llm.vocab_size = QWEN_VOCAB
   run.model.forgetting.spatial = "uniform"     # random forgetting draws depend on the padded shape
   cfg = model_config(run.model)
   model, params = build.build("hour_llava", cfg), build.init_params("hour_llava", cfg, jax.random.key(0))
@@ -302,3 +307,16 @@ def test_uint8_pixels_are_scaled_on_device():
   model, params = build.build("hour_llava", CFG), build.init_params("hour_llava", CFG, jax.random.key(0))
   enc = lambda x: model.apply({"params": params}, x, True, method="encode_frames")
   assert rel_err(enc(frames), enc(to_siglip(frames))) < 1e-6
+
+
+def test_unusable_tokenizer_fails_at_start_up(data_root, tmp_path):
+  """A tokenizer that cannot give the official format stops the run before any sample is read,
+  saying why, instead of skipping every sample."""
+  import tokenizers
+  import transformers
+  words = tokenizers.Tokenizer(tokenizers.models.WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]"))
+  transformers.PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(str(tmp_path))
+  data = _data(data_root)
+  data.read.tokenizer = str(tmp_path)
+  with pytest.raises(ValueError, match=r"<\|im_start\|> is not one token"):
+    pipeline.from_config(data, CFG)

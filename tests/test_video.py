@@ -8,8 +8,11 @@ from hourjax.data.video import (VideoError, decode_frames, fixed_frame_indices, 
                                 official_frame_indices, probe, read_frames_1fps, write_video)
 
 
-def _all_frames(path, size):
+def _all_frames(path, size, resample):
+  from PIL import Image
   with av.open(path) as src:
+    if resample == "pil":     # the official processor: PIL bicubic on the full-size RGB frame
+      return np.stack([np.asarray(f.to_image().resize((size, size), Image.BICUBIC)) for f in src.decode(video=0)])
     return np.stack([f.reformat(width=size, height=size, format="rgb24",
                                 interpolation="BICUBIC").to_ndarray() for f in src.decode(video=0)])
 
@@ -20,12 +23,26 @@ def test_seeking_decode_equals_sequential_decode(tmp_path, codec, seconds, fps):
   path = str(tmp_path / "v.mp4")
   write_video(path, moving_square(seconds, fps=fps, seed=1), fps=fps, codec=codec)
   info = probe(path)
-  assert (info.frames, info.fps) == (seconds * fps, fps) and abs(info.duration - seconds) < 0.5
-  every = _all_frames(path, 56)
-  for idx in (official_frame_indices(info.frames, info.fps, min_frames=0),       # 1 FPS
-              official_frame_indices(info.frames, info.fps, min_frames=128),     # short video
-              fixed_frame_indices(info.frames, 32)):
-    np.testing.assert_array_equal(decode_frames(path, idx, 56), every[idx])
+  assert (info.frames, info.fps, info.duration) == (seconds * fps, fps, seconds)
+  for resample in ("pil", "swscale"):
+    every = _all_frames(path, 56, resample)
+    for idx in (official_frame_indices(info.frames, info.fps, min_frames=0),       # 1 FPS
+                official_frame_indices(info.frames, info.fps, min_frames=128),     # short video
+                fixed_frame_indices(info.frames, 32)):
+      np.testing.assert_array_equal(decode_frames(path, idx, 56, resample=resample), every[idx])
+
+
+@pytest.mark.parametrize("suffix,codec", [(".mkv", "libx264"), (".webm", "libvpx-vp9")])
+def test_probe_counts_frames_where_the_container_has_no_count(tmp_path, suffix, codec):
+  """mkv / webm hold no frame count: the frames are counted (as the official feature cache does),
+  and the duration is frames / average FPS as the official loader computes it."""
+  path = str(tmp_path / f"v{suffix}")
+  write_video(path, moving_square(7, fps=5), fps=5, codec=codec)
+  with av.open(path) as src:
+    assert src.streams.video[0].frames == 0
+    decoded = sum(1 for _ in src.decode(video=0))
+  info = probe(path)
+  assert (info.frames, info.fps, info.duration) == (decoded, 5.0, decoded / 5.0) and decoded == 35
 
 
 def test_official_frame_rules():

@@ -1,8 +1,9 @@
 """Import PyTorch checkpoints into hourjax parameters and export them back, by checkpoint kind.
 
 Kinds: "siglip" (SiglipVisionModel, or the vision half of SiglipModel), "qwen2"
-(Qwen2ForCausalLM), "llava_onevision" (LlavaOnevisionForConditionalGeneration) and
-"hour_llava" (official Hour-LLaVA, model_type "hour_llava_qwen"). The last two become an
+(Qwen2ForCausalLM), "llava_onevision" (transformers' LlavaOnevisionForConditionalGeneration),
+"llava" (the original LLaVA-NeXT / OneVision layout, model_type "llava" or "llava_qwen") and
+"hour_llava" (official Hour-LLaVA, model_type "hour_llava_qwen"). The last three become an
 hourjax `HourLlava`.
 """
 from __future__ import annotations
@@ -15,18 +16,20 @@ from typing import Any
 import jax
 import numpy as np
 
-from hourjax.convert import hour_llava, layout, llava_onevision, qwen2, siglip
+from hourjax.convert import hour_llava, layout, llava, llava_onevision, qwen2, siglip
 from hourjax.convert.io import TorchCheckpoint, write_hf_dir
 from hourjax.convert.rules import ConversionError, Rule, find_prefix, prefixed, to_params, to_torch
 from hourjax.models import build
 
 log = logging.getLogger("hourjax.convert")
 
-SOURCE_KINDS = ("siglip", "qwen2", "llava_onevision", "hour_llava")
-MODEL_KIND = {"siglip": "siglip", "qwen2": "qwen2", "llava_onevision": "hour_llava",
+SOURCE_KINDS = ("siglip", "qwen2", "llava_onevision", "llava", "hour_llava")
+MODEL_KIND = {"siglip": "siglip", "qwen2": "qwen2", "llava_onevision": "hour_llava", "llava": "hour_llava",
               "hour_llava": "hour_llava"}
 _MODEL_TYPES = {"siglip_vision_model": "siglip", "siglip": "siglip", "qwen2": "qwen2",
-                "llava_onevision": "llava_onevision", "hour_llava_qwen": "hour_llava"}
+                "llava_onevision": "llava_onevision", "llava": "llava", "llava_qwen": "llava",
+                "hour_llava_qwen": "hour_llava"}
+NO_MEMAUG = ("llava_onevision", "llava")      # LLaVA checkpoints: MemAug is initialised
 
 
 @dataclasses.dataclass
@@ -51,7 +54,7 @@ def detect_kind(hf_config: dict) -> str:
 
 def config_from_hf(kind: str, hf_config: dict, **overrides):
   return {"siglip": siglip.config_from_hf, "qwen2": qwen2.config_from_hf,
-          "llava_onevision": llava_onevision.config_from_hf,
+          "llava_onevision": llava_onevision.config_from_hf, "llava": llava.config_from_hf,
           "hour_llava": hour_llava.config_from_hf}[kind](hf_config, **overrides)
 
 
@@ -68,39 +71,58 @@ def table(kind: str, cfg, keys=None) -> tuple[list[Rule], tuple[str, ...]]:
   if kind == "llava_onevision":
     p = llava_onevision.EXPORT_PREFIXES if keys is None else llava_onevision.prefixes(keys)
     return llava_onevision.rules(cfg, p), llava_onevision.ignore(cfg, p)
+  if kind == "llava":
+    return llava.rules(cfg), llava.ignore(cfg)
   if kind == "hour_llava":
     return hour_llava.rules(cfg), hour_llava.ignore(cfg)
   raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of {SOURCE_KINDS}")
 
 
 def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = None,
-                 scan_layers: bool = False, **config_overrides) -> Converted:
+                 scan_layers: bool = False, allow_nonfinite: bool = False, **config_overrides) -> Converted:
   """Convert a local PyTorch checkpoint (directory with config.json, or a weights file plus
   `kind`) into hourjax params, one tensor at a time; `scan_layers` gives the scanned layout.
 
-  From LLaVA-OneVision, MemAug has no weights: it is initialised from `key` (required) as the
-  official stage 1 does (normal(0.02) weights, zero biases, unit LayerNorms), and logged.
+  From LLaVA checkpoints, MemAug has no weights: it is initialised from `key` (required) as the
+  official stage 1 does (normal(0.02) weights, zero biases, unit LayerNorms), and logged. A tied
+  output head present in the file must equal the embeddings; NaN / inf weights are an error
+  unless `allow_nonfinite`.
   """
   ckpt = TorchCheckpoint(path)
+  if not ckpt.config:
+    raise ConversionError(f"{path}: no config.json beside the weights (needed for the model's sizes)")
   kind = kind or detect_kind(ckpt.config)
   cfg = config_from_hf(kind, ckpt.config, **config_overrides)
   keys = ckpt.keys()
   rules, ignore = table(kind, cfg, keys)
   expected = build.abstract_params(MODEL_KIND[kind], cfg)
-  if kind == "llava_onevision":
+  if kind in NO_MEMAUG:
     expected = {k: v for k, v in expected.items() if k != "memaug"}
-  params = to_params(rules, keys, ckpt.get, expected, ignore=ignore)
+  params = to_params(rules, keys, ckpt.get, expected, ignore=ignore, allow_nonfinite=allow_nonfinite)
+  _check_tied_head(kind, cfg, keys, ckpt.get, params, path)
   initialised = []
-  if kind == "llava_onevision" and cfg.use_memaug:
+  if kind in NO_MEMAUG and cfg.use_memaug:
     if key is None:
-      raise ConversionError("LLaVA-OneVision has no MemAug weights: pass key= to initialise them")
+      raise ConversionError(f"{kind} checkpoints have no MemAug weights: pass key= to initialise them")
     params["memaug"] = jax.tree.map(np.asarray, build.init_params("memaug", cfg.memaug, key))
     initialised = ["memaug"]
-    log.warning("MemAug is not in the LLaVA-OneVision checkpoint %s: initialised at random "
-                "(%d blocks), as the official stage 1 does", path, cfg.memaug.depth)
+    log.warning("MemAug is not in the %s checkpoint %s: initialised at random (%d blocks), as the "
+                "official stage 1 does", kind, path, cfg.memaug.depth)
   if scan_layers:
     cfg, params = layout.with_scan(cfg, True), layout.stack_layers(params)
   return Converted(kind, cfg, params, ckpt.config, initialised)
+
+
+def _check_tied_head(kind: str, cfg, keys, get, params: dict, path: str) -> None:
+  """A tied model's file may still hold `lm_head.weight`; it is only a copy if it is equal."""
+  llm = cfg if kind == "qwen2" else getattr(cfg, "llm", None)
+  if llm is None or not llm.tie_word_embeddings:
+    return
+  embed = params["embed"]["embedding"] if kind == "qwen2" else params["llm"]["embed"]["embedding"]
+  for k in keys:
+    if k.endswith("lm_head.weight") and not np.array_equal(np.asarray(get(k)), np.asarray(embed)):
+      raise ConversionError(f"{path}: {k} differs from the embeddings although tie_word_embeddings "
+                            "is true (a tied model's head must be a copy of them)")
 
 
 def export_torch(out_dir: str, kind: str, cfg, params: dict, source_config: dict | None = None,
@@ -110,11 +132,11 @@ def export_torch(out_dir: str, kind: str, cfg, params: dict, source_config: dict
   Scanned or unrolled params both work."""
   cfg, params = layout.with_scan(cfg, False), layout.unstack_layers(params)
   rules, _ = table(kind, cfg)
-  if kind == "llava_onevision":
+  if kind in NO_MEMAUG:
     if "memaug" in params:
-      log.warning("LLaVA-OneVision has no MemAug: its weights are not exported")
+      log.warning("the %s layout has no MemAug: its weights are not exported", kind)
     params = {k: v for k, v in params.items() if k != "memaug"}
-    config = llava_onevision.config_to_hf(cfg, source_config)
+    config = (llava_onevision if kind == "llava_onevision" else llava).config_to_hf(cfg, source_config)
   elif kind == "hour_llava":
     config = {**(source_config or {}), **hour_llava.config_to_hf(cfg)}
   else:

@@ -25,14 +25,30 @@ _ST_NAMES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 
 
 class SafetensorsFile:
+  """A memory-mapped .safetensors file; a truncated or malformed one is an error naming it."""
+
   def __init__(self, path: str):
     self.path = path
-    with open(path, "rb") as f:
-      (n,) = struct.unpack("<Q", f.read(8))
-      self.header = json.loads(f.read(n))
+    size = os.path.getsize(path)
+    try:
+      with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if 8 + n > size:
+          raise ValueError(f"header of {n} bytes but the file has {size}")
+        self.header = json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+      raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     self.metadata = self.header.pop("__metadata__", None) or {}
     self._offset = 8 + n
-    self._map = np.memmap(path, dtype=np.uint8, mode="r") if os.path.getsize(path) > self._offset else None
+    for key, info in self.header.items():
+      start, end = info["data_offsets"]
+      if info["dtype"] not in _ST_DTYPES:
+        raise ValueError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
+      if self._offset + end > size or end - start != np.dtype(_ST_DTYPES[info["dtype"]]).itemsize * int(
+          np.prod(info["shape"], dtype=np.int64)):
+        raise ValueError(f"{path}: tensor {key} lies beyond the end of the file or has the wrong size "
+                         f"(truncated? {size} bytes, tensor ends at {self._offset + end})")
+    self._map = np.memmap(path, dtype=np.uint8, mode="r") if size > self._offset else None
 
   def keys(self) -> list[str]:
     return list(self.header)
@@ -41,6 +57,8 @@ class SafetensorsFile:
     info = self.header[key]
     start, end = info["data_offsets"]
     dtype = np.dtype(_ST_DTYPES[info["dtype"]])
+    if start == end:
+      return np.zeros(info["shape"], dtype)
     raw = self._map[self._offset + start:self._offset + end]
     return raw.view(dtype).reshape(info["shape"])
 
@@ -68,20 +86,48 @@ def _torch_to_numpy(t) -> np.ndarray:
   return t.numpy()
 
 
+# Files beside the weights in a training output directory that are not weights.
+_NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "scheduler.bin", "scaler.bin")
+
+
+def weight_files(path: str) -> list[str]:
+  """The weight files of a checkpoint directory: those its index names, else every safetensors
+  file, else the .bin files that hold weights (not training_args.bin, optimizer states ...)."""
+  for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+    if os.path.exists(os.path.join(path, index)):
+      try:
+        names = sorted(set(json.load(open(os.path.join(path, index)))["weight_map"].values()))
+      except (ValueError, KeyError) as e:
+        raise ValueError(f"{os.path.join(path, index)}: not a weight index ({e})") from None
+      missing = [n for n in names if not os.path.exists(os.path.join(path, n))]
+      if missing:
+        raise FileNotFoundError(f"{os.path.join(path, index)} names files that are missing: {missing}")
+      return [os.path.join(path, n) for n in names]
+  files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+  if not files:
+    files = [f for f in sorted(glob.glob(os.path.join(path, "*.bin")))
+             if os.path.basename(f) not in _NOT_WEIGHTS and not os.path.basename(f).startswith("rng_state")]
+  if not files:
+    raise FileNotFoundError(f"no *.safetensors or *.bin weights in {path}")
+  return files
+
+
 class TorchCheckpoint:
-  """All tensors of a checkpoint directory or file, read lazily, with its config.json."""
+  """All tensors of a checkpoint directory or file, read lazily, with its config.json (a
+  directory must have one)."""
 
   def __init__(self, path: str):
     if not os.path.exists(path):
       raise FileNotFoundError(f"checkpoint {path} does not exist")
-    files = [path] if os.path.isfile(path) else (
-        sorted(glob.glob(os.path.join(path, "*.safetensors"))) or
-        sorted(glob.glob(os.path.join(path, "*.bin"))))
-    if not files:
-      raise FileNotFoundError(f"no *.safetensors or *.bin weights in {path}")
+    files = [path] if os.path.isfile(path) else weight_files(path)
     self.path = path
     cfg_path = os.path.join(path if os.path.isdir(path) else os.path.dirname(path), "config.json")
-    self.config = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
+    if os.path.isdir(path) and not os.path.exists(cfg_path):
+      raise FileNotFoundError(f"checkpoint {path} has no config.json (needed for the model's sizes)")
+    try:
+      self.config = json.load(open(cfg_path)) if os.path.exists(cfg_path) else {}
+    except ValueError as e:
+      raise ValueError(f"{cfg_path}: not JSON ({e})") from None
     self._where: dict[str, Any] = {}
     for f in files:
       if f.endswith(".safetensors"):
@@ -89,8 +135,14 @@ class TorchCheckpoint:
         for k in st.keys():
           self._where[k] = st
       else:
+        import pickle
         import torch
-        sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+        try:
+          sd = torch.load(f, map_location="cpu", mmap=True, weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+          raise ValueError(f"{f}: not a readable PyTorch weights file ({str(e).splitlines()[0]})") from None
+        if not isinstance(sd, dict):
+          raise ValueError(f"{f}: holds a {type(sd).__name__}, not a state dict")
         for k in sd:
           self._where[k] = sd
 
@@ -171,8 +223,10 @@ def read_meta(path: str) -> dict:
   return json.load(open(meta_path))
 
 
-def load_params(path: str, abstract: Any = None) -> Any:
-  """Restore params onto `abstract`'s shapes/shardings when given, else as saved.
+def load_params(path: str, abstract: Any = None, *, sharding: Any = None) -> Any:
+  """Restore params onto `abstract`'s shapes/shardings when given, else as saved (shapes and
+  dtypes; with `sharding`, e.g. one device's, every array placed on it instead of the mesh it
+  was saved from).
 
   If `abstract` wants the other layer layout (scanned vs unrolled) the checkpoint is restored
   as saved, re-laid out, then placed on `abstract`'s shardings.
@@ -182,9 +236,12 @@ def load_params(path: str, abstract: Any = None) -> Any:
   from hourjax.convert.layout import is_scanned, to_layout
   saved_scanned = read_meta(path).get("scan_layers", False)
   relayout = abstract is not None and is_scanned(abstract) != saved_scanned
+  where = os.path.join(os.path.abspath(path), "params")
   with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(os.path.join(os.path.abspath(path), "params"),
-                          None if relayout else abstract)
+    if abstract is None and sharding is not None:
+      saved = ckpt.metadata(where).item_metadata
+      abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
+    params = ckpt.restore(where, None if relayout else abstract)
   if not relayout:
     return params
   params = to_layout(params, is_scanned(abstract))

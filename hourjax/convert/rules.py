@@ -11,9 +11,13 @@ import math
 import re
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
+import ml_dtypes
 import numpy as np
 
 Params = dict  # nested dict of arrays, keyed like flax params
+
+
+Shape = tuple[int, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +26,9 @@ class Rule:
   theirs: str                    # PyTorch state-dict key
   to_jax: Callable[[np.ndarray], tuple[np.ndarray, ...]]
   to_torch: Callable[[Sequence[np.ndarray]], np.ndarray]
+  # The torch tensor's shape given our parameters' shapes: checked before converting, so that a
+  # tensor of the right size but the wrong shape (a transposed matrix) is an error, not weights.
+  torch_shape: Callable[[Sequence[Shape]], Shape] = lambda shapes: tuple(shapes[0])
 
 
 def copy(ours: str, theirs: str) -> Rule:
@@ -32,12 +39,13 @@ def linear(ours: str, theirs: str, in_shape: Sequence[int], out_shape: Sequence[
   """torch Linear weight [out, in] <-> DenseGeneral kernel [*in_shape, *out_shape]."""
   shape, n_in = (*in_shape, *out_shape), math.prod(in_shape)
   return Rule((ours,), theirs, lambda t: (np.ascontiguousarray(t.T).reshape(shape),),
-              lambda a: np.ascontiguousarray(np.asarray(a[0]).reshape(n_in, -1).T))
+              lambda a: np.ascontiguousarray(np.asarray(a[0]).reshape(n_in, -1).T),
+              lambda _: (math.prod(out_shape), n_in))
 
 
 def bias(ours: str, theirs: str, shape: Sequence[int]) -> Rule:
   return Rule((ours,), theirs, lambda t: (t.reshape(tuple(shape)),),
-              lambda a: np.asarray(a[0]).reshape(-1))
+              lambda a: np.asarray(a[0]).reshape(-1), lambda _: (math.prod(shape),))
 
 
 def fused_linear(ours: Sequence[str], theirs: str, in_size: int,
@@ -52,20 +60,23 @@ def fused_linear(ours: Sequence[str], theirs: str, in_size: int,
 
   def to_torch(arrays):
     return np.concatenate([np.asarray(a).reshape(in_size, -1).T for a in arrays], axis=0)
-  return Rule(tuple(ours), theirs, to_jax, to_torch)
+  return Rule(tuple(ours), theirs, to_jax, to_torch, lambda _: (sum(sizes), in_size))
 
 
 def fused_bias(ours: Sequence[str], theirs: str, out_shapes: Sequence[Sequence[int]]) -> Rule:
-  splits = np.cumsum([math.prod(s) for s in out_shapes])[:-1]
+  sizes = [math.prod(s) for s in out_shapes]
+  splits = np.cumsum(sizes)[:-1]
   return Rule(tuple(ours), theirs,
               lambda t: tuple(p.reshape(tuple(s)) for p, s in zip(np.split(t, splits), out_shapes)),
-              lambda arrays: np.concatenate([np.asarray(a).reshape(-1) for a in arrays]))
+              lambda arrays: np.concatenate([np.asarray(a).reshape(-1) for a in arrays]),
+              lambda _: (sum(sizes),))
 
 
 def conv(ours: str, theirs: str) -> Rule:
   """torch Conv2d weight OIHW <-> flax Conv kernel HWIO."""
   return Rule((ours,), theirs, lambda t: (np.ascontiguousarray(t.transpose(2, 3, 1, 0)),),
-              lambda a: np.ascontiguousarray(np.asarray(a[0]).transpose(3, 2, 0, 1)))
+              lambda a: np.ascontiguousarray(np.asarray(a[0]).transpose(3, 2, 0, 1)),
+              lambda shapes: tuple(shapes[0][i] for i in (3, 2, 0, 1)))
 
 
 def prefixed(rules: Iterable[Rule], ours_prefix: str, theirs_prefix: str) -> list[Rule]:
@@ -105,14 +116,17 @@ def unflatten(flat: Mapping[str, object]) -> Params:
 
 
 def to_params(rules: Sequence[Rule], keys: Iterable[str], get: Callable[[str], np.ndarray],
-              expected: Mapping | None = None, *, ignore: Sequence[str] = ()) -> Params:
+              expected: Mapping | None = None, *, ignore: Sequence[str] = (),
+              allow_nonfinite: bool = False) -> Params:
   """Build hourjax params from torch tensors, one tensor at a time.
 
   keys: every key present in the torch checkpoint; get(key) reads one tensor.
-  expected: a tree of objects with .shape (e.g. from jax.eval_shape) to check against; arrays
-  keep the checkpoint's dtype (the model casts to its param_dtype when it loads them).
+  expected: a tree of objects with .shape (e.g. from jax.eval_shape) to check against: every
+  torch tensor must have exactly the shape these imply. Arrays keep the checkpoint's dtype (the
+  model casts to its param_dtype when it loads them).
   ignore: regexes of torch keys that are read-only extras (buffers, tied heads).
-  Raises ConversionError naming every missing, unexpected or wrongly shaped tensor.
+  Raises ConversionError naming every missing, unexpected, wrongly shaped or (unless
+  `allow_nonfinite`) NaN / inf tensor.
   """
   keys = set(keys)
   known = {r.theirs for r in rules}
@@ -121,26 +135,34 @@ def to_params(rules: Sequence[Rule], keys: Iterable[str], get: Callable[[str], n
   if missing or unexpected:
     raise ConversionError(_describe(missing=missing, unexpected=unexpected))
   exp = flatten(expected) if expected is not None else None
-  flat, wrong = {}, []
+  flat, wrong, nonfinite = {}, [], []
   for r in rules:
+    if exp is not None:
+      unknown = [p for p in r.ours if p not in exp]
+      if unknown:
+        raise ConversionError(f"table maps {r.theirs} to {unknown}, which the model does not have")
+      want = tuple(r.torch_shape([tuple(exp[p].shape) for p in r.ours]))
     tensor = get(r.theirs)
+    if exp is not None and tuple(tensor.shape) != want:
+      wrong.append(f"{r.theirs}: got {tuple(tensor.shape)}, expected {want} (for {'/'.join(r.ours)})")
+      continue
+    if not allow_nonfinite and (tensor.dtype.kind == "f" or tensor.dtype == ml_dtypes.bfloat16):
+      bad = tensor.size - int(np.isfinite(tensor).sum())
+      if bad:
+        nonfinite.append(f"{r.theirs} ({bad} of {tensor.size} values)")
     try:
       converted = r.to_jax(tensor)
     except ValueError as e:   # a reshape that cannot work: the tensor has the wrong size
       wrong.append(f"{r.theirs}: got {tuple(tensor.shape)}, cannot become {'/'.join(r.ours)} ({e})")
       continue
     for path, arr in zip(r.ours, converted):
-      if exp is not None:
-        if path not in exp:
-          raise ConversionError(f"table maps {r.theirs} to {path}, which the model does not have")
-        if tuple(arr.shape) != tuple(exp[path].shape):
-          wrong.append(f"{r.theirs} -> {path}: got {tuple(tensor.shape)}, "
-                       f"converted {tuple(arr.shape)}, model wants {tuple(exp[path].shape)}")
-          continue
       flat[path] = arr   # keeps the checkpoint's dtype: a bf16 7B stays ~15 GB in RAM
     del tensor
   if wrong:
     raise ConversionError(_describe(wrong_shape=wrong))
+  if nonfinite:
+    raise ConversionError(_describe(non_finite=nonfinite) + " (NaN or inf values; allow_nonfinite / "
+                          "--allow-nonfinite converts them anyway)")
   if exp is not None:
     uncovered = sorted(set(exp) - set(flat))
     if uncovered:

@@ -15,8 +15,8 @@ from typing import Sequence
 import numpy as np
 
 from hourjax.models.forgetting import image_layout, video_layout
+from hourjax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from hourjax.models.hour_llava import HourLlavaConfig
-from hourjax.ops.loss import IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,11 @@ def collate(samples: Sequence[dict], cfg: HourLlavaConfig, buckets: Buckets, pad
   frames = [0 if visual is None or s.get(visual) is None else len(s[visual]) for s in samples]
   if modality == "image" and max(frames) > 1:
     raise ValueError("an image batch holds one 384px image per sample")
+  for t, s in zip(frames, samples):
+    placeholders = int(np.sum(np.asarray(s["input_ids"]) == IMAGE_TOKEN_INDEX))
+    if placeholders != (1 if t else 0):     # else the visual tokens would land after the text
+      raise ValueError(f"sample {s.get('id', '?')}: {placeholders} <image> placeholders for "
+                       f"{'one' if t else 'no'} visual input (is the prompt tokenized with has_image?)")
   shapes = [buckets.of(t, len(s["input_ids"])) for t, s in zip(frames, samples)]
   frame_edge, text_edge = (1 if modality == "image" else max(f for f, _ in shapes)), max(t for _, t in shapes)
   b = len(samples)

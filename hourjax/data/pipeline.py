@@ -23,12 +23,12 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from hourjax.data import batching
+from hourjax.data import batching, chat
 from hourjax.data.samples import ReadOptions, ReadSample
 from hourjax.data.sources import Source, epoch_records
 from hourjax.models.forgetting import video_layout
+from hourjax.constants import IGNORE_INDEX
 from hourjax.models.hour_llava import HourLlavaConfig
-from hourjax.ops.loss import IGNORE_INDEX
 from hourjax.parallel import mesh as mesh_lib
 
 MODALITY = {"video": "video", "features": "video", "image": "image", "text": "video"}
@@ -165,6 +165,7 @@ def make_dataset(streams: dict[str, Any], read: ReadOptions, cfg: HourLlavaConfi
   streams = {k: v for k, v in streams.items() if len(v)}
   if not streams:
     raise ValueError("the data mixture selected no records")
+  chat.load_tokenizer(read.tokenizer)      # a tokenizer unfit for the official format fails here, not per sample
   per_stream = {name: stream_dataset(records, read, cfg, name, batch_size=batch_size // process_count,
                                      buckets=buckets, seed=seed, process_index=process_index,
                                      process_count=process_count, epochs=epochs, threads=threads,

@@ -17,7 +17,7 @@ import grain
 import numpy as np
 
 from hourjax.data import chat, video
-from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX
+from hourjax.constants import IMAGE, IMAGE_TOKEN_INDEX
 
 
 _LOAD_LOCK = threading.Lock()
@@ -37,14 +37,8 @@ class ReadOptions:
   def __post_init__(self):
     if self.frames != "official" and not (self.frames.startswith("fixed:") and self.frames[6:].isdigit()):
       raise ValueError(f"frames={self.frames!r}: expected 'official' or 'fixed:N'")
-    if self.resample not in ("pil", "swscale"):
-      raise ValueError(f"resample={self.resample!r}: expected 'pil' or 'swscale'")
-
-
-def feature_indices(num_features: int, duration: float) -> np.ndarray:
-  """The official rule for cached features: min(T, int(duration)) frames spread by linspace."""
-  n = max(1, min(num_features, int(duration)))
-  return np.linspace(0, num_features - 1, n).astype(int)
+    if self.resample not in video.RESAMPLE:
+      raise ValueError(f"resample={self.resample!r}: expected one of {video.RESAMPLE}")
 
 
 def read_features(path: str) -> tuple[np.ndarray, float]:
@@ -85,17 +79,17 @@ class ReadSample(grain.transforms.Map):
     sample_id = str(record.get("id", "?"))
     try:
       return {"id": sample_id, **self._read(record)}
-    except (OSError, ValueError, KeyError, TypeError) as e:   # VideoError is a ValueError
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:   # VideoError is a ValueError
       return {"id": sample_id, "skipped": f"{type(e).__name__}: {e}"}
 
   def _read(self, record: dict) -> dict:
     o = self.options
-    turns = chat.move_placeholder_to_front(record["conversations"])
+    turns = record["conversations"]
     visual: dict[str, np.ndarray] = {}
     if "video" in record:
       if "_features" in record:
         feats, duration = read_features(record["_features"])
-        visual["features"] = feats[feature_indices(len(feats), duration)]
+        visual["features"] = feats[video.cached_feature_indices(len(feats), duration)]
         num_frames = len(visual["features"])
       else:
         info = video.probe(record["_path"])
@@ -105,13 +99,20 @@ class ReadSample(grain.transforms.Map):
           idx = video.fixed_frame_indices(info.frames, int(o.frames[6:]))
         visual["pixels"] = video.decode_frames(record["_path"], idx, o.image_size, resample=o.resample)
         duration, num_frames = info.duration, len(idx)
-      if o.time_instruction:
+      if o.time_instruction:      # official order: the time instruction, then preprocess_multimodal
         turns = chat.with_time_instruction(turns, duration, num_frames)
+      turns = chat.normalise_placeholders(turns)
     elif "image" in record:
       if not isinstance(record["_path"], str):
         raise ValueError(f"{len(record['_path'])} images: multi-image samples are not supported")
       visual["pixels"] = read_image(record["_path"], o.image_size)
-    ids, labels = chat.tokenize_conversation(self.tokenizer, turns, label_separators=o.label_separators)
+      if turns and not any(IMAGE in chat.turn_text(t) for t in turns):
+        turns = chat.with_placeholder(turns)    # the official image sharding adds it
+      turns = chat.normalise_placeholders(turns)
+    elif any(IMAGE in chat.turn_text(t) for t in turns):   # stricter than the official code, which
+      raise ValueError("a text-only sample with an <image> placeholder (no video or image field?)")
+    ids, labels = chat.tokenize_conversation(self.tokenizer, turns, has_image=bool(visual),
+                                             label_separators=o.label_separators)
     placeholders = int((ids == IMAGE_TOKEN_INDEX).sum())
     if placeholders != (1 if visual else 0):
       raise ValueError(f"{placeholders} <image> placeholders for {'one' if visual else 'no'} visual input")

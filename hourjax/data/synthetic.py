@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 
 from hourjax.models.forgetting import video_layout
-from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX, HourLlavaConfig
-from hourjax.ops.loss import IGNORE_INDEX
+from hourjax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from hourjax.models.hour_llava import HourLlavaConfig
 
 
 def synthetic_batch(cfg: HourLlavaConfig, key: jax.Array, num_frames: Sequence[int], text_len: int,

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
-from hourjax.ops.loss import IGNORE_INDEX
+from hourjax.constants import IGNORE_INDEX
 
 
 def _expand(patterns: Sequence[str]) -> list[str]:
@@ -106,7 +106,7 @@ class Tokenize(grain.transforms.Map):
     if self._tok is None:
       from hourjax.data.chat import load_tokenizer
       self._tok = load_tokenizer(self.path)
-    ids = self._tok.encode(document, add_special_tokens=False) + [self._tok.eos_token_id]
+    ids = self._tok.encode(document) + [self._tok.end_of_text]
     return {"tokens": np.asarray(ids, np.int32)}
 
 

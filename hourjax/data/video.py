@@ -13,6 +13,9 @@ import av
 import numpy as np
 
 
+RESAMPLE = ("pil", "swscale")
+
+
 class VideoError(ValueError):
   """A video that cannot be used (missing, corrupt, empty); the message names the file."""
 
@@ -21,22 +24,23 @@ class VideoError(ValueError):
 class VideoInfo:
   frames: int          # frames in the stream
   fps: float           # average frame rate
-  duration: float      # seconds
+  duration: float      # seconds, as the official loader computes it: frames / fps
 
 
 def probe(path: str) -> VideoInfo:
+  """Frame count and rate as the official loaders read them (decord's `len(vr)` and
+  `get_avg_fps()`; the container's frame count, or, where a container has none (mkv, webm),
+  its video packets counted, as the official feature cache counts them)."""
   try:
     with av.open(path) as src:
       stream = src.streams.video[0]
       fps = float(stream.average_rate or stream.guessed_rate or 0)
-      duration = float(stream.duration * stream.time_base) if stream.duration else (
-          src.duration / av.time_base if src.duration else 0.0)
-      frames = stream.frames or int(round(duration * fps))
+      frames = stream.frames or sum(1 for p in src.demux(stream) if p.size)
   except (av.FFmpegError, IndexError, OSError) as e:
     raise VideoError(f"{path}: cannot open video ({e})") from None
   if frames <= 0 or fps <= 0:
     raise VideoError(f"{path}: no video frames (frames={frames}, fps={fps})")
-  return VideoInfo(frames, fps, duration)
+  return VideoInfo(frames, fps, frames / fps)
 
 
 def official_frame_indices(total: int, fps: float, sample_fps: float = 1.0, min_frames: int = 128,
@@ -57,21 +61,38 @@ def fixed_frame_indices(total: int, count: int) -> np.ndarray:
   return np.linspace(0, total - 1, min(total, count)).astype(int)
 
 
+def cache_frame_indices(total: int, duration: float, min_frames: int = 128) -> np.ndarray:
+  """The official feature-caching rule (spec §4.7): max(int(duration), min_frames) frames by
+  linspace, the last frame appended if missing; every frame of a video shorter than that."""
+  if total < min_frames:
+    return np.arange(total)
+  idx = np.linspace(0, total - 1, max(int(duration), min_frames)).astype(int)
+  return idx if idx[-1] == total - 1 else np.append(idx, total - 1)
+
+
+def cached_feature_indices(num_features: int, duration: float) -> np.ndarray:
+  """The official rule for reading cached features: min(T, int(duration)) of them by linspace."""
+  n = max(1, min(num_features, int(duration)))
+  return np.linspace(0, num_features - 1, n).astype(int)
+
+
 # Decoded frames trail submitted packets by the decoder's threads and B-frame reordering; the
 # skip is lifted this many frames before a target so that the target itself is decoded.
 _SKIP_MARGIN = 24
 
 
 def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2.0,
-                  resample: str = "swscale") -> np.ndarray:
-  """Frames at `indices` (ascending) as uint8 [N, size, size, 3], resized bicubic: by FFmpeg's
-  scaler while converting (`swscale`, fast), or by PIL from the full-size frame (`pil`, what the
-  official SigLIP processor does, pixel for pixel).
+                  resample: str = "pil") -> np.ndarray:
+  """Frames at `indices` (ascending) as uint8 [N, size, size, 3], resized bicubic: by PIL from
+  the full-size frame (`pil`, what the official SigLIP processor does, pixel for pixel), or by
+  FFmpeg's scaler while converting (`swscale`: faster, about 1% different).
 
   Seeks to the keyframe before a target when it is more than `seek_gap` seconds past the last
   decoded frame, and decodes forward from there; frames nothing refers to are not decoded
   while the next target is more than `_SKIP_MARGIN` frames away.
   """
+  if resample not in RESAMPLE:
+    raise ValueError(f"resample={resample!r}: expected one of {RESAMPLE}")
   indices = np.asarray(indices)
   if len(indices) == 0 or np.any(np.diff(indices) < 0):
     raise ValueError(f"{path}: frame indices must be non-empty and ascending")

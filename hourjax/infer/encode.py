@@ -20,14 +20,15 @@ def _encoder(model: Any) -> Any:
 
 
 def video_features(model: Any, params: Any, path: str, indices: np.ndarray, size: int,
-                   chunk: int = 128) -> np.ndarray:
+                   chunk: int = 128, resample: str = "pil") -> np.ndarray:
   """Frames `indices` of the video at `path` -> float32 [T, pool^2, C], `chunk` frames per call
-  (the last chunk is padded, so one program serves every chunk)."""
+  (the last chunk is padded, so one program serves every chunk); frames resized as training and
+  the official processor do (PIL bicubic) unless `resample="swscale"`."""
   encode = _encoder(model)
   chunk = min(chunk, len(indices))
   out = []
   for start in range(0, len(indices), chunk):
-    frames = video.decode_frames(path, indices[start:start + chunk], size)
+    frames = video.decode_frames(path, indices[start:start + chunk], size, resample=resample)
     n = len(frames)
     if n < chunk:
       frames = np.concatenate([frames, np.zeros((chunk - n, *frames.shape[1:]), frames.dtype)])

@@ -1,9 +1,11 @@
 """Answers from Hour-LLaVA: prefill the KV cache with the prompt (video memory -> decayed queries
 -> MemAug -> LLM), then decode one token per step in a `lax.while_loop`, greedy or sampled
-(temperature, top-p), until every prompt of the batch has produced `<|im_end|>`.
+(temperature, top-p), until every prompt of the batch has produced a stop token (`<|im_end|>` or
+`<|endoftext|>`, `ChatTokenizer.stop_ids`).
 
     batch = collate([sample, ...], cfg, buckets)          # prompts of any lengths, right-padded
-    tokens, n = generate(model, params, batch, jax.random.key(0), Sampling(max_new_tokens=64), end_id)
+    tokens, n = generate(model, params, batch, jax.random.key(0), Sampling(max_new_tokens=64),
+                         tokenizer.stop_ids)
 
 One compiled program per (bucket, Sampling). Random forgetting (the official default) makes an
 answer depend on the key; a fixed key, or `forgetting.spatial="uniform"`, makes it reproducible.
@@ -11,13 +13,15 @@ answer depend on the key; a fixed key, or `forgetting.spatial="uniform"`, makes 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hourjax.constants import IMAGE
 from hourjax.data import chat
+from hourjax.data.chat import ChatTokenizer
 from hourjax.data.batching import Buckets, collate
 from hourjax.models.hour_llava import HourLlavaConfig
 
@@ -47,8 +51,8 @@ def sample_token(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.A
 _PROGRAMS: dict[Any, Any] = {}
 
 
-def _program(model: Any, sampling: Sampling, end_id: int, modality: str, on_token: Any) -> Any:
-  key = (model, sampling, end_id, modality, on_token)
+def _program(model: Any, sampling: Sampling, stop_ids: tuple[int, ...], modality: str, on_token: Any) -> Any:
+  key = (model, sampling, stop_ids, modality, on_token)
   if key in _PROGRAMS:
     return _PROGRAMS[key]
 
@@ -61,6 +65,7 @@ def _program(model: Any, sampling: Sampling, end_id: int, modality: str, on_toke
     pre = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], **inputs,
                       cache_len=out_len + sampling.max_new_tokens)
     b, n = pre["lengths"].shape[0], sampling.max_new_tokens
+    stops, end_id = jnp.asarray(stop_ids, jnp.int32), stop_ids[0]
     state = (jnp.zeros((), jnp.int32), jnp.full((b, n), end_id, jnp.int32), jnp.zeros((b,), bool),
              pre["last_logits"], pre["cache"], pre["lengths"])
 
@@ -70,47 +75,46 @@ def _program(model: Any, sampling: Sampling, end_id: int, modality: str, on_toke
       tokens = tokens.at[:, i].set(token)
       if on_token is not None:          # streaming: the host sees each token as it is chosen
         jax.debug.callback(on_token, token, done, ordered=True)
-      done = done | (token == end_id)
+      done = done | jnp.isin(token, stops)
       logits, cache = model.apply({"params": params}, token, positions, cache, method="decode_step")
       return i + 1, tokens, done, logits, cache, positions + 1
 
     _, tokens, done, *_ = jax.lax.while_loop(lambda s: (s[0] < n) & ~jnp.all(s[2]), step, state)
-    lengths = jnp.argmax(jnp.concatenate([tokens == end_id, jnp.ones((b, 1), bool)], 1), 1)
+    lengths = jnp.argmax(jnp.concatenate([jnp.isin(tokens, stops), jnp.ones((b, 1), bool)], 1), 1)
     return tokens, lengths
 
   _PROGRAMS[key] = jax.jit(run)
   return _PROGRAMS[key]
 
 
-def generate(model: Any, params: Any, batch: dict, rng: jax.Array, sampling: Sampling, end_id: int,
-             modality: str = "video", on_token: Any = None) -> tuple[np.ndarray, np.ndarray]:
+def generate(model: Any, params: Any, batch: dict, rng: jax.Array, sampling: Sampling,
+             stop_ids: int | Sequence[int], modality: str = "video", on_token: Any = None) -> tuple[np.ndarray, np.ndarray]:
   """A collated batch of prompts (no labels needed) -> (tokens [B, max_new_tokens], how many of
-  them precede `end_id` per prompt). `on_token(tokens [B], finished [B])` is called on the host
-  after every decoding step."""
+  them precede the first stop token per prompt). `on_token(tokens [B], finished [B])` is called
+  on the host after every decoding step."""
+  stops = (int(stop_ids),) if isinstance(stop_ids, (int, np.integer)) else tuple(int(i) for i in stop_ids)
   arrays = {k: v for k, v in batch.items() if k not in ("meta", "labels")}
-  tokens, lengths = _program(model, sampling, end_id, modality, on_token)(params, arrays, rng)
+  tokens, lengths = _program(model, sampling, stops, modality, on_token)(params, arrays, rng)
   return np.asarray(tokens), np.asarray(lengths)
 
 
-def prompt_ids(tokenizer: Any, question: str, duration: float | None = None, num_frames: int = 0) -> np.ndarray:
-  """System + user turn (with `<image>` and, given a duration, the time instruction) + the
-  assistant header."""
-  turns = [{"from": "human", "value": "<image>\n" + question}]
+def prompt_ids(tokenizer: ChatTokenizer, question: str, duration: float | None = None,
+               num_frames: int = 0) -> np.ndarray:
+  """The system message, one user turn about a video and the assistant header, formed as training
+  forms a record `"<image>\nquestion"`: with a duration, the time instruction goes first."""
+  turns = [{"from": "human", "value": question if IMAGE in question else f"{IMAGE}\n{question}"}]
   if duration is not None:
     turns = chat.with_time_instruction(turns, duration, num_frames)
-  ids, _ = chat.tokenize_conversation(tokenizer, turns)
-  header = tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False)
-  return np.concatenate([ids, np.asarray(header, np.int32)])
+  return chat.generation_prompt(tokenizer, chat.normalise_placeholders(turns))
 
 
-def answer(model: Any, params: Any, cfg: HourLlavaConfig, tokenizer: Any, question: str, pixels: np.ndarray, *,
-           duration: float | None = None, sampling: Sampling = Sampling(max_new_tokens=24),
+def answer(model: Any, params: Any, cfg: HourLlavaConfig, tokenizer: ChatTokenizer, question: str,
+           pixels: np.ndarray, *, duration: float | None = None, sampling: Sampling = Sampling(max_new_tokens=24),
            buckets: Buckets = Buckets(frames=(128, 256, 512, 1024, 2048, 3600), text=(256, 1024)),
            rng: jax.Array | None = None) -> str:
   """One question about one video (uint8 frames [T, S, S, 3] at 1 FPS) -> the answer text."""
   ids = prompt_ids(tokenizer, question, duration, len(pixels))
   sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "pixels": pixels}
-  end = tokenizer.convert_tokens_to_ids("<|im_end|>")
   tokens, n = generate(model, params, collate([sample], cfg, buckets), jax.random.key(0) if rng is None else rng,
-                       sampling, end)
-  return tokenizer.decode(tokens[0, :n[0]].tolist(), skip_special_tokens=True).strip()
+                       sampling, tokenizer.stop_ids)
+  return tokenizer.decode(tokens[0, :n[0]].tolist()).strip()

@@ -8,7 +8,8 @@ import jax
 import jax.numpy as jnp
 
 from hourjax.models.forgetting import ForgettingConfig, image_layout
-from hourjax.models.hour_llava import IMAGE_TOKEN_INDEX, HourLlava, HourLlavaConfig
+from hourjax.constants import IMAGE_TOKEN_INDEX
+from hourjax.models.hour_llava import HourLlava, HourLlavaConfig
 from hourjax.models.memaug import MemAug, MemAugConfig
 from hourjax.models.qwen2 import Qwen2, Qwen2Config
 from hourjax.models.siglip import SiglipConfig, SiglipVision

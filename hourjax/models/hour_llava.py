@@ -32,10 +32,8 @@ from hourjax.models.layers import dense, gelu_exact
 from hourjax.models.memaug import MemAug, MemAugConfig
 from hourjax.models.qwen2 import KVCache, Qwen2, Qwen2Config
 from hourjax.models.siglip import SiglipConfig, SiglipVision
-from hourjax.ops.loss import IGNORE_INDEX
+from hourjax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from hourjax.parallel import axes as ax
-
-IMAGE_TOKEN_INDEX = -200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,11 +45,18 @@ class HourLlavaConfig:
   feature_layer: int = -1          # SigLIP layer read (HF hidden_states index), before post-LN
   pool_size: int = 8               # video frames: bilinear resize of the patch grid to pool x pool
   use_memaug: bool = True          # False: decayed queries go straight to the LLM (baseline)
+  max_length: int = 32768          # LLM tokens kept after the visual tokens are spliced in (official
+                                   # `tokenizer_model_max_length`: longer sequences are cut there)
+  vision_grad_frames: int = 128    # videos of more frames give SigLIP no gradient (the official
+                                   # chunked `no_grad` encoding); 0: always a gradient
 
   def __post_init__(self):
     if self.memaug.hidden_size != self.llm.hidden_size:
       raise ValueError(f"memaug.hidden_size={self.memaug.hidden_size} must equal "
                        f"llm.hidden_size={self.llm.hidden_size}")
+    if self.max_length < 1 or self.vision_grad_frames < 0:
+      raise ValueError(f"max_length={self.max_length} must be >= 1 and vision_grad_frames="
+                       f"{self.vision_grad_frames} >= 0")
 
 
 def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
@@ -150,7 +155,7 @@ class HourLlava(nn.Module):
     pixel_values [B, T, h, w, 3] or pre-pooled SigLIP `features` [B, T, 64, C];
     layout from `forgetting.video_layout` / `image_layout`; rng for random forgetting.
     Returns logits [B, L', V], labels [B, L'] aligned to them (ignore_index on visual tokens
-    and padding) and attention_mask [B, L']; with head=False "hidden" (the LLM's final-normed
+    and padding) and attention_mask [B, L'] (L' at most `max_length`: the rest is cut); with head=False "hidden" (the LLM's final-normed
     states [B, L', H]) replaces "logits", for a loss that applies the head in chunks.
     With `cache_len` (inference prefill; prompts right-padded) the LLM fills a KVCache of that
     many slots and the result is {"last_logits" [B, V] (each prompt's last token), "cache",
@@ -171,6 +176,9 @@ class HourLlava(nn.Module):
 
     if features is None:
       siglip = self.encode_frames(pixel_values, pool=modality == "video")
+      if c.vision_grad_frames:
+        long = jnp.max(jnp.asarray(layout.source_frame), 1) + 1 > c.vision_grad_frames   # input frames
+        siglip = jnp.where(long[:, None, None, None], jax.lax.stop_gradient(siglip), siglip)
     else:
       siglip = features.reshape(*features.shape[:2], -1, features.shape[-1])
     frames = self.projector(siglip.astype(self.dtype))                       # [B, T, g, H]
@@ -269,7 +277,7 @@ class HourLlava(nn.Module):
     labels = jnp.where(valid, labels, IGNORE_INDEX)
     pos = jnp.arange(length)[None]
     n_vis = 0 if visual is None else visual.shape[1]
-    out_len = length if visual is None else length - 1 + n_vis
+    out_len = min(length if visual is None else length - 1 + n_vis, self.cfg.max_length)   # cut, as official
     n_visual = jnp.zeros((b, 1), jnp.int32) if visual is None else visual_mask.sum(1, keepdims=True)
     rank = jnp.cumsum(valid, 1) - 1
     slots = jnp.where(valid, rank + jnp.where(pos > split, n_visual, 0), out_len)
@@ -280,16 +288,16 @@ class HourLlava(nn.Module):
       embeds = embeds + _scatter(out_len, vis_slots, visual.astype(text.dtype))
     llm_labels = jnp.full((b, out_len), IGNORE_INDEX).at[jnp.arange(b)[:, None], slots].set(
         labels, mode="drop")
-    mask = jnp.arange(out_len)[None] < valid.sum(1, keepdims=True) + n_visual
+    mask = jnp.arange(out_len)[None] < valid.sum(1, keepdims=True) + n_visual      # slots past out_len drop
     self.sow("intermediates", "inputs_embeds", embeds)
     if cache_len is not None:
       if cache_len < out_len:
         raise ValueError(f"cache_len={cache_len} is shorter than the prompt's {out_len} LLM tokens")
       lengths = mask.sum(1)
       cache = KVCache.create(self.cfg.llm, b, cache_len, self.dtype)
-      logits, cache = self.llm(inputs_embeds=embeds, attention_mask=mask, cache=cache,
+      hidden, cache = self.llm(inputs_embeds=embeds, attention_mask=mask, cache=cache, head=False,
                                positions=jnp.broadcast_to(jnp.arange(out_len), (b, out_len)))
-      last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
-      return {"last_logits": last, "cache": cache, "lengths": lengths}
+      last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)     # [B, 1, H]
+      return {"last_logits": self.llm.logits(last)[:, 0], "cache": cache, "lengths": lengths}
     out, _ = self.llm(inputs_embeds=embeds, attention_mask=mask, head=head)
     return {"logits" if head else "hidden": out, "labels": llm_labels, "attention_mask": mask}

@@ -195,14 +195,15 @@ class Qwen2(nn.Module):
     if zigzag:
       x = attn_ops.zigzag(x, inverse=True)
     x = self.norm(x)
-    if not head:   # the training loss applies the head chunk by chunk (ops.loss)
-      return x, None
-    if self.cfg.tie_word_embeddings:
-      logits = self.embed_tokens.attend(x)
-    else:
-      logits = self.lm_head(x)
-    logits = ax.constrain(logits.astype(jnp.float32), (ax.BATCH, ax.LENGTH, ax.ACT_VOCAB))
+    # head=False: the training loss applies the head chunk by chunk (ops.loss), a prefill only
+    # at each prompt's last token
+    out = self.logits(x) if head else x
     if cache is None:
-      return logits, None
-    return logits, KVCache(new_kv[0], new_kv[1], key_valid, start + t)
+      return out, None
+    return out, KVCache(new_kv[0], new_kv[1], key_valid, start + t)
+
+  def logits(self, x: jax.Array) -> jax.Array:
+    """Final-normed hidden states [B, T, H] -> float32 logits [B, T, V]."""
+    logits = self.embed_tokens.attend(x) if self.cfg.tie_word_embeddings else self.lm_head(x)
+    return ax.constrain(logits.astype(jnp.float32), (ax.BATCH, ax.LENGTH, ax.ACT_VOCAB))
 

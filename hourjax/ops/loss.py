@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = -100
+from hourjax.constants import IGNORE_INDEX
 
 
 def answer_tokens(labels: jax.Array, template_ids: tuple[int, ...] = ()) -> jax.Array:

@@ -112,8 +112,11 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   counters = DataCounters()
   run_dict = {"config": run.to_dict(), "workdir": os.path.abspath(workdir)}
 
-  tokenizer = "" if decoder_only else run.data.read.tokenizer
-  template = chat.template_ids(chat.load_tokenizer(tokenizer)) if tokenizer else ()
+  tok_path = run.data.tokenizer if decoder_only else run.data.read.tokenizer
+  tokenizer = chat.load_tokenizer(tok_path) if tok_path else None
+  if tokenizer is not None:
+    tokenizer.check_vocab(full_cfg.llm.vocab_size)
+  template = tokenizer.template_ids() if tokenizer is not None and not decoder_only else ()
 
   def loss(params, batch, rng, modality):
     if decoder_only:

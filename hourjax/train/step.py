@@ -34,7 +34,7 @@ class TrainState:
 def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array, modality: str = "video",
             template_ids: tuple[int, ...] = ()) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean next-token CE over the batch's supervised tokens; aux counts them, and the answer
-  tokens (not in `template_ids`, e.g. `chat.template_ids(tokenizer)`) the argmax gets right."""
+  tokens (not in `template_ids`, e.g. `tokenizer.template_ids()`) the argmax gets right."""
   out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
                     layout=batch.get("layout"), features=batch.get("features"),
                     pixel_values=batch.get("pixel_values"), modality=modality, rng=rng, head=False)

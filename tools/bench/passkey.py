@@ -57,11 +57,11 @@ def retrieval(params, cfg, tokenizer, context: int, n: int, seed: int) -> float:
   words = max(8, int(context / 1.75))      # ~1.75 tokens per filler word with the tiny tokenizer
   while len(rows) < n:
     text, key = document(rng, words)
-    ids = tokenizer.encode(text, add_special_tokens=False)
+    ids = tokenizer.encode(text)
     if len(ids) > context:
       words = int(words * 0.95)
       continue
-    digits = tokenizer.encode(" " + key + ".", add_special_tokens=False)[:-1]
+    digits = tokenizer.encode(" " + key + ".")[:-1]
     rows.append(ids)
     key_at.append((len(ids) - len(digits) - 1, len(digits)))
   ids = np.zeros((n, context), np.int32)

@@ -1,13 +1,16 @@
 """Convert weights between PyTorch/HF directories and hourjax checkpoints.
 
-  # PyTorch -> hourjax (kind read from config.json: siglip, qwen2, llava_onevision, hour_llava);
+  # PyTorch -> hourjax (kind read from config.json: siglip, qwen2, llava_onevision, llava
+  # (LLaVA-NeXT / OneVision originals: model_type llava or llava_qwen), hour_llava);
   # --scan-layers stores the layers stacked for nn.scan (the training layout)
   python -m tools.convert_torch.convert to-jax /ckpt/llava-onevision-qwen2-7b-si /ckpt/hj-ov7b --scan-layers
   # hourjax -> PyTorch (the kind it came from, or --kind llava_onevision / hour_llava / ...)
   python -m tools.convert_torch.convert to-torch /ckpt/hj-ov7b /ckpt/back --dtype bfloat16
 
-Export reads either layer layout. Tensors are converted one at a time; a missing, unexpected or wrongly shaped tensor stops the
-conversion with its name. From LLaVA-OneVision, MemAug is initialised from --seed (logged).
+Export reads either layer layout. Tensors are converted one at a time; a missing, unexpected or
+wrongly shaped tensor (even one of the right size), a truncated file, a tied head that is not a
+copy of the embeddings, or NaN / inf weights (unless --allow-nonfinite) stop the conversion with
+the file and tensor named. From LLaVA checkpoints, MemAug is initialised from --seed (logged).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ def main(argv=None) -> int:
   a.add_argument("--kind", choices=api.SOURCE_KINDS, help="default: from config.json model_type")
   a.add_argument("--seed", type=int, default=0, help="PRNG seed for weights the source lacks (MemAug)")
   a.add_argument("--scan-layers", action="store_true", help="store layers stacked (nn.scan layout)")
+  a.add_argument("--allow-nonfinite", action="store_true", help="convert NaN / inf weights instead of failing")
   b = sub.add_parser("to-torch", help="hourjax checkpoint -> PyTorch/HF directory")
   b.add_argument("src")
   b.add_argument("out")
@@ -41,7 +45,7 @@ def main(argv=None) -> int:
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   if args.direction == "to-jax":
     conv = api.import_torch(args.src, args.kind, key=jax.random.key(args.seed),
-                            scan_layers=args.scan_layers)
+                            scan_layers=args.scan_layers, allow_nonfinite=args.allow_nonfinite)
     io.save_params(args.out, conv.params, conv.kind, conv.config, conv.source_config, conv.source_kind)
     n = build.count_params(conv.params)
     print(f"{args.src} ({conv.source_kind}) -> {args.out}: {conv.kind}, {n:,} parameters"
