@@ -36,6 +36,8 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", default="/tmp/hourjax_demo")
   p.add_argument("--steps", type=int, default=150)
   p.add_argument("--videos", type=int, default=32, help="training videos (held out: a quarter as many)")
+  p.add_argument("--tokenizer", default="", help="a tokenizer directory instead of the small BPE trained "
+                 "here, e.g. the real Qwen2 one (python -m tools.qwen_tokenizer); the LLM's vocabulary grows to fit")
   p.add_argument("overrides", nargs="*", help="key=value overrides of configs/hour_llava.py:tiny,stage=3")
   a = p.parse_args(argv)
   from absl import flags
@@ -55,10 +57,11 @@ def main(argv=None) -> int:
   print(f"[1/5] synthetic QA videos in {a.workdir}/data", flush=True)
   records = _dataset(train_dir, a.videos, seed=0)
   held = _dataset(held_dir, max(2, a.videos // 4), seed=1)
-  tok_dir = os.path.join(a.workdir, "tokenizer")
+  tok_dir = a.tokenizer or os.path.join(a.workdir, "tokenizer")
   if not os.path.exists(tok_dir):
     save_tiny_tokenizer(tok_dir, [t["value"] for r in records for t in r["conversations"]])
   tokenizer = chat.load_tokenizer(tok_dir)
+  vocab = [f"model.llm.vocab_size={-(-len(tokenizer) // 128) * 128}"] if a.tokenizer else []
   print(f"      {len(records)} training videos, {len(held)} held out, "
         f"{sum(len(r['conversations']) // 2 for r in records)} training questions", flush=True)
 
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
   batch = math.lcm(4, jax.device_count())     # every device gets whole samples
   run = load(config + ":tiny,stage=3", [f"data.root={train_dir}", f"data.read.tokenizer={tok_dir}",
                                         f"train.steps={a.steps}", "train.checkpoint_every=50",
-                                        f"data.batch_size={batch}", *a.overrides])
+                                        f"data.batch_size={batch}", *vocab, *a.overrides])
   cfg = model_config(run.model)
   model = build.build("hour_llava", cfg)
   held_data = run.data.copy_and_resolve_references()

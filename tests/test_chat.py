@@ -2,6 +2,7 @@
 tokenizer that has its own `<image>`, on the official fixture's vocabulary, and on the demo's
 tiny BPE: all through the same code, compared with an independent re-implementation of the
 official preprocessing (tests/official_preprocess.py)."""
+import functools
 import json
 
 import numpy as np
@@ -51,13 +52,17 @@ def tokenizer_dir(request, qwen2_tokenizer, qwen25_tokenizer, tmp_path_factory):
   return save_tiny_tokenizer(str(tmp_path_factory.mktemp("tiny")))
 
 
+@functools.lru_cache(maxsize=None)
+def _hf(tokenizer_dir):
+  return transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
 def _official(tokenizer_dir, conv, has_image, duration=None):
   if duration is not None:
     conv = official.time_instruction(conv, duration, 37)
   if has_image:
     conv = official.preprocess_multimodal(conv)
-  hf = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-  return official.preprocess_qwen(conv, hf, tokenizer_dir, has_image)
+  return official.preprocess_qwen(conv, _hf(tokenizer_dir), tokenizer_dir, has_image)
 
 
 def _ours(tok, conv, has_image, duration=None):

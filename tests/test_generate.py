@@ -57,6 +57,21 @@ def test_cached_generation_equals_full_recompute():
     assert lengths[i] == (expected.index(end_id) if end_id in expected else n)
 
 
+def test_generation_stops_at_any_stop_token():
+  """Qwen2's answers end at <|im_end|> or <|endoftext|>: any of the stop ids ends a prompt, and
+  what it produced before stays the same."""
+  model, params = build.build("hour_llava", CFG), build.init_params("hour_llava", CFG, jax.random.key(0))
+  batch = collate(_prompts(np.random.default_rng(0)), CFG, BUCKETS)
+  never = CFG.llm.vocab_size - 1
+  free, _ = generate(model, params, batch, jax.random.key(1), Sampling(max_new_tokens=6), (never,))
+  assert never not in free
+  second = int(free[0, 2])             # the third token of the first answer becomes a second stop id
+  tokens, lengths = generate(model, params, batch, jax.random.key(1), Sampling(max_new_tokens=6), (never, second))
+  first = free[0].tolist().index(second)
+  assert lengths[0] == first and tokens[0, :first].tolist() == free[0, :first].tolist()
+  assert (tokens[0, first + 1:] == never).all()     # padded with the first stop id after the end
+
+
 def test_sampling_keeps_to_the_nucleus():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   draws = jnp.stack([sample_token(logits, jax.random.key(i), Sampling(temperature=1.0, top_p=0.7))

