@@ -13,6 +13,14 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_force_host_platform_device_count=8").strip()
 
+# One persistent compilation cache for the session and the training processes tests launch: a
+# program compiled once (the same tiny model in many tests, or a restarted run) is not compiled
+# again. A fresh directory per session unless HOURJAX_TEST_CACHE names one to keep.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ.get("HOURJAX_TEST_CACHE") or tempfile.mkdtemp(prefix="jaxcc_")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 
