@@ -103,11 +103,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       max_length=32768, vision_grad_frames=128))      # official truncation and SigLIP no-grad rule
   # Mesh axis sizes (one may be -1: the remaining devices); see hourjax.parallel.mesh.
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
-  # The input pipeline (hourjax.data.pipeline.from_config). sources: dicts of
-  # hourjax.data.sources.Source (annotations, media, features, strategy, weight, group_qa).
+  # The input pipeline (hourjax.data.pipeline.from_config). sources: a tuple of dicts of
+  # hourjax.data.sources.Source (annotations, media, features, strategy, weight, group_qa);
+  # tuples, not lists, so that `--config.data.sources='({...},)'` overrides them.
   tiny = size == "tiny"
   cfg.data = ml_collections.ConfigDict(dict(
-      root="", sources=[], prepared="", seed=0, batch_size=8, epochs=0,
+      root="", sources=(), prepared="", seed=0, batch_size=8, epochs=0,
       workers=0, worker_buffer=2, threads=2, read_ahead=0,      # read_ahead 0: two batches
       buckets=dict(frames=(16, 32, 64) if tiny else (128, 256, 512, 1024, 2048, 3600),
                    text=(128, 256, 512) if tiny else (1024, 2048, 4096, 8192, 32768)),
@@ -136,8 +137,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     if tiny:
       cfg.data.batch_size, cfg.train.steps, cfg.train.checkpoint_every = 4, 60, 20
       cfg.data.root = "/tmp/hourjax_synth"
-      cfg.data.sources = [dict(annotations="annotations.jsonl")]
+      cfg.data.sources = (dict(annotations="annotations.jsonl"),)
     else:
       cfg.data.batch_size = st["batch"][size]
-      cfg.data.sources = [dict(s) for s in st["sources"]]
+      cfg.data.sources = tuple(dict(s) for s in st["sources"])
   return cfg

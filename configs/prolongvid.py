@@ -50,7 +50,7 @@ def context_extension(size: str) -> ml_collections.ConfigDict:
     cfg.model.llm.scan_layers = True
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=c["sequence"]))
   cfg.data = ml_collections.ConfigDict(dict(
-      documents=[], field="text", tokenizer="", seq_len=c["seq_len"], batch_size=c["batch_size"],
+      documents=(), field="text", tokenizer="", seq_len=c["seq_len"], batch_size=c["batch_size"],
       seed=0, epochs=0, threads=2, read_ahead=0))
   del cfg.train["stage"]      # an int in the video stages
   cfg.train.stage = "context_extension"
@@ -84,10 +84,10 @@ def get_config(arg: str = "7b,stage=1") -> ml_collections.ConfigDict:
   lo, hi = st["seconds"]
   if size == "tiny":
     # CPU-sized videos: the stage boundaries scaled down 4x (stage 1: under 30 s, ...).
-    cfg.data.sources = [dict(annotations="annotations.jsonl", min_seconds=lo / 4, max_seconds=hi / 4)]
+    cfg.data.sources = (dict(annotations="annotations.jsonl", min_seconds=lo / 4, max_seconds=hi / 4),)
   else:
-    cfg.data.sources = [dict(annotations=f"ProLongVid_data/stage{stage}.json", media="ProLongVid_data/videos",
-                             min_seconds=lo, max_seconds=hi)]
+    cfg.data.sources = (dict(annotations=f"ProLongVid_data/stage{stage}.json", media="ProLongVid_data/videos",
+                             min_seconds=lo, max_seconds=hi),)
     cfg.data.batch_size = 128
   cfg.data.buckets.frames = (st["frames"],)
   return cfg

@@ -131,7 +131,7 @@ def encode_split(study: Study, items, cache: str) -> np.ndarray:
   if os.path.exists(cache):
     return np.load(cache)
   import jax
-  from hourjax.data.long_video_mcq import render
+  from hourjax.synthetic.long_video_mcq import render
   from hourjax.models import build
   cfg = model_config(study)
   model = build.build("hour_llava", cfg)
@@ -151,8 +151,8 @@ def encode_split(study: Study, items, cache: str) -> np.ndarray:
 def save_tokenizer(path: str, items) -> None:
   """A tiny BPE trained on the benchmark's few distinct texts, so each spells in few tokens and
   every option word is one token."""
-  from hourjax.data.long_video_mcq import QUESTIONS
-  from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
+  from hourjax.synthetic.long_video_mcq import QUESTIONS
+  from hourjax.synthetic.tokenizer import save_tiny_tokenizer
   prompts = {t["value"] for it in items for t in it.conversation()}
   template = ["<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n",
               "<|im_end|>\n<|im_start|>assistant\n"]
@@ -174,47 +174,50 @@ def tokenize(items, tokenizer) -> dict[str, np.ndarray]:
 
 @functools.lru_cache(maxsize=None)
 def _compiled(study: Study, name: str):
-  """(model config, optimizer, layout, jitted train step, jitted scorer): one compile per arm."""
+  """(model config, the training program, layout, jitted scorer): one compile per arm. The step
+  is program.build's (hourjax.train.program), on one device."""
   import jax
-  from hourjax.models import build
   from hourjax.models.forgetting import video_layout
-  from hourjax.train import step as step_lib
+  from hourjax.parallel import mesh as mesh_lib
+  from hourjax.train import program as program_lib
   from hourjax.train.evaluate import choose_option
-  from hourjax.train.optimizer import OptimizerConfig, make_optimizer
+  from hourjax.train.optimizer import OptimizerConfig
   cfg = model_config(study, next(a for a in ARMS if a.name == name))
-  model = build.build("hour_llava", cfg)
   opt = OptimizerConfig(lr=dict(projector=study.lr, memaug=study.lr, llm=study.lr), warmup_ratio=0.05)
-  tx = make_optimizer(opt, build.abstract_params("hour_llava", cfg), study.steps)
+  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}, jax.devices()[:1])
+  program = program_lib.Program(program_lib.Task("hour_llava", cfg), opt, mesh, study.steps)
   layout = video_layout([study.frames] * study.batch, cfg.forgetting)
-  step = jax.jit(step_lib.make_train_step(functools.partial(step_lib.loss_fn, model), tx), donate_argnums=0)
-  score = jax.jit(lambda p, b: choose_option(model, p, {k: v for k, v in b.items() if k != "options"},
-                                             jax.random.key(99), b["options"]))
-  return cfg, tx, layout, step, score
+  score = jax.jit(lambda p, b, o: choose_option(program.model, p, b, jax.random.key(99), o))
+  return cfg, program, layout, score
+
+
+def _batch(arrays: dict, rows: np.ndarray, layout):
+  from hourjax.data.batch import VideoBatch
+  return VideoBatch(arrays["input_ids"][rows], arrays["attention_mask"][rows], arrays["labels"][rows], layout,
+                    features=arrays["features"][rows])
 
 
 def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log) -> dict[int, dict]:
   """Trains and scores one arm for each seed (compiled once per arm)."""
   import jax
-  from hourjax.data.long_video_mcq import TASKS
+  from hourjax.synthetic.long_video_mcq import TASKS
   from hourjax.models import build
-  from hourjax.train import step as step_lib
-  cfg, tx, layout, step, score = _compiled(study, arm.name)
+  cfg, program, layout, score = _compiled(study, arm.name)
   n_train, n_test = len(data["input_ids"]), len(test["input_ids"])
 
   def predict(params) -> np.ndarray:
     preds = []
     for s in range(0, n_test, study.batch):
       rows = np.arange(s, s + study.batch) % n_test      # the last batch wraps; extras are dropped
-      batch = {k: v[rows] for k, v in test.items() if k not in ("answer", "task", "dropped")}
-      batch["layout"] = layout
-      preds.append(np.asarray(score(params, batch))[:min(study.batch, n_test - s)])
+      preds.append(np.asarray(score(params, _batch(test, rows, layout), test["options"][rows]))[
+          :min(study.batch, n_test - s)])
     return np.concatenate(preds)
 
   results = {}
   for seed in seeds:
     t0 = time.time()
     params = width_scaled(build.init_params("hour_llava", cfg, jax.random.key(seed)))
-    state = step_lib.init_state(params, tx)
+    state = program.init_state(params)
     order = np.random.default_rng(seed)
     perm, at, losses = order.permutation(n_train), 0, []
     rng = jax.random.key(seed)
@@ -224,9 +227,7 @@ def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log) -> dict[
         perm, at = order.permutation(n_train), 0
       rows = np.sort(perm[at:at + study.batch])
       at += study.batch
-      batch = {k: v[rows] for k, v in data.items()}
-      batch["layout"] = layout
-      state, metrics = step(state, batch, rng)
+      state, metrics = program.step(state, _batch(data, rows, layout), rng)
       if i % 50 == 0 or i == study.steps - 1:
         losses.append((i, float(metrics["loss"])))
       if study.eval_every and (i + 1) % study.eval_every == 0 and i + 1 < study.steps:
@@ -347,7 +348,7 @@ def main(argv=None) -> int:
   from absl import flags
   flags.FLAGS.mark_as_parsed()
   from hourjax.data import chat
-  from hourjax.data.long_video_mcq import QUESTIONS, SPLIT_SEEDS, TASKS, make_split
+  from hourjax.synthetic.long_video_mcq import QUESTIONS, SPLIT_SEEDS, TASKS, make_split
 
   study = SMOKE if a.smoke else Study()
   if a.steps:

@@ -1,7 +1,7 @@
 """Compile the real training step for a TPU topology on this CPU-only host, and say if it fits.
 
   # Hour-LLaVA 7B stage 3: one-hour video (3,600 memory frames, 512 retained), cached features
-  python -m launch.aot_compile --config configs/hour_llava.py:7b --topology v5p:4x4x4 \\
+  python -m launch.aot_compile --config configs/hour_llava.py:7b,stage=3 --topology v5p:4x4x4 \\
       --mesh data=1,fsdp=16,tensor=1,sequence=4 --batch 16 --frames 3600 --retained 512 --text 1024 \\
       --set model.llm.attention=ring model.memaug.attention=ring
   # ProLongVid's context-extension stage as configured: the decoder alone, 256K-token packed
@@ -15,7 +15,8 @@ compiled FLOPs, and fit against the chip's HBM. Layers are scanned (`--unrolled`
 and rematerialised with `--remat` (default full). Compiled FLOPs: XLA counts a loop body once,
 so `--flops` also compiles 1- and 2-layer unrolled variants of each layer stack and
 extrapolates linearly to the real depth (loops inside attention and the chunked LM head still
-count once, and Pallas kernels not at all; see docs/scaling.md). Topology names are libtpu's: v5p:2x2x1, v5p:4x4x4, v5e:4x4, v6e:4x4, ...
+count once, and Pallas kernels not at all; see docs/scaling.md). Topology names are libtpu's:
+v5p:2x2x1, v5p:4x4x4, v5e:4x4, v6e:4x4, ...
 """
 from __future__ import annotations
 
@@ -27,23 +28,20 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 
 from hourjax.config import load, model_config  # noqa: E402
 from hourjax.convert.layout import with_scan  # noqa: E402
-from hourjax.data.synthetic import abstract_batch  # noqa: E402
-from hourjax.models import build  # noqa: E402
-from hourjax.models.qwen2 import Qwen2Config  # noqa: E402
+from hourjax.data.batch import PackedBatch  # noqa: E402
 from hourjax.parallel import mesh as mesh_lib  # noqa: E402
+from hourjax.synthetic.batches import abstract_batch  # noqa: E402
 from hourjax.train import flops as flops_lib  # noqa: E402
-from hourjax.train import optimizer as opt_lib  # noqa: E402
-from hourjax.train import step as step_lib  # noqa: E402
+from hourjax.train import program as program_lib  # noqa: E402
 
 GiB = 2 ** 30
 # Peak dense bf16 FLOP/s and HBM bytes per chip (Google Cloud TPU documentation).
@@ -75,52 +73,29 @@ def chip(topology: str) -> tuple[float, float]:
 
 
 def set_depths(cfg, depths: dict[str, int]):
-  """The config with layer counts replaced (for the FLOP extrapolation)."""
-  llm = dataclasses.replace(cfg.llm, num_layers=depths["llm"])
-  if isinstance(cfg, Qwen2Config):
-    return llm
-  return dataclasses.replace(cfg, llm=llm, vision=dataclasses.replace(cfg.vision, num_layers=depths["vision"]),
+  """The Hour-LLaVA config with layer counts replaced (for the FLOP extrapolation)."""
+  return dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, num_layers=depths["llm"]),
+                             vision=dataclasses.replace(cfg.vision, num_layers=depths["vision"]),
                              memaug=dataclasses.replace(cfg.memaug, depth=depths["memaug"]))
 
 
-def depths_of(cfg) -> dict[str, int]:
-  if isinstance(cfg, Qwen2Config):
-    return {"llm": cfg.num_layers}
+def depths_of(task: program_lib.Task) -> dict[str, int]:
+  cfg = task.model
+  if task.name == "decoder":
+    return {"llm": cfg.llm.num_layers}
   return {"llm": cfg.llm.num_layers, "vision": cfg.vision.num_layers, "memaug": cfg.memaug.depth}
 
 
-def compile_step(kind: str, cfg, batch, mesh, dtype, pixels: bool, opt_cfg=None):
-  """Lower and compile the train step with abstract params/state/batch on `mesh`; the
-  optimizer is the run's (`opt_cfg`) or, for a config without a stage, stage 3's."""
-  model = build.build(kind, cfg, dtype=dtype, param_dtype=jnp.float32)
-  abstract = build.abstract_params(kind, cfg)
-  specs = mesh_lib.param_specs(build.logical_specs(kind, cfg), abstract, mesh)
-  if kind == "hour_llava":
-    # Stage 3: SigLIP frozen (features are cached; on the pixel path it still runs forward).
-    opt_cfg = opt_cfg or opt_lib.OptimizerConfig(lr={"projector": 1e-4, "memaug": 1e-4, "llm": 2e-5})
-    loss = lambda p, b, r: step_lib.loss_fn(model, opt_lib.stop_frozen(p, opt_cfg), b, r)
-  else:
-    opt_cfg = opt_cfg or opt_lib.OptimizerConfig(lr={"llm": 1e-5})
-    loss = functools.partial(step_lib.lm_loss_fn, model)
-  optimizer = opt_lib.make_optimizer(opt_cfg, abstract, steps=1000)
-  state_specs = step_lib.state_specs(optimizer, specs, abstract)
-  abstract_state = jax.eval_shape(lambda p: step_lib.init_state(p, optimizer), abstract)
-  state_sh = mesh_lib.shardings(state_specs, mesh)
-  batch_sh = jax.tree.map(lambda _: NamedSharding(mesh, mesh_lib.batch_spec(mesh)), batch)
-  with_sh = lambda tree, sh: jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, sh)
-  train_step = step_lib.make_train_step(loss, optimizer)
-  rng = jax.eval_shape(lambda: jax.random.key(0))
-  with mesh_lib.activate(mesh):
-    jitted = jax.jit(train_step, in_shardings=(state_sh, batch_sh, NamedSharding(mesh, PartitionSpec())),
-                     out_shardings=(state_sh, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
-    lowered = jitted.lower(with_sh(abstract_state, state_sh), with_sh(batch, batch_sh),
-                           jax.ShapeDtypeStruct(rng.shape, rng.dtype))
-    try:
-      return lowered.compile()
-    except jax.errors.JaxRuntimeError as e:
-      if "RESOURCE_EXHAUSTED" not in str(e):
-        raise
-      return DoesNotFit(str(e).split("RESOURCE_EXHAUSTED:")[-1].strip().splitlines()[0])
+def compile_step(task: program_lib.Task, batch, mesh, dtype, opt_cfg):
+  """Lower and compile the run's train step (program.build's, for abstract params, state and
+  batch on `mesh`)."""
+  program = program_lib.Program(task, opt_cfg, mesh, steps=1000, dtype=dtype)
+  try:
+    return program.lower(batch).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return DoesNotFit(str(e).split("RESOURCE_EXHAUSTED:")[-1].strip().splitlines()[0])
 
 
 @dataclasses.dataclass
@@ -132,7 +107,7 @@ class DoesNotFit:
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True, help="e.g. configs/hour_llava.py:7b")
-  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+  p.add_argument("--set", nargs="*", default=[], help="config overrides key=value (or --config.key=value)")
   p.add_argument("--topology", required=True, help="libtpu topology, e.g. v5p:4x4x4")
   p.add_argument("--mesh", help="axis sizes, e.g. data=1,fsdp=-1,tensor=1,sequence=1 (default: the config's)")
   p.add_argument("--batch", type=int, help="global batch, samples or sequences (default: the config's)")
@@ -148,19 +123,23 @@ def main(argv=None) -> int:
   p.add_argument("--pixels", action="store_true", help="raw frames through SigLIP instead of cached features")
   p.add_argument("--flops", action="store_true", help="also extrapolate compiled FLOPs over depth")
   p.add_argument("--json", help="write the report here too")
-  a = p.parse_args(argv)
+  from hourjax.config import split_overrides
+  own, flags_ = split_overrides(sys.argv[1:] if argv is None else argv)
+  a = p.parse_args(own)
+  a.set = flags_ + a.set
 
   run = load(a.config, [f"model.{k}.remat={a.remat}" for k in ("vision", "llm", "memaug")] + a.set)
+  if a.decoder_only:
+    run.train.decoder_only = True
   hl = with_scan(model_config(run.model), not a.unrolled)
-  a.decoder_only = a.decoder_only or run.train.get("decoder_only", False)
+  task = program_lib.Task(program_lib.task_of(run).name, hl)
   a.context = a.context or run.data.get("seq_len", 32768)
   a.batch = a.batch or run.data.batch_size
   mesh_sizes = parse_mesh(a.mesh) if a.mesh else dict(run.mesh)
-  lr = dict(run.train.optimizer.lr)
-  opt_cfg = None
-  if any(v > 0 for v in lr.values()):       # a stage config: compile with its optimizer
-    opt_cfg = opt_lib.OptimizerConfig(**{**run.train.optimizer.to_dict(), "lr": lr})
-  kind, cfg = ("qwen2", hl.llm) if a.decoder_only else ("hour_llava", hl)
+  try:
+    opt_cfg = program_lib.optimizer_config(run)      # the stage's optimizer, freezing included
+  except ValueError as e:
+    raise SystemExit(f"{a.config}: {e} (give a stage, e.g. {a.config.split(',')[0]},stage=3)") from None
   dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
   devices = tpu_devices(a.topology)
   mesh = mesh_lib.make_mesh(mesh_sizes, devices)
@@ -169,22 +148,21 @@ def main(argv=None) -> int:
   if a.batch % n_batch:
     raise SystemExit(f"--batch {a.batch} must divide by the {n_batch} batch shards of mesh {dict(mesh.shape)}")
 
-  if a.decoder_only:
+  if task.name == "decoder":
     def make_batch(c):
       s = jax.ShapeDtypeStruct((a.batch, a.context), jnp.int32)
-      return {"input_ids": s, "labels": s, "positions": s, "segment_ids": s}
-    analytic = flops_lib.decoder_step(cfg, a.batch, a.context)
+      return PackedBatch(s, s, s, s)
+    analytic = flops_lib.decoder_step(hl.llm, a.batch, a.context)
   else:
     def make_batch(c):
       b = abstract_batch(c, [a.frames] * a.batch, a.text, pixels=a.pixels, memory_frames=a.frames,
                          retained_frames=a.retained)
-      key = "pixel_values" if a.pixels else "features"
-      b[key] = jax.ShapeDtypeStruct(b[key].shape, dtype)
-      return b
-    analytic = flops_lib.hour_llava_step(cfg, a.batch, a.text, a.frames, a.frames, a.retained, a.pixels)
+      key = "pixels" if a.pixels else "features"
+      return b.replace(**{key: jax.ShapeDtypeStruct(getattr(b, key).shape, dtype)})
+    analytic = flops_lib.hour_llava_step(hl, a.batch, a.text, a.frames, a.frames, a.retained, a.pixels)
 
   t0 = time.perf_counter()
-  compiled = compile_step(kind, cfg, make_batch(cfg), mesh, dtype, a.pixels, opt_cfg)
+  compiled = compile_step(task, make_batch(hl), mesh, dtype, opt_cfg)
   seconds = time.perf_counter() - t0
   if isinstance(compiled, DoesNotFit):
     print(f"{a.config} {' '.join(a.set)}\n  topology {a.topology} ({len(devices)} chips), mesh "
@@ -198,8 +176,8 @@ def main(argv=None) -> int:
       - mem.alias_size_in_bytes
   report = {
       "config": a.config, "overrides": a.set, "topology": a.topology, "chips": len(devices),
-      "mesh": dict(mesh.shape), "batch": a.batch, **({"context": a.context} if a.decoder_only else {}),
-      "optimizer": {k: v for k, v in (opt_cfg.lr.items() if opt_cfg else ())}, "remat": a.remat, "scan_layers": not a.unrolled,
+      "mesh": dict(mesh.shape), "batch": a.batch, **({"context": a.context} if task.name == "decoder" else {}),
+      "optimizer": dict(opt_cfg.lr), "remat": a.remat, "scan_layers": not a.unrolled,
       "compile_seconds": round(seconds, 1),
       "per_device_gib": {"arguments": mem.argument_size_in_bytes / GiB, "temporaries": mem.temp_size_in_bytes / GiB,
                          "outputs": mem.output_size_in_bytes / GiB, "aliased": mem.alias_size_in_bytes / GiB,
@@ -209,7 +187,7 @@ def main(argv=None) -> int:
       "compiled_tflops_scanned_body_once": compiled.cost_analysis().get("flops", 0.0) * len(devices) / 1e12,
   }
   if a.flops:
-    report["compiled_tflops_extrapolated"] = extrapolate_flops(kind, cfg, make_batch, mesh, dtype, a.pixels) \
+    report["compiled_tflops_extrapolated"] = extrapolate_flops(task, make_batch, mesh, dtype, a.pixels, opt_cfg) \
         * len(devices) / 1e12
   # Analytic, not compiled: XLA cannot see the FLOPs inside Pallas kernels (splash) or count
   # loop trip counts, so compiled numbers are a cross-check, not the model FLOPs.
@@ -221,20 +199,22 @@ def main(argv=None) -> int:
   return 0
 
 
-def extrapolate_flops(kind, cfg, make_batch, mesh, dtype, pixels) -> float:
+def extrapolate_flops(task, make_batch, mesh, dtype, pixels, opt_cfg) -> float:
   """Per-device FLOPs of the full-depth step from unrolled 1- and 2-layer compiles per stack."""
-  full = depths_of(cfg)
-  ones = {k: 1 for k in full}
-  flat = with_scan(cfg, False) if kind == "hour_llava" else dataclasses.replace(cfg, scan_layers=False)
-  flops = lambda d: compile_step(kind, set_depths(flat, d), make_batch(set_depths(flat, d)), mesh, dtype,
-                                 pixels).cost_analysis()["flops"]
-  base = flops(ones)
+  full = depths_of(task)
+  ones = {"llm": 1, "vision": 1, "memaug": 1}
+  flat = with_scan(task.model, False)
+
+  def flops(d):
+    cfg = set_depths(flat, {**ones, **d})
+    return compile_step(dataclasses.replace(task, model=cfg), make_batch(cfg), mesh, dtype,
+                        opt_cfg).cost_analysis()["flops"]
+  base = flops({})
   total = base
   for stack, depth in full.items():
-    if kind == "hour_llava" and stack == "vision" and not pixels:
+    if task.name == "hour_llava" and stack == "vision" and not pixels:
       continue
-    per_layer = flops({**ones, stack: 2}) - base
-    total += (depth - 1) * per_layer
+    total += (depth - 1) * (flops({stack: 2}) - base)
   return total
 
 

@@ -69,14 +69,14 @@ def main(argv=None) -> int:
   loaded, batch, info = prepare(a)
   tok = loaded.tokenizer
   if a.show_prompt:
-    print(render_prompt(tok, batch["input_ids"][0][batch["attention_mask"][0] > 0],
+    print(render_prompt(tok, batch.input_ids[0][batch.attention_mask[0] > 0],
                         visual_tokens(loaded.cfg, batch)), flush=True)
 
   def show(token, finished):
     if not finished[0] and int(token[0]) not in tok.stop_ids:
       print(tok.decode([int(token[0])]), end="", flush=True)
 
-  n = len(batch["features"][0])
+  n = batch.frames
   print(f"{os.path.basename(a.video)}: {info.duration:.0f} s, {n} frames\nQ: {a.question}\nA: ", end="", flush=True)
   generate(loaded.model, loaded.params, batch, jax.random.key(a.seed),
            Sampling(a.temperature, a.top_p, a.max_new_tokens), tok.stop_ids, on_token=show)
@@ -88,7 +88,7 @@ def visual_tokens(cfg: Any, batch: dict) -> int:
   """How many visual tokens the LLM reads for the batch's first video (retained frames x
   (spatially kept tokens + newline))."""
   per_frame = cfg.forgetting.spatial_count(cfg.pool_size ** 2) + 1
-  return int(batch["layout"].num_retained[0]) * per_frame
+  return int(batch.layout.num_retained[0]) * per_frame
 
 
 if __name__ == "__main__":

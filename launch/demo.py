@@ -24,7 +24,7 @@ import numpy as np
 
 
 def _dataset(root: str, videos: int, seed: int) -> list[dict]:
-  from hourjax.data.synthetic_videos import write_dataset
+  from hourjax.synthetic.videos import write_dataset
   path = os.path.join(root, "annotations.jsonl")
   if not os.path.exists(path):
     write_dataset(root, num_videos=videos, seconds=(20, 48), fps=2, size=64, seed=seed)
@@ -38,15 +38,19 @@ def main(argv=None) -> int:
   p.add_argument("--videos", type=int, default=32, help="training videos (held out: a quarter as many)")
   p.add_argument("--tokenizer", default="", help="a tokenizer directory instead of the small BPE trained "
                  "here, e.g. the real Qwen2 one (python -m tools.qwen_tokenizer); the LLM's vocabulary grows to fit")
-  p.add_argument("overrides", nargs="*", help="key=value overrides of configs/hour_llava.py:tiny,stage=3")
-  a = p.parse_args(argv)
+  p.add_argument("overrides", nargs="*", help="overrides of configs/hour_llava.py:tiny,stage=3: "
+                 "--config.key=value (or key=value)")
+  from hourjax.config import split_overrides
+  own, flags_ = split_overrides(sys.argv[1:] if argv is None else argv)
+  a = p.parse_args(own)
+  a.overrides = flags_ + a.overrides
   from absl import flags
   flags.FLAGS.mark_as_parsed()
   from hourjax.config import load, model_config
   from hourjax.convert.io import load_params, save_params
   from hourjax.data import chat, pipeline, video
   from hourjax.data.batching import Buckets
-  from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
+  from hourjax.synthetic.tokenizer import save_tiny_tokenizer
   from hourjax.infer.generate import Sampling, answer as answer_question
   from hourjax.models import build
   from hourjax.parallel import mesh as mesh_lib
@@ -98,7 +102,7 @@ def main(argv=None) -> int:
 
   print("[2/5] held-out before training", flush=True)
   mesh = mesh_lib.make_mesh(dict(run.mesh))
-  before = held_out(mesh_lib.init_sharded("hour_llava", cfg, mesh, jax.random.key(run.train.seed)))
+  before = held_out(build.init_sharded("hour_llava", cfg, mesh, jax.random.key(run.train.seed)))
   print(f"      loss {before['loss']:.3f}, answer-token accuracy {before['accuracy']:.3f}, "
         f"exact answers {before['exact_match']:.3f} of {before['questions']} questions", flush=True)
 
@@ -112,7 +116,8 @@ def main(argv=None) -> int:
   params_dir = os.path.join(a.workdir, "params")
   save_params(params_dir, jax.device_get(state.params), "hour_llava", cfg)
   restored = load_params(params_dir)
-  same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(jax.device_get(state.params))))
+  trained = jax.tree.leaves(jax.device_get(state.params))
+  same = all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(restored), trained))
   after = held_out(restored)
   print(f"      restored equal to trained: {same}; held-out loss {before['loss']:.3f} -> {after['loss']:.3f}, "
         f"answer-token accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, exact answers "

@@ -171,8 +171,8 @@ def _generate(a, proto, todo, shard, scored) -> None:
       tokens_max, stops = pr.generation(doc.task, proto)
       sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "features": feats}
       batch = collate([sample], cfg, Buckets(frames=(len(feats),), text=(-(-len(ids) // 256) * 256,)))
-      tokens, k = generate(model, params, batch, jax.random.key(0), Sampling(max_new_tokens=a.max_new_tokens or tokens_max),
-                           tokenizer.stop_ids)
+      sampling = Sampling(max_new_tokens=a.max_new_tokens or tokens_max)
+      tokens, k = generate(model, params, batch, jax.random.key(0), sampling, tokenizer.stop_ids)
       response = pr.clean(pr.until(tokenizer.decode(tokens[0, :k[0]].tolist()), stops), proto)
       out.write(json.dumps(scored(doc, response)) + "\n")
       out.flush()

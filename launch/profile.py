@@ -1,9 +1,9 @@
 """Measure a training step or a prefill: time, throughput, compiled FLOPs and memory, MFU, and an
 XLA profiler trace.
 
-  python -m launch.profile --config configs/hour_llava.py:tiny --mode train --frames 64 --text 256 \\
+  python -m launch.profile --config configs/hour_llava.py:tiny,stage=3 --mode train --frames 64 --text 256 \\
       --batch 2 --steps 10 --trace /tmp/trace       # tensorboard --logdir /tmp/trace (Profile tab)
-  python -m launch.profile --config configs/hour_llava.py:7b --mode prefill --peak-flops 459e12 ...
+  python -m launch.profile --config configs/hour_llava.py:7b,stage=3 --mode prefill --peak-flops 459e12 ...
 
 Runs --warmup + --steps steps on a random batch of the given bucket and prints the median step
 time, tokens per second (text + visual LLM tokens), the compiled program's FLOPs
@@ -38,27 +38,24 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warmup: int,
             peak_flops: float, trace: str = "") -> dict:
   import jax
-  import jax.numpy as jnp
-  from hourjax.config import model_config
-  from hourjax.data.synthetic import synthetic_batch
-  from hourjax.models import build
-  from hourjax.train import optimizer as opt_lib
-  from hourjax.train import step as step_lib
-  cfg = model_config(run.model)
-  model = build.build("hour_llava", cfg, dtype=jnp.bfloat16 if run.train.dtype == "bfloat16" else jnp.float32)
-  params = build.init_params("hour_llava", cfg, jax.random.key(0))
+  from hourjax.synthetic.batches import synthetic_batch
+  from hourjax.train import program as program_lib
+  task = program_lib.task_of(run)
+  cfg = task.model
   data = synthetic_batch(cfg, jax.random.key(1), [frames] * batch, text)
   rng = jax.random.key(2)
-  if mode == "train":
-    opt_cfg = opt_lib.OptimizerConfig(lr={"projector": 1e-4, "memaug": 1e-4, "llm": 2e-5})
-    tx = opt_lib.make_optimizer(opt_cfg, params, 1000)
-    fn = jax.jit(step_lib.make_train_step(
-        lambda p, b, r: step_lib.loss_fn(model, opt_lib.stop_frozen(p, opt_cfg), b, r), tx), donate_argnums=0)
-    state = step_lib.init_state(params, tx)
-    args = (state, data, rng)
+  if mode == "train":         # the run's own program (its optimizer and freezing), on one device
+    from hourjax.parallel import mesh as mesh_lib
+    one = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}, jax.devices()[:1])
+    program = program_lib.build(run, mesh=one, steps=1000, task=task)
+    fn = program.step
+    args = (program.init_state(program.fresh_params(0)), data, rng)
   elif mode == "prefill":
-    fn = jax.jit(lambda p, b, r: model.apply({"params": p}, b["input_ids"], b["attention_mask"], layout=b["layout"],
-                                             features=b["features"], rng=r)["logits"])
+    from hourjax.models import build
+    model = build.build("hour_llava", cfg, dtype=program_lib.DTYPES[run.train.dtype])
+    params = build.init_params("hour_llava", cfg, jax.random.key(0))
+    fn = jax.jit(lambda p, b, r: model.apply({"params": p}, b.input_ids, b.attention_mask,
+                                             **b.model_inputs(), rng=r)["logits"])
     args = (params, data, rng)
   else:
     raise ValueError(f"--mode {mode!r}: expected train or prefill")
@@ -92,7 +89,8 @@ def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warm
   median = statistics.median(times)
   k = cfg.forgetting.spatial_count(cfg.pool_size ** 2)
   from hourjax.models.forgetting import num_retained
-  llm_tokens = batch * (text - 1 + num_retained(max(frames, cfg.forgetting.min_memory_frames), cfg.forgetting) * (k + 1))
+  retained = num_retained(max(frames, cfg.forgetting.min_memory_frames), cfg.forgetting)
+  llm_tokens = batch * (text - 1 + retained * (k + 1))
   devices = jax.device_count()
   return {"mode": mode, "batch": batch, "frames": frames, "text": text, "compile_s": compile_s,
           "median_step_s": median, "tokens_per_s": llm_tokens / median, "flops": flops,
@@ -105,7 +103,7 @@ def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warm
 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", default="configs/hour_llava.py:tiny")
+  p.add_argument("--config", default="configs/hour_llava.py:tiny,stage=3", help="a stage's config (its optimizer)")
   p.add_argument("--mode", default="train", choices=("train", "prefill"))
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--frames", type=int, default=64)
@@ -114,10 +112,12 @@ def main(argv=None) -> int:
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--peak-flops", type=float, default=0.0, help="per device; 0: measure a float32 matmul here")
   p.add_argument("--trace", default="", help="directory for a jax.profiler trace (TensorBoard / XProf)")
-  p.add_argument("overrides", nargs="*")
-  a = p.parse_args(argv)
+  p.add_argument("overrides", nargs="*", help="config overrides: --config.key=value (or key=value)")
+  from hourjax.config import split_overrides
+  own, flags_ = split_overrides(sys.argv[1:] if argv is None else argv)
+  a = p.parse_args(own)
   from hourjax.config import load
-  run = load(a.config, a.overrides)
+  run = load(a.config, flags_ + a.overrides)
   peak = a.peak_flops or matmul_peak()
   r = profile(run, a.mode, a.batch, a.frames, a.text, a.steps, a.warmup, peak, a.trace)
   print(f"{r['mode']}: median {r['median_step_s'] * 1e3:.1f} ms/step, {r['tokens_per_s']:,.0f} LLM tokens/s, "

@@ -38,8 +38,10 @@ def main(argv=None) -> int:
   p.add_argument("--num-processes", type=int, default=1)
   p.add_argument("--process-id", type=int, default=0)
   p.add_argument("--cpu-collectives", default="", help="gloo for multi-process CPU runs")
-  p.add_argument("overrides", nargs="*", help="key=value config overrides")
-  a = p.parse_args(argv)
+  p.add_argument("overrides", nargs="*", help="config overrides: --config.key=value (or key=value)")
+  from hourjax.config import split_overrides
+  own, flags_ = split_overrides(sys.argv[1:] if argv is None else argv)
+  a = p.parse_args(own)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)      # Orbax's per-save chatter
   import jax
@@ -49,8 +51,8 @@ def main(argv=None) -> int:
   from absl import flags
   flags.FLAGS.mark_as_parsed()      # Grain's worker processes read absl flags
   from hourjax.config import load
-  from hourjax.train.loop import run_stage
-  summary = run_stage(load(a.config, a.overrides), a.workdir)
+  from hourjax.train.stage import run_stage
+  summary = run_stage(load(a.config, flags_ + a.overrides), a.workdir)
   if jax.process_index() == 0:
     print(json.dumps(summary, indent=1))
   return 0

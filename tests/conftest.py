@@ -79,3 +79,14 @@ def qwen25_tokenizer() -> str:
 
 # The real vocabulary's size in the models that use it (Qwen2.5-3B's embedding; Qwen2-7B has 152064).
 QWEN_VOCAB = 151936
+
+
+def jit_apply(model, params, *args, **kwargs):
+  """`model.apply({"params": params}, *args, **kwargs)` under jit: eager execution dispatches (and
+  compiles) thousands of small ops one by one, which makes a tiny model's forward take seconds.
+  String, number, callable and None keyword arguments (modality, method, mutable, a layer index)
+  stay static; arrays and pytrees of them are traced."""
+  import jax
+  static = {k: v for k, v in kwargs.items() if v is None or isinstance(v, (str, bool, int, float)) or callable(v)}
+  dynamic = {k: v for k, v in kwargs.items() if k not in static}
+  return jax.jit(lambda p, a, k: model.apply({"params": p}, *a, **k, **static))(params, args, dynamic)

@@ -8,8 +8,10 @@ import jax
 import numpy as np
 import pytest
 
-from hourjax.data import long_video_mcq as mcq
+from hourjax.data.batch import VideoBatch
+from hourjax.synthetic import long_video_mcq as mcq
 from hourjax.models.forgetting import ForgettingConfig, video_layout
+from conftest import jit_apply
 
 
 def _flash_frames(pixels):
@@ -101,11 +103,12 @@ def test_choose_option_reads_the_answer_position():
   cfg = ablation.model_config(study, ablation.ARMS[1])          # uniform, no MemAug: one token per frame
   model = build.build("hour_llava", cfg)
   params = build.init_params("hour_llava", cfg, jax.random.key(0))
-  batch["features"] = np.random.default_rng(0).normal(size=(4, study.frames, 4, 32)).astype(np.float32)
-  batch["layout"] = video_layout([study.frames] * 4, cfg.forgetting)
+  feats = np.random.default_rng(0).normal(size=(4, study.frames, 4, 32)).astype(np.float32)
+  batch = VideoBatch(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                     video_layout([study.frames] * 4, cfg.forgetting), features=feats)
   got = np.asarray(choose_option(model, params, batch, jax.random.key(1), options))
-  logits = np.asarray(model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                  layout=batch["layout"], features=batch["features"], rng=jax.random.key(1))["logits"])
+  logits = np.asarray(jit_apply(model, params, batch.input_ids, batch.attention_mask, batch.labels,
+                                  **batch.model_inputs(), rng=jax.random.key(1))["logits"])
   n_visual = (study.frames // 4) * 2          # retained frames x (1 token + newline)
   for i, item in enumerate(items):
     ids, _ = tokenize_conversation(tok, item.conversation(), has_image=True)
@@ -156,14 +159,13 @@ def test_dropped_frames_reach_the_llm_only_through_memaug():
     assert dropped not in layout.retained_frames[0]
     model = build.build("hour_llava", cfg)
     params = ablation.width_scaled(build.init_params("hour_llava", cfg, jax.random.key(0)))
-    out = model.apply({"params": params}, ids, np.ones_like(ids), labels, layout=layout, features=f,
-                      rng=jax.random.key(1))
+    out = jax.jit(lambda p, f: model.apply({"params": p}, ids, np.ones_like(ids), labels, layout=layout, features=f,
+                                           rng=jax.random.key(1)))(params, f)      # eager would take minutes
     return np.asarray(out["logits"]), model, params, layout
   base, model, params, layout = logits("Hour-LLaVA (MemAug)", feats)
   assert np.abs(logits("Hour-LLaVA (MemAug)", changed)[0] - base).max() > 1e-3 * np.abs(base).max()
   for name in ("uniform", "decayed only"):
     np.testing.assert_array_equal(logits(name, changed)[0], logits(name, feats)[0])
-  batch = {"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels, "layout": layout,
-           "features": feats}
-  grads = jax.grad(lambda p: loss_fn(model, p, batch, jax.random.key(1))[0])(params)
+  batch = VideoBatch(ids, np.ones_like(ids), labels, layout, features=feats)
+  grads = jax.jit(jax.grad(lambda p: loss_fn(model, p, batch, jax.random.key(1))[0]))(params)
   assert all(float(np.abs(g).max()) > 0 for g in jax.tree.leaves(grads["memaug"]))

@@ -15,7 +15,7 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 def test_tiny_stage3_step_compiles_for_v5e(tmp_path):
   out = tmp_path / "report.json"
-  aot_compile.main(["--config", f"{CONFIGS}/hour_llava.py:tiny", "--topology", "v5e:2x2",
+  aot_compile.main(["--config", f"{CONFIGS}/hour_llava.py:tiny,stage=3", "--topology", "v5e:2x2",
                     "--mesh", "data=2,fsdp=2", "--batch", "4", "--frames", "32", "--retained", "8",
                     "--text", "64", "--json", str(out)])
   r = json.loads(out.read_text())

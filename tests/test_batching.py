@@ -9,7 +9,7 @@ from hourjax.config import model_config
 from hourjax.data.batching import Buckets, collate
 from hourjax.models import build
 from hourjax.constants import IMAGE_TOKEN_INDEX
-from tools.convert_torch.verify import rel_err
+from hourjax.numerics import rel_err
 
 CFG = model_config(get_config("tiny").model)
 BUCKETS = Buckets(frames=(16, 40), text=(16, 32))
@@ -28,12 +28,12 @@ def _sample(rng, frames, text):
 def test_one_compile_per_bucket_and_padding_invariance():
   rng = np.random.default_rng(0)
   model, params = build.build("hour_llava", CFG), build.init_params("hour_llava", CFG, jax.random.key(0))
-  fwd = jax.jit(lambda p, b: model.apply({"params": p}, b["input_ids"], b["attention_mask"], b["labels"],
-                                         layout=b["layout"], features=b["features"])["logits"])
+  fwd = jax.jit(lambda p, b: model.apply({"params": p}, b.input_ids, b.attention_mask, b.labels,
+                                         **b.model_inputs())["logits"])
   used = set()
   for frames, text in [((5, 12), (10, 14)), ((16, 0), (16, 9)), ((30, 3), (12, 12)), ((40, 22), (31, 8))]:
     batch = collate([_sample(rng, f, t) for f, t in zip(frames, text)], CFG, BUCKETS)
-    used.add((batch["features"].shape[1], batch["input_ids"].shape[1]))
+    used.add((batch.features.shape[1], batch.input_ids.shape[1]))
     fwd(params, batch)
   assert fwd._cache_size() == len(used) == 3
   lone = _sample(np.random.default_rng(1), 7, 11)

@@ -12,7 +12,8 @@ from hourjax.data.video import decode_frames, moving_square, probe, to_siglip, w
 from hourjax.models import build
 from hourjax.data.video import cache_frame_indices as feature_frame_indices
 from launch.cache_features import main
-from tools.convert_torch.verify import rel_err
+from hourjax.numerics import rel_err
+from conftest import jit_apply
 
 
 def test_frame_rule():
@@ -41,7 +42,7 @@ def test_cache_command(tmp_path, capsys):
   video = str(tmp_path / "videos" / "sub" / "a.mp4")
   info = probe(video)
   frames = to_siglip(decode_frames(video, feature_frame_indices(info.frames, info.duration), 112))
-  ref = build.build("hour_llava", cfg).apply({"params": params}, frames[None], True, method="encode_frames")[0]
+  ref = jit_apply(build.build("hour_llava", cfg), params, frames[None], pool=True, method="encode_frames")[0]
   assert rel_err(feats, ref) < 1e-5
   main(args)
   assert "0 written, 1 already there" in capsys.readouterr().out

@@ -12,7 +12,7 @@ import transformers
 import official_preprocess as official
 from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.data import chat
-from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
+from hourjax.synthetic.tokenizer import save_tiny_tokenizer
 
 # Single- and multi-turn, the placeholder at the start / middle / end / absent, non-ASCII text,
 # a leading answer, blank lines.
@@ -21,7 +21,8 @@ CONVERSATIONS = [
     [{"from": "human", "value": "What colour is the square?\n<image>"}, {"from": "gpt", "value": "Red."},
      {"from": "human", "value": "How many circles appear?"}, {"from": "gpt", "value": "Three circles."},
      {"from": "human", "value": "And then?"}, {"from": "gpt", "value": "They leave.\n\nThe end."}],
-    [{"from": "human", "value": "Describe <image> the scene in detail."}, {"from": "gpt", "value": "A street at night."}],
+    [{"from": "human", "value": "Describe <image> the scene in detail."},
+     {"from": "gpt", "value": "A street at night."}],
     [{"from": "human", "value": "视频里的人在做什么？<image>"}, {"from": "gpt", "value": "他在做饭 🍝, très bien."}],
     [{"from": "gpt", "value": "a stray answer"}, {"from": "human", "value": "<image>\nQ1 don't?"},
      {"from": "gpt", "value": "A1"}],

@@ -1,6 +1,7 @@
 """ProLongVid's context-extension stage: packed long text (exact, resumable, never crossing a
 document), the packed loss with ring attention on 8 devices equal to the dense one, the stage's
 progressive schedule through the real loop, and its parameters initialising a video stage."""
+import dataclasses
 import json
 import os
 
@@ -13,12 +14,14 @@ from jax.sharding import NamedSharding
 from hourjax.config import load, model_config
 from hourjax.data import text
 from hourjax.data.chat import load_tokenizer
-from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
+from hourjax.synthetic.tokenizer import save_tiny_tokenizer
 from hourjax.models import build
 from hourjax.constants import IGNORE_INDEX
+from hourjax.data.batch import PackedBatch
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train.step import lm_loss_fn
-from tools.convert_torch.verify import rel_err, tree_rel_err
+from hourjax.numerics import rel_err, tree_rel_err
+from conftest import jit_apply
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "prolongvid.py")
@@ -59,7 +62,7 @@ def test_documents_pack_exactly_and_resume(corpus):
   docs = text.Documents(corpus["patterns"])
   assert len(docs) == 40 and docs[3] == corpus["docs"][3] and docs[30] == corpus["docs"][30]
   ds = text.dataset(corpus["patterns"], corpus["tok"], seq_len=48, batch_size=2, seed=3, epochs=1)
-  batches = list(ds)
+  batches = [dataclasses.asdict(b) for b, _ in ds]
   stream = np.concatenate([b["input_ids"].reshape(-1)[b["segment_ids"].reshape(-1) > 0] for b in batches])
   # Concat-then-split loses nothing: the stream is the shuffled documents, each + EOS, in order
   # (up to the partly filled last rows that drop_remainder drops).
@@ -78,17 +81,17 @@ def test_documents_pack_exactly_and_resume(corpus):
   it = iter(ds)
   next(it), next(it)
   state = it.get_state()
-  rest = [next(it)["input_ids"] for _ in range(3)]
+  rest = [next(it)[0].input_ids for _ in range(3)]
   again = iter(ds)
   again.set_state(state)
   for want in rest:
-    np.testing.assert_array_equal(next(again)["input_ids"], want)
+    np.testing.assert_array_equal(next(again)[0].input_ids, want)
   # Two processes read disjoint halves of the documents.
   seen = []
   for p in range(2):
     part = text.dataset(corpus["patterns"], corpus["tok"], seq_len=48, batch_size=1, seed=3, epochs=1,
                         process_index=p, process_count=2)
-    ids = np.concatenate([x["input_ids"].reshape(-1) for x in part])
+    ids = np.concatenate([x.input_ids.reshape(-1) for x, _ in part])
     seen.append({w for w in tok.decode(ids).split() if w.startswith("doc")})
   assert seen[0] and seen[1] and not seen[0] & seen[1]
 
@@ -117,13 +120,15 @@ def _tiny_decoder(attention="xla"):
 
 
 def _packed_batch(corpus, seq_len=64, batch=4):
-  return next(iter(text.dataset(corpus["patterns"], corpus["tok"], seq_len=seq_len, batch_size=batch, seed=1)))
+  """The first (PackedBatch, meta) of the corpus, as a dict of its fields."""
+  packed, _ = next(iter(text.dataset(corpus["patterns"], corpus["tok"], seq_len=seq_len, batch_size=batch, seed=1)))
+  return dataclasses.asdict(packed)
 
 
 def test_ring_packed_loss_equals_dense_on_8_devices(corpus):
   assert jax.device_count() == 8
-  batch = {k: jnp.asarray(v) for k, v in _packed_batch(corpus).items()}
-  assert int(jnp.max(batch["segment_ids"])) >= 3          # several documents per row
+  batch = PackedBatch(**{k: jnp.asarray(v) for k, v in _packed_batch(corpus).items()})
+  assert int(jnp.max(batch.segment_ids)) >= 3          # several documents per row
   dense_cfg = _tiny_decoder()
   params = build.init_params("qwen2", dense_cfg, jax.random.key(0))
   dense = build.build("qwen2", dense_cfg)
@@ -159,7 +164,7 @@ def test_no_token_attends_across_a_document_boundary(corpus, attention):
   changed["input_ids"][0, np.flatnonzero(first)[:2]] = (changed["input_ids"][0, np.flatnonzero(first)[:2]] + 7) % 300
 
   def logits(b):
-    return np.asarray(model.apply({"params": params}, jnp.asarray(b["input_ids"]),
+    return np.asarray(jit_apply(model, params, jnp.asarray(b["input_ids"]),
                                   positions=jnp.asarray(b["positions"]), segment_ids=jnp.asarray(b["segment_ids"]))[0])
   if attention == "ring":
     mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 1, "tensor": 1, "sequence": 4})
@@ -175,7 +180,8 @@ def test_no_token_attends_across_a_document_boundary(corpus, attention):
 
 def test_context_extension_stage_schedule_and_init_llm(corpus, tmp_path):
   from hourjax.convert.io import load_params, read_meta
-  from hourjax.train.loop import initial_params, run_stage
+  from hourjax.train import program as program_lib
+  from hourjax.train.stage import run_stage
   overrides = [f"data.documents={corpus['patterns']}", f"data.tokenizer={corpus['tok']}",
                "train.context_schedule=((3, 64), (2, 128))", "data.batch_size=2", "train.checkpoint_every=2",
                "model.llm.attention=ring", "mesh.fsdp=2", "mesh.sequence=4"]
@@ -195,9 +201,8 @@ def test_context_extension_stage_schedule_and_init_llm(corpus, tmp_path):
   assert [p.get("skipped") for p in again["phases"]] == ["finished earlier"] * 2
   # The extended decoder initialises a video stage's LLM (theta 1e9 in the ProLongVid stages).
   video = load(CONFIG + ":tiny,stage=1", [f"train.init_llm={tmp_path / 'ctx' / 'params'}"])
-  cfg = model_config(video.model)
-  mesh = mesh_lib.make_mesh(dict(video.mesh))
-  with mesh_lib.activate(mesh):
-    params = initial_params(video, "hour_llava", cfg, mesh, build.abstract_params("hour_llava", cfg))
+  program = program_lib.build(video)
+  with mesh_lib.activate(program.mesh):
+    params = program.initial_params(video)
   assert tree_rel_err(params["llm"], final) == 0
   assert set(params) == {"vision", "projector", "image_newline", "memaug", "llm"}

@@ -14,7 +14,7 @@ from hourjax.convert import ConversionError, export_torch, import_torch, load_pa
 from hourjax.convert import api, layout
 from hourjax.convert.io import SafetensorsFile, TorchCheckpoint, write_safetensors
 from hourjax.models import build
-from tools.convert_torch.verify import rel_err
+from hourjax.numerics import rel_err
 
 
 def _tensors(path):
@@ -180,7 +180,8 @@ def llava_config(official: dict, model_type: str) -> dict:
   tiny sizes; `vision_config` (absent from the real ones, whose tower is so400m) gives the tiny tower."""
   keep = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
           "num_key_value_heads", "rms_norm_eps", "rope_theta", "tie_word_embeddings", "vision_config")
-  return {**{k: official[k] for k in keep if k in official}, "architectures": ["LlavaQwenForCausalLM"], "model_type": model_type,
+  return {**{k: official[k] for k in keep if k in official}, "architectures": ["LlavaQwenForCausalLM"],
+          "model_type": model_type,
           "attention_dropout": 0.0, "bos_token_id": 151643, "eos_token_id": 151645, "hidden_act": "silu",
           "image_aspect_ratio": "anyres_max_9", "image_crop_resolution": None,
           "image_grid_pinpoints": [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)],

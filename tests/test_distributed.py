@@ -10,12 +10,12 @@ from jax.sharding import NamedSharding
 from configs.hour_llava import get_config
 from hourjax.config import model_config
 from hourjax.convert import layout
-from hourjax.data.synthetic import synthetic_batch
+from hourjax.synthetic.batches import synthetic_batch
 from hourjax.models import build
 from hourjax.ops import attention as attn_ops
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train.step import loss_fn
-from tools.convert_torch.verify import rel_err, tree_rel_err
+from hourjax.numerics import rel_err, tree_rel_err
 
 CFG = model_config(get_config("tiny").model)
 

@@ -10,7 +10,6 @@ import random
 import threading
 
 import jax
-import numpy as np
 import pytest
 
 import lmms_eval_reference as ref
@@ -97,14 +96,16 @@ def release(tmp_path_factory):
   # TempCompass: questions/<format>.json, videos/<video_id>.mp4
   video("tc/videos/t1.mp4")
   (root / "tc" / "questions").mkdir(parents=True)
-  mc = {"t1": {"direction": [{"question": "Where does the square move?\nA. left\nB. right\nC. up", "answer": "B. right"}],
+  mc = {"t1": {"direction": [{"question": "Where does the square move?\nA. left\nB. right\nC. up",
+                              "answer": "B. right"}],
                "speed": [{"question": "How fast is it?\nA. slow\nB. fast", "answer": "A. slow"}]}}
   yn = {"t1": {"direction": [{"question": "Does the square move right?", "answer": "yes"},
                              {"question": "Does the square move left?", "answer": "no"}]}}
   cm = {"t1": {"direction": [{"question": "Which caption matches the video better?\nCaption A: The square moves "
-                              "right.\nCaption B: The square moves left.", "answer": "Caption A: The square moves right."}]}}
-  cap = {"t1": {"direction": [{"question": "Write a caption.\nInformation A: {'direction': 'right'}\nGenerated Caption:",
-                               "answer": "B. right"}]}}
+                              "right.\nCaption B: The square moves left.",
+                              "answer": "Caption A: The square moves right."}]}}
+  cap = {"t1": {"direction": [{"question": "Write a caption.\nInformation A: {'direction': 'right'}\n"
+                                           "Generated Caption:", "answer": "B. right"}]}}
   for name, data in (("multi-choice", mc), ("yes_no", yn), ("caption_matching", cm), ("captioning", cap)):
     json.dump(data, open(root / "tc" / "questions" / f"{name}.json", "w"))
   # MLVU: json/<n>_<task>.json (with the open-ended files), video/<json stem>/<video>
@@ -161,7 +162,8 @@ def test_prompts_are_byte_identical(release, setting):
           os.symlink(release / "vmme" / sub, hf / sub)
       info = probe(doc.video)
       ref.VIDEOS[str(hf / "data" / "vid1.mp4")] = (info.fps, info.frames)
-      want = ref.text(vm.videomme_doc_to_text_subtitle, doc.fields, ref.kwargs("videomme/videomme_w_subtitle.yaml", model))
+      sub_kw = ref.kwargs("videomme/videomme_w_subtitle.yaml", model)
+      want = ref.text(vm.videomme_doc_to_text_subtitle, doc.fields, sub_kw)
       got = pr.prompt(doc, proto, (info.fps, info.frames))
       assert got == want and got.startswith(pr.SUBTITLE_HEADER + "line ")
       lines = got[len(pr.SUBTITLE_HEADER):].split("\nSelect")[0].split("\n")
@@ -175,10 +177,12 @@ def test_prompts_are_byte_identical(release, setting):
                                              ref.kwargs("longvideobench/longvideobench_val_v.yaml", model))
   lb = _lmms_utils(release, "lvbench")
   for doc in _docs(release, "lvbench").docs:
-    assert pr.prompt(doc, proto) == ref.text(lb.lvbench_doc_to_text, doc.fields, ref.kwargs("lvbench/lvbench.yaml", model))
+    want = ref.text(lb.lvbench_doc_to_text, doc.fields, ref.kwargs("lvbench/lvbench.yaml", model))
+    assert pr.prompt(doc, proto) == want
   tc = _lmms_utils(release, "tempcompass")
   yaml = {"tempcompass_multi_choice": "tempcompass_mc", "tempcompass_yes_no": "tempcompass_yes_no",
-          "tempcompass_caption_matching": "tempcompass_caption_matching", "tempcompass_captioning": "tempcompass_captioning"}
+          "tempcompass_caption_matching": "tempcompass_caption_matching",
+          "tempcompass_captioning": "tempcompass_captioning"}
   fn = {"tempcompass_multi_choice": "multi_choice", "tempcompass_yes_no": "yes_no",
         "tempcompass_caption_matching": "caption_matching", "tempcompass_captioning": "captioning"}
   for doc in _docs(release, "tempcompass").docs:
@@ -286,7 +290,8 @@ def test_aggregations_equal_lmms_eval(release):
     if "no idea" not in outputs:
       assert report.value("longvideobench_val_v", rows) == lvb.longvideobench_aggregate_results(items)
     docs, rows = _rows(release, "lvbench", outputs)
-    items = [ref.process(lb.lvbench_process_results, d.fields, outputs[i % 3])["lvbench_score"] for i, d in enumerate(docs)]
+    items = [ref.process(lb.lvbench_process_results, d.fields, outputs[i % 3])["lvbench_score"]
+             for i, d in enumerate(docs)]
     assert report.value("lvbench", rows) == sum(items) / len(items)
     docs, rows = _rows(release, "mlvu", outputs)
     items = [ref.process(ml.mlvu_process_results, d.fields, outputs[i % 3])["mlvu_percetion_score"]
@@ -317,7 +322,8 @@ def test_paper_protocol():
   assert [pr.score(doc, o, paper)["pred"] for o in ("Answer: B", "The best answer is B", "I think this is a tough one "
           "where every single option looks wrong to me", "b")] == ["A", "B", "", ""]
   assert pr.score(doc, "Answer: B")["pred"] == "B"       # lmms-eval 0.7.3 ranks "B" after the colon
-  mlvu = Doc("mlvu_dev", "1", "", {"question": "Question: Q?\nOptions:\n(A) x\n(B) y", "answer": "B", "task_type": "count"})
+  mlvu = Doc("mlvu_dev", "1", "", {"question": "Question: Q?\nOptions:\n(A) x\n(B) y", "answer": "B",
+                                   "task_type": "count"})
   assert pr.prompt(mlvu, paper) == "\nQuestion: Q?\nOptions:\n(A) x\n(B) y\nOnly give the best option.\n"
   rows = [{"task_type": "count", "correct": True}, {"task_type": "count", "correct": False}]
   assert report.value("mlvu_dev", rows, paper) == 50.0 and report.value("mlvu_dev", rows) == 50.0 / 7
@@ -333,8 +339,9 @@ def test_malformed_annotations_name_the_file_and_record(tmp_path):
   (tmp_path / "lvb_val.json").write_text('[{"id": "x", "question": "Q"')
   with pytest.raises(BenchmarkFormatError, match=r"lvb_val\.json: not JSON"):
     READERS["longvideobench"](str(tmp_path))
-  (tmp_path / "lvb_val.json").write_text(json.dumps([{"id": "x", "question": "Q", "correct_choice": "2",
-                                                      "duration_group": 15, "question_category": "T", "video_path": "v"}]))
+  bad = [{"id": "x", "question": "Q", "correct_choice": "2", "duration_group": 15, "question_category": "T",
+          "video_path": "v"}]
+  (tmp_path / "lvb_val.json").write_text(json.dumps(bad))
   with pytest.raises(BenchmarkFormatError, match=r"record 0: 'correct_choice' is a str, expected int"):
     READERS["longvideobench"](str(tmp_path))
   with pytest.raises(FileNotFoundError, match="Video-MME annotations"):

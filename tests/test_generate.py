@@ -37,8 +37,8 @@ def test_cached_generation_equals_full_recompute():
 
   @jax.jit
   def last_logits(batch):
-    out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], layout=batch["layout"],
-                      pixel_values=batch["pixel_values"])
+    out = model.apply({"params": params}, batch.input_ids, batch.attention_mask, layout=batch.layout,
+                      pixels=batch.pixels)
     last = jnp.sum(out["attention_mask"], 1) - 1
     return jnp.take_along_axis(out["logits"], last[:, None, None], 1)[:, 0]
 
@@ -47,7 +47,7 @@ def test_cached_generation_equals_full_recompute():
     expected = []
     for _ in range(n):
       sample = {**p, "input_ids": np.asarray(ids, np.int32), "labels": np.full(len(ids), -100, np.int32)}
-      token = int(jnp.argmax(last_logits({k: v for k, v in collate([sample], CFG, BUCKETS).items()})[0]))
+      token = int(jnp.argmax(last_logits(collate([sample], CFG, BUCKETS))[0]))
       expected.append(token)
       if token == end_id:
         break
@@ -88,7 +88,7 @@ def test_ask_streams_the_answer(tmp_path, capsys):
   chunk-encoded features."""
   from hourjax.convert.io import save_params
   from hourjax.data import chat, video
-  from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
+  from hourjax.synthetic.tokenizer import save_tiny_tokenizer
   from hourjax.infer.encode import video_features
   from hourjax.infer.generate import prompt_ids
   from launch import ask

@@ -14,7 +14,8 @@ from hourjax.models.hour_llava import HourLlavaConfig
 from hourjax.models.memaug import MemAugConfig
 from hourjax.models.qwen2 import Qwen2Config
 from hourjax.models.siglip import SiglipConfig
-from tools.convert_torch.verify import rel_err
+from conftest import jit_apply
+from hourjax.numerics import rel_err
 
 LLM = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
                   num_kv_heads=2, tie_word_embeddings=True)
@@ -49,16 +50,16 @@ def test_batch_with_padding_equals_each_sample_alone():
     ids[i, :len(s_ids)], labels[i, :len(s_ids)], mask[i, :len(s_ids)] = s_ids, s_lab, 1
   for with_labels in (True, False):
     lab = labels if with_labels else None
-    batch = model.apply({"params": params}, ids, mask, lab,
-                        layout=video_layout([t for _, t in samples], CFG.forgetting), pixel_values=frames)
+    batch = jit_apply(model, params, ids, mask, lab,
+                        layout=video_layout([t for _, t in samples], CFG.forgetting), pixels=frames)
     for i, ((s_ids, s_lab), t) in enumerate(samples):
       if t == 0:
-        alone = {"logits": model.apply({"params": params}, s_ids[None],
+        alone = {"logits": jit_apply(model, params, s_ids[None],
                                        method=lambda m, x: m.llm(x)[0])}
       else:
-        alone = model.apply({"params": params}, s_ids[None], np.ones((1, len(s_ids))),
+        alone = jit_apply(model, params, s_ids[None], np.ones((1, len(s_ids))),
                             s_lab[None] if with_labels else None, layout=video_layout([t], CFG.forgetting),
-                            pixel_values=frames[i:i + 1, :t])
+                            pixels=frames[i:i + 1, :t])
       n = alone["logits"].shape[1]
       assert bool(batch["attention_mask"][i, :n].all()) and not bool(batch["attention_mask"][i, n:].any())
       assert rel_err(batch["logits"][i, :n], alone["logits"][0]) < 1e-5, (i, with_labels)
@@ -71,8 +72,8 @@ def test_training_and_inference_forms_differ_only_through_the_query():
   (ids, labels) = _sample(rng, 12, 3)
   frames = rng.uniform(-1, 1, (1, 4, 112, 112, 3)).astype(np.float32)
   model, params = build.build("hour_llava", CFG), _params()
-  kw = dict(layout=video_layout([4], CFG.forgetting), pixel_values=frames, mutable="intermediates")
-  (train, it), (infer, ii) = [model.apply({"params": params}, ids[None], np.ones((1, 12)), lab, **kw)
+  kw = dict(layout=video_layout([4], CFG.forgetting), pixels=frames, mutable="intermediates")
+  (train, it), (infer, ii) = [jit_apply(model, params, ids[None], np.ones((1, 12)), lab, **kw)
                               for lab in (labels[None], None)]
   n_train = int((labels[:3] == -100).sum())
   q_train = np.asarray(it["intermediates"]["memaug_query_position_ids"][0][0])
@@ -90,9 +91,9 @@ def test_baseline_without_memaug_feeds_decayed_queries():
   rng = np.random.default_rng(2)
   ids, _ = _sample(rng, 9, 2)
   frames = rng.uniform(-1, 1, (1, 5, 112, 112, 3)).astype(np.float32)
-  _, inter = build.build("hour_llava", cfg).apply(
-      {"params": params}, ids[None], np.ones((1, 9)), layout=video_layout([5], cfg.forgetting),
-      pixel_values=frames, mutable="intermediates")
+  _, inter = jit_apply(build.build("hour_llava", cfg), params,
+      ids[None], np.ones((1, 9)), layout=video_layout([5], cfg.forgetting),
+      pixels=frames, mutable="intermediates")
   decayed = inter["intermediates"]["decayed_queries"][0][0]
   embeds = inter["intermediates"]["inputs_embeds"][0][0]
   np.testing.assert_array_equal(embeds[2:2 + decayed.shape[0]], decayed)
@@ -104,10 +105,10 @@ def test_precomputed_features_equal_pixels():
   ids, labels = _sample(rng, 9, 1)
   frames = rng.uniform(-1, 1, (1, 6, 112, 112, 3)).astype(np.float32)
   model, params = build.build("hour_llava", CFG), _params()
-  pooled = model.apply({"params": params}, frames, True, method=lambda m, p, pool: m.encode_frames(p, pool))
+  pooled = jit_apply(model, params, frames, pool=True, method=lambda m, p, pool: m.encode_frames(p, pool))
   lay = video_layout([6], CFG.forgetting)
-  a = model.apply({"params": params}, ids[None], np.ones((1, 9)), labels[None], layout=lay, pixel_values=frames)
-  b = model.apply({"params": params}, ids[None], np.ones((1, 9)), labels[None], layout=lay, features=pooled)
+  a = jit_apply(model, params, ids[None], np.ones((1, 9)), labels[None], layout=lay, pixels=frames)
+  b = jit_apply(model, params, ids[None], np.ones((1, 9)), labels[None], layout=lay, features=pooled)
   assert rel_err(a["logits"], b["logits"]) < 1e-6
 
 
@@ -116,9 +117,9 @@ def test_single_image_memory_and_queries():
   rng = np.random.default_rng(4)
   ids, _ = _sample(rng, 8, 2)
   image = rng.uniform(-1, 1, (1, 1, 112, 112, 3)).astype(np.float32)
-  _, inter = build.build("hour_llava", cfg).apply(
-      {"params": _params(cfg)}, ids[None], np.ones((1, 8)), layout=image_layout([True]),
-      pixel_values=image, modality="image", rng=jax.random.key(0), mutable="intermediates")
+  _, inter = jit_apply(build.build("hour_llava", cfg), _params(cfg),
+      ids[None], np.ones((1, 8)), layout=image_layout([True]),
+      pixels=image, modality="image", rng=jax.random.key(0), mutable="intermediates")
   it = inter["intermediates"]
   assert it["memory"][0].shape == (1, 64 + 1, 32)                   # unpooled 8x8 grid + newline
   ids_q = np.asarray(it["decayed_query_position_ids"][0][0])
@@ -135,7 +136,7 @@ def test_forgetting_variants_jit_and_are_deterministic(temporal):
   frames = rng.uniform(-1, 1, (1, 12, 112, 112, 3)).astype(np.float32)
   lay = video_layout([12], cfg.forgetting)
   fwd = jax.jit(lambda p, k: model.apply({"params": p}, ids[None], np.ones((1, 10)), labels[None],
-                                         layout=lay, pixel_values=frames, rng=k)["logits"])
+                                         layout=lay, pixels=frames, rng=k)["logits"])
   a, b, c = fwd(params, jax.random.key(1)), fwd(params, jax.random.key(1)), fwd(params, jax.random.key(2))
   np.testing.assert_array_equal(a, b)
   assert rel_err(a, c) > 1e-4                       # the random spatial draw depends on the key
@@ -145,7 +146,7 @@ def test_forgetting_variants_jit_and_are_deterministic(temporal):
 def test_one_compile_per_bucket():
   model, params = build.build("hour_llava", CFG), _params()
   fwd = jax.jit(lambda p, ids, mask, lay, px: model.apply({"params": p}, ids, mask, layout=lay,
-                                                          pixel_values=px)["logits"])
+                                                          pixels=px)["logits"])
   rng = np.random.default_rng(6)
   for counts in ([3, 9], [12, 1], [0, 5]):           # different samples, same bucket sizes
     ids = np.stack([_sample(rng, 12, 2)[0], _sample(rng, 12, 5)[0]])
@@ -162,8 +163,8 @@ def test_sequences_are_cut_at_max_length_after_the_visual_tokens():
   params, layout = _params(), video_layout([8], CFG.forgetting)
 
   def run(cfg):
-    return jax.jit(lambda p: build.build("hour_llava", cfg).apply(
-        {"params": p}, ids[None], np.ones((1, 20)), labels[None], layout=layout, pixel_values=frames))(params)
+    return jax.jit(lambda p: build.build("hour_llava", cfg).apply({"params": p},
+        ids[None], np.ones((1, 20)), labels[None], layout=layout, pixels=frames))(params)
   full = run(CFG)
   n = full["logits"].shape[1]
   for k in (n - 7, 9):        # cut inside the text after the video, and inside the visual tokens
@@ -186,7 +187,7 @@ def test_siglip_gets_no_gradient_from_videos_longer_than_128_frames():
   def grads(p, weight):
     def loss(p):
       out = model.apply({"params": p}, np.stack([ids, ids]), np.ones((2, 12)), np.stack([labels, labels]),
-                        layout=layout, pixel_values=frames)
+                        layout=layout, pixels=frames)
       logp = jax.nn.log_softmax(out["logits"][:, :-1])
       tgt = out["labels"][:, 1:]
       nll = -jnp.take_along_axis(logp, jnp.maximum(tgt, 0)[..., None], -1)[..., 0] * (tgt >= 0)

@@ -6,9 +6,11 @@ import pytest
 from hourjax.models import build
 from hourjax.models.qwen2 import Qwen2Config
 from hourjax.constants import IGNORE_INDEX
+from hourjax.data.batch import PackedBatch
 from hourjax.ops.loss import chunked_next_token_loss, next_token_loss
 from hourjax.train.step import lm_loss_fn
-from tools.convert_torch.verify import rel_err, tree_rel_err
+from hourjax.numerics import rel_err, tree_rel_err
+from conftest import jit_apply
 
 
 @pytest.mark.parametrize("t,chunk,shards", [(24, 5, 1), (24, 4, 2), (23, 64, 2), (32, 8, 4)])
@@ -40,8 +42,8 @@ def test_lm_loss_uses_the_models_head(tie):
                     num_kv_heads=2, tie_word_embeddings=tie)
   model, params = build.build("qwen2", cfg), build.init_params("qwen2", cfg, jax.random.key(0))
   ids = jax.random.randint(jax.random.key(1), (2, 12), 0, 40)
-  batch = {"input_ids": ids, "labels": ids}
-  logits, _ = model.apply({"params": params}, ids)
+  batch = PackedBatch(ids, ids, jnp.broadcast_to(jnp.arange(12), (2, 12)), jnp.ones_like(ids))   # one document
+  logits, _ = jit_apply(model, params, ids)
   total, count = next_token_loss(logits, ids)
   loss, aux = lm_loss_fn(model, params, batch)
   assert int(aux["supervised_tokens"]) == int(count) == 22

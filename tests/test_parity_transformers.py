@@ -5,7 +5,9 @@ import pytest
 import torch
 
 import hf_models
-from tools.convert_torch.verify import rel_err, verify_hf_dir
+from tools.convert_torch.verify import verify_hf_dir
+from hourjax.numerics import rel_err
+from conftest import jit_apply
 
 
 @pytest.mark.parametrize("use_head", [True, False])
@@ -26,7 +28,7 @@ def test_siglip_any_layer(tmp_path):
     hs = ref(torch.from_numpy(px), output_hidden_states=True).hidden_states
   model = build.build("siglip", conv.config)
   for layer in (0, 1, 2, -2, -1):
-    out = model.apply({"params": conv.params}, px.transpose(0, 2, 3, 1), feature_layer=layer)
+    out = jit_apply(model, conv.params, px.transpose(0, 2, 3, 1), feature_layer=layer)
     assert rel_err(out, hs[layer].numpy()) < 1e-5, layer
 
 
@@ -51,7 +53,7 @@ def test_qwen2_padding_and_positions(tmp_path):
   with torch.no_grad():
     r = ref(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
             position_ids=torch.from_numpy(positions.copy())).logits.numpy()
-  out, _ = build.build("qwen2", conv.config).apply({"params": conv.params}, ids, positions=positions,
+  out, _ = jit_apply(build.build("qwen2", conv.config), conv.params, ids, positions=positions,
                                                    attention_mask=mask)
   valid = mask.astype(bool)
   assert rel_err(np.asarray(out)[valid], r[valid]) < 1e-5

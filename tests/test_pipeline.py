@@ -13,15 +13,16 @@ from configs.hour_llava import get_config
 from hourjax.config import model_config
 from hourjax.convert.io import write_safetensors
 from hourjax.data import pipeline, video
+from hourjax.data.batch import ImageBatch, TextBatch, VideoBatch
 from hourjax.data.prepared import load_prepared, write_prepared
 from hourjax.data.sources import Source, epoch_records, group_qa, select
-from hourjax.data.synthetic_videos import write_dataset
+from hourjax.synthetic.videos import write_dataset
 from hourjax.data.video import decode_frames, probe, to_siglip
 from hourjax.models import build
 from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.parallel import mesh as mesh_lib
-from hourjax.train import step
-from tools.convert_torch.verify import rel_err
+from hourjax.train import feed, step
+from hourjax.numerics import rel_err
 
 from conftest import QWEN_VOCAB
 
@@ -131,7 +132,7 @@ def test_group_qa():
 
 
 def _epoch(data, **kw):
-  """Every batch of one epoch, per stream."""
+  """Every (batch, meta) of one epoch, per stream."""
   ds = pipeline.from_config(data, CFG, **kw)
   return list(ds)
 
@@ -139,35 +140,35 @@ def _epoch(data, **kw):
 def test_streams_bad_input_and_static_shapes(data_root):
   it = iter(pipeline.from_config(_data(data_root), CFG))
   batches = [next(it) for _ in range(20)]       # more than an epoch of every stream
-  streams = [b["meta"]["stream"] for b in batches]
+  streams = [m.stream for _, m in batches]
   assert set(streams) == {"video", "features", "image", "text"}
-  skipped = {i: why for b in batches for i, why in b["meta"]["skipped"]}
+  skipped = {i: why for _, m in batches for i, why in m.skipped}
   assert set(skipped) >= {"corrupt", "empty", "missing", "broken", "two_images", "two_placeholders",
                           "no_features", "text_with_placeholder"}, skipped
   assert "multi-image" in skipped["two_images"] and "2 <image> placeholders" in skipped["two_placeholders"]
   assert "no_placeholder" not in skipped     # the official image sharding puts "<image>\n" first
   assert "gone.mp4" in skipped["missing"]
-  assert any("long" in b["meta"]["truncated"] for b in batches) or "long" in skipped
-  seen = [i for b in batches for i in b["meta"]["ids"]]
+  assert any("long" in m.truncated for _, m in batches) or "long" in skipped
+  seen = [i for _, m in batches for i in m.ids]
   assert not set(seen) & set(skipped)
-  one_epoch = [i for b in _epoch(_data(data_root, epochs=1)) for i in b["meta"]["ids"]]
+  one_epoch = [i for _, m in _epoch(_data(data_root, epochs=1)) for i in m.ids]
   assert len(one_epoch) == len(set(one_epoch)) and set(one_epoch) <= set(seen)
   frames, text = set(RUN.data.buckets.frames), {96, 128}
-  for b in batches:
-    ids = b["input_ids"]
-    assert ids.shape[0] == 2 and ids.shape[1] in text
-    assert ((ids == IMAGE_TOKEN_INDEX).sum(1) == (0 if b["meta"]["stream"] == "text" else 1)).all()
-    if b["meta"]["stream"] in ("video", "features"):
-      x = b.get("features", b.get("pixel_values"))
-      assert x.shape[1] in frames
-    if b["meta"]["stream"] == "video":
-      assert b["pixel_values"].shape[2:] == (112, 112, 3) and b["pixel_values"].dtype == np.uint8
+  kinds = {"video": VideoBatch, "features": VideoBatch, "image": ImageBatch, "text": TextBatch}
+  for b, m in batches:
+    ids = b.input_ids
+    assert type(b) is kinds[m.stream] and ids.shape[0] == 2 and ids.shape[1] in text
+    assert ((ids == IMAGE_TOKEN_INDEX).sum(1) == (0 if m.stream == "text" else 1)).all()
+    if m.stream in ("video", "features"):
+      assert b.frames in frames and (b.features is None) == (m.stream == "video")
+    if m.stream == "video":
+      assert b.pixels.shape[2:] == (112, 112, 3) and b.pixels.dtype == np.uint8
   # Every batch kind runs through the training loss.
   model, params = build.build("hour_llava", CFG), build.init_params("hour_llava", CFG, jax.random.key(0))
-  loss_fn = jax.jit(lambda b, m: step.loss_fn(model, params, b, jax.random.key(1), m), static_argnums=1)
+  loss_fn = jax.jit(lambda b: step.loss_fn(model, params, b, jax.random.key(1)))
   for stream in ("video", "features", "image", "text"):
-    b = next(b for b in batches if b["meta"]["stream"] == stream)
-    loss, aux = loss_fn({k: v for k, v in b.items() if k != "meta"}, pipeline.MODALITY[stream])
+    b = next(b for b, m in batches if m.stream == stream)
+    loss, aux = loss_fn(b)
     assert np.isfinite(loss) and aux["supervised_tokens"] > 0
 
 
@@ -176,7 +177,7 @@ def test_cached_feature_rule(data_root):
   np.testing.assert_array_equal(video.cached_feature_indices(40, 20.4), np.linspace(0, 39, 20).astype(int))
   np.testing.assert_array_equal(video.cached_feature_indices(12, 30.0), np.arange(12))
   batches = _epoch(_data(data_root, epochs=1, sources=[dict(annotations="features.jsonl", features="features")]))
-  assert sorted(b["features"][i].any(-1).any(-1).sum() for b in batches for i in range(2)) == [12, 20]
+  assert sorted(b.features[i].any(-1).any(-1).sum() for b, _ in batches for i in range(2)) == [12, 20]
 
 
 def test_resume_is_exact(data_root):
@@ -190,17 +191,16 @@ def test_resume_is_exact(data_root):
   resumed.set_state(json.loads(json.dumps(state)))   # the state survives a JSON checkpoint
   for want in expected:
     got = next(resumed)
-    assert got["meta"] == want["meta"]
-    jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in got.items() if k != "meta"},
-                 {k: v for k, v in want.items() if k != "meta"})
+    assert got[1] == want[1]
+    jax.tree.map(np.testing.assert_array_equal, got[0], want[0])
   other_seed = iter(pipeline.from_config(data, CFG, seed=1))
-  assert [next(other_seed)["meta"]["ids"] for _ in range(4)] != [b["meta"]["ids"] for b in expected]
+  assert [next(other_seed)[1].ids for _ in range(4)] != [m.ids for _, m in expected]
 
 
 def test_processes_read_disjoint_shares(data_root):
   data = _data(data_root, epochs=1, batch_size=2, sources=[dict(annotations="text.json")])
-  whole = {i for b in _epoch(data) for i in b["meta"]["ids"]}
-  shares = [{i for b in _epoch(data, process_index=p, process_count=2) for i in b["meta"]["ids"]}
+  whole = {i for _, m in _epoch(data) for i in m.ids}
+  shares = [{i for _, m in _epoch(data, process_index=p, process_count=2) for i in m.ids}
             for p in range(2)]
   assert not shares[0] & shares[1] and shares[0] | shares[1] <= whole and len(shares[0]) == len(shares[1])
   with pytest.raises(ValueError, match="not divisible"):
@@ -216,9 +216,9 @@ def test_prepared_arrayrecord_roundtrip(data_root, tmp_path):
   for name, records in streams.items():
     key = lambda r: json.dumps(r, sort_keys=True)
     assert sorted(map(key, (loaded[name][i] for i in range(len(loaded[name]))))) == sorted(map(key, records))
-  from_sources = {i for b in _epoch(data) for i in b["meta"]["ids"]}
+  from_sources = {i for _, m in _epoch(data) for i in m.ids}
   data.prepared = path
-  assert {i for b in _epoch(data) for i in b["meta"]["ids"]} == from_sources
+  assert {i for _, m in _epoch(data) for i in m.ids} == from_sources
   with pytest.raises(FileNotFoundError, match="not a prepared dataset"):
     load_prepared(str(tmp_path / "nothing"))
 
@@ -226,16 +226,17 @@ def test_prepared_arrayrecord_roundtrip(data_root, tmp_path):
 def test_worker_processes_resume(data_root):
   from absl import flags
   flags.FLAGS.mark_as_parsed()
-  data = _data(data_root, workers=2, sources=[dict(annotations="text.json"), dict(annotations="images.json", media="images")])
+  data = _data(data_root, workers=2,
+               sources=[dict(annotations="text.json"), dict(annotations="images.json", media="images")])
   it = iter(pipeline.from_config(data, CFG))
-  first = [next(it)["meta"]["ids"] for _ in range(2)]
+  first = [next(it)[1].ids for _ in range(2)]
   state = it.get_state()
-  expected = [next(it)["meta"]["ids"] for _ in range(3)]
+  expected = [next(it)[1].ids for _ in range(3)]
   it.close()
   again = iter(pipeline.from_config(data, CFG))
-  assert [next(again)["meta"]["ids"] for _ in range(2)] == first
+  assert [next(again)[1].ids for _ in range(2)] == first
   again.set_state(state)
-  assert [next(again)["meta"]["ids"] for _ in range(3)] == expected
+  assert [next(again)[1].ids for _ in range(3)] == expected
   again.close()
 
 
@@ -244,23 +245,22 @@ def test_global_arrays_and_bucket_padding(data_root):
   largest bucket drawn), and global arrays hold the host batch sharded over the batch axes."""
   data = _data(data_root, epochs=1, batch_size=2, sources=[dict(annotations="features.jsonl", features="features"),
                                                            dict(annotations="text.json")])
-  batch = next(b for b in _epoch(data) if b["meta"]["stream"] == "features")
+  batch = next(b for b, m in _epoch(data) if m.stream == "features")
   run = get_config("tiny")
   run.model.llm.vocab_size = QWEN_VOCAB
   run.model.forgetting.spatial = "uniform"     # random forgetting draws depend on the padded shape
   cfg = model_config(run.model)
   model, params = build.build("hour_llava", cfg), build.init_params("hour_llava", cfg, jax.random.key(0))
   loss = jax.jit(lambda b: step.loss_fn(model, params, b, jax.random.key(3))[0])
-  loss = (lambda f: lambda b: f({k: v for k, v in b.items() if k != "meta"}))(loss)
-  padded = pipeline.pad_batch(batch, CFG, 64, 128)
-  assert padded["features"].shape[1] == 64 and padded["input_ids"].shape[1] == 128
+  padded = feed.pad_batch(batch, CFG, 64, 128)
+  assert padded.features.shape[1] == 64 and padded.input_ids.shape[1] == 128
   assert rel_err(loss(padded), loss(batch)) < 1e-5
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 1, "tensor": 1, "sequence": 4})
-  g = pipeline.to_global(batch, mesh, CFG)
-  assert g["meta"] == batch["meta"] and g["features"].sharding.spec[0] in ("data", ("data",))
-  assert g["features"].addressable_shards[0].data.shape[0] == 1
-  np.testing.assert_array_equal(np.asarray(g["input_ids"]), batch["input_ids"])
-  np.testing.assert_array_equal(np.asarray(g["layout"].memory_frames), batch["layout"].memory_frames)
+  g = feed.to_global(batch, mesh, CFG)
+  assert type(g) is type(batch) and g.features.sharding.spec[0] in ("data", ("data",))
+  assert g.features.addressable_shards[0].data.shape[0] == 1
+  np.testing.assert_array_equal(np.asarray(g.input_ids), batch.input_ids)
+  np.testing.assert_array_equal(np.asarray(g.layout.memory_frames), batch.layout.memory_frames)
 
 
 def test_pil_resize_matches_the_official_processor(data_root):
@@ -305,7 +305,7 @@ def test_uint8_pixels_are_scaled_on_device():
   """Batches carry uint8 frames; the model's scaling equals the host-side to_siglip."""
   frames = np.random.default_rng(0).integers(0, 256, (1, 3, 112, 112, 3), np.uint8)
   model, params = build.build("hour_llava", CFG), build.init_params("hour_llava", CFG, jax.random.key(0))
-  enc = lambda x: model.apply({"params": params}, x, True, method="encode_frames")
+  enc = lambda x: model.apply({"params": params}, x, pool=True, method="encode_frames")
   assert rel_err(enc(frames), enc(to_siglip(frames))) < 1e-6
 
 

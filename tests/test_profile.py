@@ -9,7 +9,7 @@ from launch import profile
 
 
 def test_profile_train_step_and_trace(tmp_path):
-  run = get_config("tiny")
+  run = get_config("tiny,stage=3")
   r = profile.profile(run, "train", batch=2, frames=32, text=64, steps=2, warmup=1, peak_flops=1e11,
                       trace=str(tmp_path))
   cfg = model_config(run.model)

@@ -14,14 +14,14 @@ import pytest
 import torch
 import transformers
 
-from conftest import QWEN_VOCAB
+from conftest import QWEN_VOCAB, jit_apply
 from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.convert import import_torch
 from hourjax.convert.io import load_params, read_meta
-from hourjax.data.synthetic_videos import write_dataset
+from hourjax.synthetic.videos import write_dataset
 from launch import ask
 from tools.convert_torch import convert
-from tools.convert_torch.verify import rel_err
+from hourjax.numerics import rel_err
 
 STEPS = 2
 BATCH = 8         # one sample per fake CPU device
@@ -70,13 +70,13 @@ def test_export_and_load_back(trained, tmp_path):
   from hourjax.models import build
   model = build.build("hour_llava", back.config)
   ids = np.array([[151644, 872, 198, 9707, 1879, 151645, 198]])
-  ours = model.apply({"params": params}, ids, method=lambda m, x: m.llm(x)[0])
+  ours = jit_apply(model, params, ids, method=lambda m, x: m.llm(x)[0])
   with torch.no_grad():
     theirs = hf.model.language_model(torch.tensor(ids)).last_hidden_state
     theirs = hf.lm_head(theirs).numpy()
   assert rel_err(ours, theirs) < 1e-5
   pixels = np.random.default_rng(0).uniform(-1, 1, (2, 112, 112, 3)).astype(np.float32)
-  ours = model.apply({"params": params}, pixels[None], False, method="encode_frames")[0]
+  ours = jax.jit(lambda p, x: model.apply({"params": p}, x, False, method="encode_frames"))(params, pixels[None])[0]
   with torch.no_grad():
     theirs = hf.model.vision_tower(torch.tensor(pixels.transpose(0, 3, 1, 2)), output_hidden_states=True)
   assert rel_err(ours, theirs.hidden_states[-1].numpy()) < 1e-5
@@ -96,20 +96,18 @@ def test_ask_puts_the_video_at_the_placeholder(trained, tmp_path, capsys):
   assert "<|im_start|>user\n<image: " in out and " visual tokens>\nThe video lasts for " in out and "\nA: " in out
 
   loaded, batch, _ = ask.prepare(ask.parser().parse_args(argv))
-  ids = batch["input_ids"][0]
+  ids = batch.input_ids[0]
   k = int(np.flatnonzero(ids == IMAGE_TOKEN_INDEX)[0])
   assert (ids == IMAGE_TOKEN_INDEX).sum() == 1 and k == 14 and ids[k - 3:k].tolist() == [151644, 872, 198]
-  arrays = {key: v for key, v in batch.items() if key != "labels"}
-  _, inter = loaded.model.apply({"params": loaded.params}, arrays["input_ids"], arrays["attention_mask"],
-                                layout=arrays["layout"], features=arrays["features"], rng=jax.random.key(0),
-                                mutable="intermediates")
+  _, inter = jit_apply(loaded.model, loaded.params, batch.input_ids, batch.attention_mask,
+                                **batch.model_inputs(), rng=jax.random.key(0), mutable="intermediates")
   inter = inter["intermediates"]
   embeds, visual = inter["inputs_embeds"][0][0], inter["memaug_visual_output"][0][0]
   n = ask.visual_tokens(loaded.cfg, batch)
   assert visual.shape[0] == n
   np.testing.assert_array_equal(embeds[k:k + n], visual)
-  text = loaded.model.apply({"params": loaded.params}, jnp.asarray(np.where(ids == IMAGE_TOKEN_INDEX, 0, ids)),
+  text = jit_apply(loaded.model, loaded.params, jnp.asarray(np.where(ids == IMAGE_TOKEN_INDEX, 0, ids)),
                             method=lambda m, x: m.llm.embed(x))
   np.testing.assert_array_equal(embeds[:k], text[:k])
-  length = int(batch["attention_mask"][0].sum())
+  length = int(batch.attention_mask[0].sum())
   np.testing.assert_array_equal(embeds[k + n:length - 1 + n], text[k + 1:length])

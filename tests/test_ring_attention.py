@@ -10,7 +10,7 @@ import pytest
 
 from hourjax.ops import ring_attention as ra
 from hourjax.ops.attention import dot_product_attention
-from tools.convert_torch.verify import rel_err
+from hourjax.numerics import rel_err
 
 TOL = 1e-5
 

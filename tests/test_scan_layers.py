@@ -11,11 +11,12 @@ from configs.hour_llava import get_config
 from hourjax.config import model_config
 from hourjax.convert import layout
 from hourjax.convert.io import load_params, read_meta, save_params
-from hourjax.data.synthetic import synthetic_batch
+from hourjax.synthetic.batches import synthetic_batch
 from hourjax.models import build
 from hourjax.models.qwen2 import KVCache
 from hourjax.train.step import loss_fn
-from tools.convert_torch.verify import rel_err, tree_rel_err
+from hourjax.numerics import rel_err, tree_rel_err
+from conftest import jit_apply
 
 CFG = model_config(get_config("tiny").model)
 
@@ -57,7 +58,7 @@ def test_kv_cache_through_scanned_decoder():
   params = layout.stack_layers(build.init_params("qwen2", CFG.llm, jax.random.key(0)))
   model = build.build("qwen2", cfg)
   ids = np.asarray(jax.random.randint(jax.random.key(1), (2, 10), 0, cfg.vocab_size))
-  full, _ = model.apply({"params": params}, ids)
+  full, _ = jit_apply(model, params, ids)
   step = jax.jit(lambda p, x, c: model.apply({"params": p}, x, cache=c))
   logits, cache = step(params, ids[:, :4], KVCache.create(cfg, 2, 16))
   pieces = [logits]

@@ -79,7 +79,7 @@ def test_params_born_sharded_on_eight_devices():
   assert jax.device_count() == 8
   cfg = with_scan(model_config(get_config("tiny").model), True)
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 2, "tensor": 2, "sequence": 2})
-  params = mesh_lib.init_sharded("hour_llava", cfg, mesh, jax.random.key(0))
+  params = build.init_sharded("hour_llava", cfg, mesh, jax.random.key(0))
   ref = build.init_params("hour_llava", cfg, jax.random.key(0))
   specs = mesh_lib.param_specs(build.logical_specs("hour_llava", cfg),
                                build.abstract_params("hour_llava", cfg), mesh)

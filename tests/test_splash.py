@@ -12,7 +12,8 @@ from hourjax.models import build
 from hourjax.models.qwen2 import Qwen2Config
 from hourjax.ops.attention import cross_attend, dot_product_attention, segment_mask
 from hourjax.ops.splash import splash_attention
-from tools.convert_torch.verify import rel_err
+from hourjax.numerics import rel_err
+from conftest import jit_apply
 
 
 def _qkv(b, t, s, n, kh, d, seed=0):
@@ -53,7 +54,7 @@ def test_qwen2_with_splash_equals_xla():
   params = build.init_params("qwen2", cfg, jax.random.key(0))
   ids = jax.random.randint(jax.random.key(1), (2, 130), 0, 64)
   mask = jnp.ones((2, 130), bool).at[1, 100:].set(False)
-  ref, _ = build.build("qwen2", cfg).apply({"params": params}, ids, attention_mask=mask)
+  ref, _ = jit_apply(build.build("qwen2", cfg), params, ids, attention_mask=mask)
   got, _ = jax.jit(lambda p: build.build("qwen2", dataclasses.replace(cfg, attention="splash")).apply(
       {"params": p}, ids, attention_mask=mask))(params)
   assert rel_err(got[0], ref[0]) < 1e-5 and rel_err(got[1, :100], ref[1, :100]) < 1e-5

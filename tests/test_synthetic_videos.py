@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from hourjax.data.synthetic_videos import COLOURS, write_dataset
+from hourjax.synthetic.videos import COLOURS, write_dataset
 from hourjax.data.video import decode_frames, official_frame_indices, probe
 
 

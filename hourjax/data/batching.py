@@ -4,19 +4,21 @@ one program per bucket.
 
 A sample is a dict (`samples.ReadSample`): input_ids, labels [L] (one IMAGE_TOKEN_INDEX
 placeholder for a visual input, none for text), and `features` [T, g, C] (cached SigLIP
-features) or `pixels` uint8 [T, S, S, 3] (absent for text-only).
+features) or `pixels` uint8 [T, S, S, 3] (absent for text-only). What batching needs to know of
+the model is a `BatchSpec`: the cached features' shape, the frame size and forgetting's
+host-side layout rule.
 """
 from __future__ import annotations
 
 import bisect
 import dataclasses
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from hourjax.models.forgetting import image_layout, video_layout
 from hourjax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from hourjax.models.hour_llava import HourLlavaConfig
+from hourjax.data.batch import ImageBatch, TextBatch, VideoBatch
+from hourjax.models.forgetting import ForgettingConfig, VideoLayout, image_layout, video_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +41,36 @@ class Buckets:
     return self.frames[i], self.text[j]
 
 
-def collate(samples: Sequence[dict], cfg: HourLlavaConfig, buckets: Buckets, pad_id: int = 0,
-            modality: str = "video") -> dict:
-  """Samples of one stream -> one batch in the bucket of its largest sample (the model's batch
-  format). Visual input: `features` (cached), `pixels` (uint8 frames, or one image with
-  modality="image") or none (text-only: the batch has no layout)."""
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+  """The model's input shapes that batching needs (`BatchSpec.of(model_config)`)."""
+  tokens_per_frame: int       # cached features: pool_size ** 2
+  feature_width: int          # cached features: SigLIP width
+  image_size: int             # decoded frames and images
+  forgetting: ForgettingConfig
+
+  @classmethod
+  def of(cls, cfg: Any) -> "BatchSpec":
+    """From an HourLlavaConfig (or anything with its pool_size, vision, forgetting)."""
+    if isinstance(cfg, BatchSpec):
+      return cfg
+    return cls(cfg.pool_size ** 2, cfg.vision.hidden_size, cfg.vision.image_size, cfg.forgetting)
+
+  def layout(self, frames: Sequence[int], frame_edge: int) -> VideoLayout:
+    """The batch's layout, as wide as a sample of `frame_edge` frames needs: every batch of a
+    bucket has the same shapes."""
+    widths = video_layout([frame_edge], self.forgetting)
+    return video_layout(frames, self.forgetting, padded_frames=widths.source_frame.shape[1],
+                        memory_frames=widths.memory_frames.shape[1],
+                        retained_frames=widths.retained_frames.shape[1])
+
+
+def collate(samples: Sequence[dict], spec: Any, buckets: Buckets, pad_id: int = 0,
+            modality: str = "video") -> TextBatch | VideoBatch | ImageBatch:
+  """Samples of one stream -> one batch in the bucket of its largest sample. Visual input:
+  `features` (cached), `pixels` (uint8 frames, or one image with modality="image") or none
+  (text-only: a TextBatch). `spec`: a BatchSpec or the model config."""
+  spec = BatchSpec.of(spec)
   visual = next((k for k in ("features", "pixels") if any(s.get(k) is not None for s in samples)), None)
   frames = [0 if visual is None or s.get(visual) is None else len(s[visual]) for s in samples]
   if modality == "image" and max(frames) > 1:
@@ -62,23 +89,15 @@ def collate(samples: Sequence[dict], cfg: HourLlavaConfig, buckets: Buckets, pad
   for i, s in enumerate(samples):
     n = len(s["input_ids"])
     ids[i, :n], labels[i, :n], mask[i, :n] = s["input_ids"], s["labels"], 1
-  batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
   if visual is None:
-    return batch
-  if modality == "image":
-    batch["layout"] = image_layout([f > 0 for f in frames])
-  else:
-    # The widths one sample of `frame_edge` frames needs bound every sample of the bucket.
-    widths = video_layout([frame_edge], cfg.forgetting)
-    batch["layout"] = video_layout(frames, cfg.forgetting, padded_frames=widths.source_frame.shape[1],
-                                   memory_frames=widths.memory_frames.shape[1],
-                                   retained_frames=widths.retained_frames.shape[1])
+    return TextBatch(ids, mask, labels)
   if visual == "features":
-    out = np.zeros((b, frame_edge, cfg.pool_size ** 2, cfg.vision.hidden_size), np.float32)
+    out = np.zeros((b, frame_edge, spec.tokens_per_frame, spec.feature_width), np.float32)
   else:     # uint8: the model scales pixels to [-1, 1] on the device
-    out = np.zeros((b, frame_edge, cfg.vision.image_size, cfg.vision.image_size, 3), np.uint8)
+    out = np.zeros((b, frame_edge, spec.image_size, spec.image_size, 3), np.uint8)
   for i, s in enumerate(samples):
     if frames[i]:
       out[i, :frames[i]] = s[visual]
-  batch["features" if visual == "features" else "pixel_values"] = out
-  return batch
+  if modality == "image":
+    return ImageBatch(ids, mask, labels, image_layout([f > 0 for f in frames]), pixels=out)
+  return VideoBatch(ids, mask, labels, spec.layout(frames, frame_edge), **{visual: out})

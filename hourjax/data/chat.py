@@ -119,9 +119,16 @@ def from_hf(tokenizer: Any, path: str = "") -> ChatTokenizer:
 def load_tokenizer(path: str) -> ChatTokenizer:
   """A local HF tokenizer directory (the real Qwen2 / Qwen2.5 one, or the demo's small BPE),
   checked once: a tokenizer that cannot give the official format fails here, naming why."""
-  import transformers
+  import os
   try:
-    hf = transformers.AutoTokenizer.from_pretrained(path)
+    if os.path.exists(os.path.join(path, "tokenizer.json")):
+      # The tokenizers-backed class reads tokenizer.json and tokenizer_config.json as the
+      # architecture's class does, without AutoTokenizer importing torch (seconds per process).
+      from transformers import PreTrainedTokenizerFast
+      hf = PreTrainedTokenizerFast.from_pretrained(path)
+    else:
+      import transformers
+      hf = transformers.AutoTokenizer.from_pretrained(path)
   except (OSError, ValueError) as e:
     raise ValueError(f"tokenizer {path}: cannot load it ({str(e).splitlines()[0]})") from None
   return from_hf(hf, path)

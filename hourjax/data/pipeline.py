@@ -3,9 +3,9 @@
     ds = pipeline.from_config(run.data, model_cfg, process_index=jax.process_index(),
                               process_count=jax.process_count())
     it = iter(ds)
-    batch = next(it)                           # numpy, this process's share of the global batch
-    batch = pipeline.to_global(batch, mesh)    # jax.Arrays on the mesh (+ host-side "meta")
-    state = it.get_state()                     # checkpoint it; it.set_state(state) resumes exactly
+    batch, meta = next(it)     # a typed batch of numpy arrays (this process's share), and its Meta
+    state = it.get_state()     # checkpoint it; it.set_state(state) resumes exactly
+    # the trainer puts it on the mesh: hourjax.train.feed.to_global(batch, mesh, spec)
 
 Per stream (`sources.STREAMS`): records -> per-epoch shuffle (seeded) -> this process's slice ->
 `ReadSample` (decode, tokenize) -> `SkipAndBatch` (bad samples skipped and counted, batches
@@ -19,19 +19,11 @@ import logging
 from typing import Any, Callable, Sequence
 
 import grain
-import jax
-import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from hourjax.data import batching, chat
+from hourjax.data.batch import Meta
 from hourjax.data.samples import ReadOptions, ReadSample
 from hourjax.data.sources import Source, epoch_records
-from hourjax.models.forgetting import video_layout
-from hourjax.constants import IGNORE_INDEX
-from hourjax.models.hour_llava import HourLlavaConfig
-from hourjax.parallel import mesh as mesh_lib
-
-MODALITY = {"video": "video", "features": "video", "image": "image", "text": "video"}
 
 
 class _SkipAndBatchIterator(grain.DatasetIterator):
@@ -61,10 +53,8 @@ class _SkipAndBatchIterator(grain.DatasetIterator):
         continue
       good.append(sample)
       run = 0
-    batch = self._collate(good)
-    batch["meta"] = {"stream": self._stream, "ids": [s["id"] for s in good], "skipped": skipped,
-                     "truncated": [s["id"] for s in good if s["truncated"]]}
-    return batch
+    meta = Meta(self._stream, [s["id"] for s in good], skipped, [s["id"] for s in good if s["truncated"]])
+    return self._collate(good), meta
 
   # Batches are built within one __next__, so the parent's position is the whole state.
   def get_state(self) -> dict[str, Any]:
@@ -75,8 +65,8 @@ class _SkipAndBatchIterator(grain.DatasetIterator):
 
 
 class SkipAndBatch(grain.IterDataset):
-  """Samples -> batches of `batch_size` good samples; skipped samples are reported in the next
-  batch's meta ("skipped": [(id, reason)]), never silently lost."""
+  """Samples -> (batch, Meta) of `batch_size` good samples; skipped samples are reported in the
+  next batch's meta (`skipped`: [(id, reason)]), never silently lost."""
 
   def __init__(self, parent: grain.IterDataset, batch_size: int, collate: Callable, stream: str,
                max_consecutive_bad: int = 1000):
@@ -131,7 +121,10 @@ class MixStreams(grain.IterDataset):
     return _MixIterator({k: p.__iter__() for k, p in zip(self._names, self._parents)}, self._weights)
 
 
-def stream_dataset(records: Any, read: ReadOptions, cfg: HourLlavaConfig, stream: str, *,
+STREAM_MODALITY = {"video": "video", "features": "video", "image": "image", "text": "video"}
+
+
+def stream_dataset(records: Any, read: ReadOptions, spec: Any, stream: str, *,
                    batch_size: int, buckets: batching.Buckets, seed: int, process_index: int = 0,
                    process_count: int = 1, epochs: int | None = None, threads: int = 2,
                    read_ahead: int | None = None) -> grain.IterDataset:
@@ -140,33 +133,34 @@ def stream_dataset(records: Any, read: ReadOptions, cfg: HourLlavaConfig, stream
   defaults (16 threads, 500 ahead) suit small records, not decoded videos."""
   ds = grain.MapDataset.source(records).shuffle(seed).repeat(epochs)
   ds = ds[process_index::process_count].map(ReadSample(read))
-  collate = _Collate(cfg, buckets, MODALITY[stream])
+  collate = _Collate(batching.BatchSpec.of(spec), buckets, STREAM_MODALITY[stream])
   options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=read_ahead or 2 * batch_size)
   return SkipAndBatch(ds.to_iter_dataset(options), batch_size, collate, stream)
 
 
 @dataclasses.dataclass(frozen=True)
 class _Collate:      # a picklable partial for the worker processes
-  cfg: HourLlavaConfig
+  spec: batching.BatchSpec
   buckets: batching.Buckets
   modality: str
 
-  def __call__(self, samples: Sequence[dict]) -> dict:
-    return batching.collate(samples, self.cfg, self.buckets, modality=self.modality)
+  def __call__(self, samples: Sequence[dict]) -> Any:
+    return batching.collate(samples, self.spec, self.buckets, modality=self.modality)
 
 
-def make_dataset(streams: dict[str, Any], read: ReadOptions, cfg: HourLlavaConfig, *, batch_size: int,
+def make_dataset(streams: dict[str, Any], read: ReadOptions, spec: Any, *, batch_size: int,
                  buckets: batching.Buckets, seed: int, process_index: int = 0, process_count: int = 1,
                  workers: int = 0, worker_buffer: int = 2, epochs: int | None = None, threads: int = 2,
                  read_ahead: int | None = None) -> grain.IterDataset:
-  """All streams mixed in proportion to their sizes. `batch_size` is global."""
+  """All streams mixed in proportion to their sizes. `batch_size` is global; `spec` a
+  batching.BatchSpec or the model config."""
   if batch_size % process_count:
     raise ValueError(f"global batch_size={batch_size} is not divisible by {process_count} processes")
   streams = {k: v for k, v in streams.items() if len(v)}
   if not streams:
     raise ValueError("the data mixture selected no records")
   chat.load_tokenizer(read.tokenizer)      # a tokenizer unfit for the official format fails here, not per sample
-  per_stream = {name: stream_dataset(records, read, cfg, name, batch_size=batch_size // process_count,
+  per_stream = {name: stream_dataset(records, read, spec, name, batch_size=batch_size // process_count,
                                      buckets=buckets, seed=seed, process_index=process_index,
                                      process_count=process_count, epochs=epochs, threads=threads,
                                      read_ahead=read_ahead)
@@ -178,14 +172,14 @@ def make_dataset(streams: dict[str, Any], read: ReadOptions, cfg: HourLlavaConfi
   return ds
 
 
-def from_config(data: Any, cfg: HourLlavaConfig, *, process_index: int = 0, process_count: int = 1,
+def from_config(data: Any, spec: Any, *, process_index: int = 0, process_count: int = 1,
                 seed: int | None = None) -> grain.IterDataset:
   """The run config's `data` section (configs/hour_llava.py; epochs=0: forever) -> the pipeline. A prepared
   dataset (`data.prepared`, written by `python -m hourjax.data.prepared`) replaces the sources."""
   seed = data.seed if seed is None else seed
   read = ReadOptions(**dict(data.read))
   streams = streams_from_config(data, seed)
-  return make_dataset(streams, read, cfg, batch_size=data.batch_size,
+  return make_dataset(streams, read, spec, batch_size=data.batch_size,
                       buckets=batching.Buckets(tuple(data.buckets.frames), tuple(data.buckets.text)),
                       seed=seed, process_index=process_index, process_count=process_count,
                       workers=data.workers, worker_buffer=data.worker_buffer, epochs=data.epochs or None,
@@ -202,65 +196,3 @@ def streams_from_config(data: Any, seed: int) -> dict[str, Any]:
 def epoch_batches(data: Any) -> int:
   """Global batches in one epoch of every stream (what `train.steps=0` trains for)."""
   return sum(len(v) // data.batch_size for v in streams_from_config(data, data.seed).values())
-
-
-# ---------------------------------------------------------------------------------------------
-# Host batches -> global arrays.
-
-def _pad_axis(x: np.ndarray, axis: int, size: int, value: Any) -> np.ndarray:
-  if x.shape[axis] == size:
-    return x
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return np.pad(x, pad, constant_values=value)
-
-
-def pad_batch(batch: dict, cfg: HourLlavaConfig, frames: int, text: int) -> dict:
-  """A collated batch padded to a larger bucket (what every process agreed on)."""
-  out = dict(batch)
-  for k, fill in (("input_ids", 0), ("attention_mask", 0), ("labels", IGNORE_INDEX)):
-    out[k] = _pad_axis(batch[k], 1, text, fill)
-  if frames != _frames(batch):        # never for images: their streams agree on one frame
-    k = "features" if "features" in batch else "pixel_values"
-    out[k] = _pad_axis(batch[k], 1, frames, 0)
-    widths = video_layout([frames], cfg.forgetting)
-    out["layout"] = jax.tree.map(lambda x, w: x if x.ndim == 1 else _pad_axis(x, 1, w.shape[1], -1),
-                                 batch["layout"], widths)
-  return out
-
-
-def _frames(batch: dict) -> int:
-  x = batch.get("features", batch.get("pixel_values"))
-  return 0 if x is None else x.shape[1]
-
-
-def agree_on_bucket(batch: dict, cfg: HourLlavaConfig) -> dict:
-  """Every process pads its share to the largest bucket any process drew (one host allgather),
-  so that the global array has one shape."""
-  if jax.process_count() == 1:
-    return batch
-  from jax.experimental import multihost_utils
-  shape = np.array([_frames(batch), batch["input_ids"].shape[1]], np.int32)
-  frames, text = np.asarray(multihost_utils.process_allgather(shape)).max(0)
-  return pad_batch(batch, cfg, int(frames), int(text))
-
-
-def to_global(batch: dict, mesh: Mesh, cfg: HourLlavaConfig | None = None) -> dict:
-  """This process's numpy share -> global jax.Arrays sharded over the batch axes of `mesh`
-  (the host-side "meta" is returned as it is). Pass `cfg` on several processes, so that shares
-  of different buckets are padded to a common one."""
-  meta = batch.get("meta")
-  arrays = {k: v for k, v in batch.items() if k != "meta"}
-  if cfg is not None:
-    arrays = agree_on_bucket(arrays, cfg)
-  spec = mesh_lib.batch_spec(mesh)
-  axes = spec[0] if len(spec) else None
-
-  def put(x):
-    spec = PartitionSpec(axes, *([None] * (np.ndim(x) - 1)))
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, spec), np.asarray(x))
-
-  out = jax.tree.map(put, arrays)
-  if meta is not None:
-    out["meta"] = meta
-  return out

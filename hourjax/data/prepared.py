@@ -82,9 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", required=True, help="run config, path.py[:arg]")
   p.add_argument("--out", required=True)
-  p.add_argument("overrides", nargs="*", help="key=value config overrides")
-  a = p.parse_args(argv)
-  data = load(a.config, a.overrides).data
+  p.add_argument("overrides", nargs="*", help="config overrides: --config.key=value (or key=value)")
+  from hourjax.config import split_overrides
+  own, flags_ = split_overrides(sys.argv[1:] if argv is None else argv)
+  a = p.parse_args(own)
+  data = load(a.config, flags_ + a.overrides).data
   streams = epoch_records([Source(**dict(s)) for s in data.sources], data.root, data.seed)
   path = write_prepared(streams, a.out)
   print(f"prepared {path}: " + ", ".join(f"{k} {len(v)}" for k, v in sorted(streams.items())))

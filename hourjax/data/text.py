@@ -5,7 +5,7 @@ pipeline: one seeded Grain graph whose iterator state goes into every checkpoint
 
     from hourjax.data import text
     ds = text.dataset(["/data/slimpajama/*.jsonl"], "/ckpt/tokenizer", seq_len=32768, batch_size=8, seed=0)
-    batch = next(iter(ds))   # input_ids, labels, positions, segment_ids: int32 [8, 32768]
+    batch, meta = next(iter(ds))   # PackedBatch: input_ids, labels, positions, segment_ids [8, 32768]
 
 Documents: JSONL lines (`{"text": ...}`, SlimPajama's format) or ArrayRecord records (the same
 JSON, or raw UTF-8 text). Each document is tokenized and ends with the tokenizer's EOS token;
@@ -25,6 +25,7 @@ import grain
 import numpy as np
 
 from hourjax.constants import IGNORE_INDEX
+from hourjax.data.batch import Meta, PackedBatch
 
 
 def _expand(patterns: Sequence[str]) -> list[str]:
@@ -125,7 +126,7 @@ def training_example(packed: dict) -> dict:
 def dataset(patterns: Sequence[str], tokenizer: str, *, seq_len: int, batch_size: int, seed: int,
             epochs: int = 0, field: str = "text", process_index: int = 0, process_count: int = 1,
             threads: int = 2, read_ahead: int = 0) -> grain.IterDataset:
-  """This process's batches ([batch_size, seq_len] int32 arrays) of its share of the documents.
+  """This process's (PackedBatch, Meta) pairs ([batch_size, seq_len] int32 arrays) of its share of the documents.
   epochs=0 repeats forever (a step count ends the run)."""
   if seq_len < 2:
     raise ValueError(f"seq_len={seq_len}: a packed sequence needs at least 2 tokens")
@@ -136,7 +137,11 @@ def dataset(patterns: Sequence[str], tokenizer: str, *, seq_len: int, batch_size
   tokens = docs.map(Tokenize(tokenizer)).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=read_ahead or 4 * batch_size))
   packed = grain.experimental.ConcatThenSplitIterDataset(tokens, length_struct={"tokens": seq_len})
-  return packed.map(training_example).batch(batch_size, drop_remainder=True)
+  return packed.map(training_example).batch(batch_size, drop_remainder=True).map(as_batch)
+
+
+def as_batch(arrays: dict) -> tuple[PackedBatch, Meta]:
+  return PackedBatch(**arrays), Meta("packed")
 
 
 def from_config(data: Any, *, process_index: int = 0, process_count: int = 1,

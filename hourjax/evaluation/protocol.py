@@ -235,10 +235,11 @@ def regex_letter(response: str, letters: str = "ABCD", prefixes: Sequence[str] =
 def _tempcompass_instruction(kind: str) -> str:
   """TempCompass's judge instruction as lmms-eval's source spells it (an indented triple-quoted
   string whose lines are joined by backslashes)."""
-  sentences = (f"You will receive a {kind}, the ground-truth answer and the prediction from a question answering "
-               "(QA) model. ", "Your task is to determine whether QA model prediction is correct, based on the question "
-               "and ground-truth answer. ", 'If the prediction is correct, respond "Correct". If the prediction is '
-               'incorrect, respond "Incorrect".')
+  sentences = (f"You will receive a {kind}, the ground-truth answer and the prediction from a question "
+               "answering (QA) model. ",
+               "Your task is to determine whether QA model prediction is correct, based on the question and "
+               "ground-truth answer. ",
+               'If the prediction is correct, respond "Correct". If the prediction is incorrect, respond "Incorrect".')
   return "\n" + "".join(" " * 8 + s for s in sentences) + "\n" + " " * 8
 
 

@@ -2,13 +2,19 @@
 lmms-eval's tasks read (the fields of its Hugging Face dataset rows), so that prompts and scores
 are computed from the same fields lmms-eval uses.
 
-| benchmark | release layout under `root` | lmms-eval tasks |
-|---|---|---|
-| Video-MME | `videomme/test-*.parquet` (or .json / .jsonl, same columns), `data/<videoID>.mp4` (.MP4, .mkv), `subtitle/<videoID>.srt` | videomme, videomme_w_subtitle |
-| LongVideoBench | `lvb_val.json` (`candidates`), or `validation-*.parquet` (`option0..4`); `videos/<video_path>` | longvideobench_val_v |
-| LVBench | `video_info.meta.jsonl` (per video `key`, `qa` [{uid, question with "(A) ..." lines, answer, question_type}]); `videos/<key>.mp4` | lvbench |
-| TempCompass | `questions/{multi-choice,yes_no,caption_matching,captioning}.json` ({video_id: {dim: [{question, answer}]}}); `videos/<video_id>.mp4` | tempcompass_multi_choice, _yes_no, _caption_matching, _captioning |
-| MLVU (dev) | `json/1_plotQA.json` ... `7_topic_reasoning.json` (multiple choice: video, duration, question, candidates, answer text), `8_sub_scene.json`, `9_summary.json` (open-ended); `video/<json stem>/<video>` | mlvu_dev |
+Release layouts under `root`, and the lmms-eval tasks they feed:
+- Video-MME: `videomme/test-*.parquet` (or .json / .jsonl, same columns), `data/<videoID>.mp4`
+  (.MP4, .mkv), `subtitle/<videoID>.srt` -> videomme, videomme_w_subtitle.
+- LongVideoBench: `lvb_val.json` (`candidates`), or `validation-*.parquet` (`option0..4`);
+  `videos/<video_path>` -> longvideobench_val_v.
+- LVBench: `video_info.meta.jsonl` (per video `key`, `qa` [{uid, question with "(A) ..." lines,
+  answer, question_type}]); `videos/<key>.mp4` -> lvbench.
+- TempCompass: `questions/{multi-choice,yes_no,caption_matching,captioning}.json` ({video_id:
+  {dim: [{question, answer}]}}); `videos/<video_id>.mp4` -> tempcompass_multi_choice, _yes_no,
+  _caption_matching, _captioning.
+- MLVU (dev): `json/1_plotQA.json` ... `7_topic_reasoning.json` (multiple choice: video, duration,
+  question, candidates, answer text), `8_sub_scene.json`, `9_summary.json` (open-ended);
+  `video/<json stem>/<video>` -> mlvu_dev.
 
 A malformed file or record is an error naming the file and the record; a missing video is not
 an error here (the evaluation records it as skipped). Open-ended tasks that lmms-eval 0.7.3 has

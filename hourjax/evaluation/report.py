@@ -74,9 +74,9 @@ def tables(task: str, rows: Sequence[dict]) -> dict[str, dict[str, dict[str, flo
 
 def summarise(task: str, rows: Sequence[dict], protocol: Protocol = Protocol()) -> dict[str, Any]:
   scored = [r for r in rows if not r.get("unjudged")]
+  accuracy = 100 * float(np.mean([r["correct"] for r in scored])) if scored else None
   out = {"metric": metric(task, protocol), "value": value(task, rows, protocol), "n": len(scored),
-         "unjudged": len(rows) - len(scored), "accuracy": 100 * np.mean([r["correct"] for r in scored]) if scored else None,
-         "tables": tables(task, rows)}
+         "unjudged": len(rows) - len(scored), "accuracy": accuracy, "tables": tables(task, rows)}
   if task.startswith("tempcompass"):
     out["dims"] = tempcompass_dims(rows)
   if task == "lvbench" and len(scored) > 1:     # lmms-eval's built-in mean has a standard error

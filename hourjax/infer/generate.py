@@ -51,18 +51,17 @@ def sample_token(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.A
 _PROGRAMS: dict[Any, Any] = {}
 
 
-def _program(model: Any, sampling: Sampling, stop_ids: tuple[int, ...], modality: str, on_token: Any) -> Any:
-  key = (model, sampling, stop_ids, modality, on_token)
+def _program(model: Any, sampling: Sampling, stop_ids: tuple[int, ...], on_token: Any) -> Any:
+  key = (model, sampling, stop_ids, on_token)
   if key in _PROGRAMS:
     return _PROGRAMS[key]
 
   def run(params, batch, rng):
     forget_key, sample_key = jax.random.split(rng)
-    inputs = dict(layout=batch.get("layout"), pixel_values=batch.get("pixel_values"),
-                  features=batch.get("features"), modality=modality, rng=forget_key)
-    out_len = jax.eval_shape(lambda: model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
+    inputs = dict(batch.model_inputs(), rng=forget_key)
+    out_len = jax.eval_shape(lambda: model.apply({"params": params}, batch.input_ids, batch.attention_mask,
                                                  **inputs)["attention_mask"]).shape[1]
-    pre = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], **inputs,
+    pre = model.apply({"params": params}, batch.input_ids, batch.attention_mask, **inputs,
                       cache_len=out_len + sampling.max_new_tokens)
     b, n = pre["lengths"].shape[0], sampling.max_new_tokens
     stops, end_id = jnp.asarray(stop_ids, jnp.int32), stop_ids[0]
@@ -87,14 +86,13 @@ def _program(model: Any, sampling: Sampling, stop_ids: tuple[int, ...], modality
   return _PROGRAMS[key]
 
 
-def generate(model: Any, params: Any, batch: dict, rng: jax.Array, sampling: Sampling,
-             stop_ids: int | Sequence[int], modality: str = "video", on_token: Any = None) -> tuple[np.ndarray, np.ndarray]:
-  """A collated batch of prompts (no labels needed) -> (tokens [B, max_new_tokens], how many of
-  them precede the first stop token per prompt). `on_token(tokens [B], finished [B])` is called
-  on the host after every decoding step."""
+def generate(model: Any, params: Any, batch: Any, rng: jax.Array, sampling: Sampling,
+             stop_ids: int | Sequence[int], on_token: Any = None) -> tuple[np.ndarray, np.ndarray]:
+  """A collated batch of prompts (a VideoBatch, ImageBatch or TextBatch; labels unused) ->
+  (tokens [B, max_new_tokens], how many of them precede the first stop token per prompt).
+  `on_token(tokens [B], finished [B])` is called on the host after every decoding step."""
   stops = (int(stop_ids),) if isinstance(stop_ids, (int, np.integer)) else tuple(int(i) for i in stop_ids)
-  arrays = {k: v for k, v in batch.items() if k not in ("meta", "labels")}
-  tokens, lengths = _program(model, sampling, stops, modality, on_token)(params, arrays, rng)
+  tokens, lengths = _program(model, sampling, stops, on_token)(params, batch, rng)
   return np.asarray(tokens), np.asarray(lengths)
 
 

@@ -47,7 +47,7 @@ def _init_args(kind: str, cfg) -> tuple[tuple, dict]:
   size = cfg.vision.image_size
   ids = jnp.array([[1, IMAGE_TOKEN_INDEX, 2]], jnp.int32)
   return (ids, jnp.ones_like(ids)), dict(layout=image_layout([True]),
-                                         pixel_values=jnp.zeros((1, 1, size, size, 3)), modality="image")
+                                         pixels=jnp.zeros((1, 1, size, size, 3)), modality="image")
 
 
 def _dense_attention(kind: str, cfg):
@@ -77,6 +77,16 @@ def init_params(kind: str, cfg, key: jax.Array, param_dtype: Any = jnp.float32) 
 def abstract_params(kind: str, cfg, param_dtype: Any = jnp.float32) -> dict:
   """ShapeDtypeStructs of every parameter, without allocating anything."""
   return nn.unbox(jax.eval_shape(init_fn(kind, cfg, param_dtype), jax.random.key(0)))["params"]
+
+
+def init_sharded(kind: str, cfg, mesh: Any, key: jax.Array, param_dtype: Any = None) -> dict:
+  """Random parameters created directly in their shards on `mesh` (jit with out_shardings),
+  never whole on a host."""
+  from hourjax.parallel import mesh as mesh_lib
+  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
+  specs = mesh_lib.param_specs(logical_specs(kind, cfg), abstract_params(kind, cfg, **kw), mesh)
+  init = init_fn(kind, cfg, **kw)
+  return jax.jit(lambda k: nn.unbox(init(k))["params"], out_shardings=mesh_lib.shardings(specs, mesh))(key)
 
 
 def logical_specs(kind: str, cfg) -> dict:

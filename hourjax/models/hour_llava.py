@@ -132,13 +132,13 @@ class HourLlava(nn.Module):
     self.llm = Qwen2(c.llm, name="llm", **kw)
 
   # -- 1. frames -> full video tokens ------------------------------------------------------------
-  def encode_frames(self, pixel_values: jax.Array, pool: bool) -> jax.Array:
+  def encode_frames(self, pixels: jax.Array, pool: bool) -> jax.Array:
     """pixels [B, T, h, w, 3] in [-1, 1], or uint8 RGB (scaled here, on the device: a quarter of
     the host work and transfer) -> SigLIP features [B, T, g, C] (pooled to 8x8 if `pool`)."""
-    if pixel_values.dtype == jnp.uint8:
-      pixel_values = pixel_values.astype(jnp.float32) / 127.5 - 1.0     # = video.to_siglip
-    b, t = pixel_values.shape[:2]
-    feats = self.vision(pixel_values.reshape(b * t, *pixel_values.shape[2:]),
+    if pixels.dtype == jnp.uint8:
+      pixels = pixels.astype(jnp.float32) / 127.5 - 1.0     # = video.to_siglip
+    b, t = pixels.shape[:2]
+    feats = self.vision(pixels.reshape(b * t, *pixels.shape[2:]),
                         feature_layer=self.cfg.feature_layer)
     self.sow("intermediates", "siglip_features", feats)
     if pool:
@@ -147,15 +147,16 @@ class HourLlava(nn.Module):
     return feats.reshape(b, t, *feats.shape[1:])
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, labels: jax.Array | None = None,
-               *, layout: VideoLayout | None = None, pixel_values: jax.Array | None = None,
+               *, layout: VideoLayout | None = None, pixels: jax.Array | None = None,
                features: jax.Array | None = None, modality: str = "video",
                rng: jax.Array | None = None, head: bool = True,
                cache_len: int | None = None) -> dict[str, jax.Array]:
     """input_ids [B, L] with one IMAGE_TOKEN_INDEX per visual sample (none for text-only);
-    pixel_values [B, T, h, w, 3] or pre-pooled SigLIP `features` [B, T, 64, C];
+    pixels [B, T, h, w, 3] or pre-pooled SigLIP `features` [B, T, 64, C];
     layout from `forgetting.video_layout` / `image_layout`; rng for random forgetting.
     Returns logits [B, L', V], labels [B, L'] aligned to them (ignore_index on visual tokens
-    and padding) and attention_mask [B, L'] (L' at most `max_length`: the rest is cut); with head=False "hidden" (the LLM's final-normed
+    and padding) and attention_mask [B, L'] (L' at most `max_length`: the rest is cut); with
+    head=False "hidden" (the LLM's final-normed
     states [B, L', H]) replaces "logits", for a loss that applies the head in chunks.
     With `cache_len` (inference prefill; prompts right-padded) the LLM fills a KVCache of that
     many slots and the result is {"last_logits" [B, V] (each prompt's last token), "cache",
@@ -167,7 +168,7 @@ class HourLlava(nn.Module):
     text = self.llm.embed(jnp.where(valid, input_ids, 0))
     is_ph = input_ids == IMAGE_TOKEN_INDEX   # text-only samples: all text counts as prefix
     split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), input_ids.shape[1])[:, None]
-    if layout is None or (pixel_values is None and features is None):
+    if layout is None or (pixels is None and features is None):
       return self._decode(text, valid, split, labels, None, None, head, cache_len)
     if modality not in ("video", "image"):
       raise ValueError(f"modality={modality!r}: expected 'video' or 'image'")
@@ -175,7 +176,7 @@ class HourLlava(nn.Module):
     spatial_key, temporal_key = jax.random.split(rng)
 
     if features is None:
-      siglip = self.encode_frames(pixel_values, pool=modality == "video")
+      siglip = self.encode_frames(pixels, pool=modality == "video")
       if c.vision_grad_frames:
         long = jnp.max(jnp.asarray(layout.source_frame), 1) + 1 > c.vision_grad_frames   # input frames
         siglip = jnp.where(long[:, None, None, None], jax.lax.stop_gradient(siglip), siglip)

@@ -1,7 +1,7 @@
 """The device mesh and how logical names become shardings on it.
 
     mesh = make_mesh({"data": 2, "fsdp": -1, "tensor": 1, "sequence": 2})
-    params = init_sharded("hour_llava", cfg, mesh, key)   # born sharded, never whole on a host
+    params = build.init_sharded("hour_llava", cfg, mesh, key)  # (models/build.py) born sharded
     with activate(mesh):      # context mesh: activation constraints, ring and splash attention
       ... jax.jit(step, in_shardings=shardings(specs, mesh), ...) ...
 
@@ -14,7 +14,6 @@ import contextlib
 import math
 from typing import Any, Iterator, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
@@ -84,15 +83,6 @@ def activate(mesh: MeshLike) -> Iterator[MeshLike]:
   """Make `mesh` the context mesh: activation constraints and ring attention follow it."""
   with jax.set_mesh(mesh):
     yield mesh
-
-
-def init_sharded(kind: str, cfg: Any, mesh: Mesh, key: jax.Array, param_dtype: Any = None) -> dict:
-  """Random parameters created directly in their shards (jit with out_shardings)."""
-  from hourjax.models import build
-  kw = {} if param_dtype is None else {"param_dtype": param_dtype}
-  specs = param_specs(build.logical_specs(kind, cfg), build.abstract_params(kind, cfg, **kw), mesh)
-  init = build.init_fn(kind, cfg, **kw)
-  return jax.jit(lambda k: nn.unbox(init(k))["params"], out_shardings=shardings(specs, mesh))(key)
 
 
 def batch_spec(mesh: MeshLike) -> PartitionSpec:

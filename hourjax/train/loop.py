@@ -1,45 +1,42 @@
-"""The training loop: config -> mesh, model, data, optimizer -> jitted steps, with Orbax
-checkpoints that resume exactly, preemption handling and metrics.
+"""The training loop: it iterates, logs and checkpoints; everything periodic is a hook.
 
     from hourjax.config import load
     from hourjax.train.loop import train
     summary = train(load("configs/hour_llava.py:tiny,stage=3", ["data.root=/tmp/synth"]), "/tmp/run")
 
+The program (model, optimizer, shardings, jitted step) comes from `program.build`. Hooks run
+after a step when due (every N steps, and at the last): the non-finite check (every step; it
+stops the run before anything is saved), held-out evaluation (`run.evals`, each every N steps,
+as big_vision's evaluators), MFU (with `train.peak_flops`) and the checkpoint.
+
 Resume: calling `train` again with the same workdir continues from the latest checkpoint (the
 state, the data iterator and the step), so a preempted or killed run repeats no batch and skips
-none. SIGTERM saves a checkpoint at the end of the current step and returns.
-
-A run with `train.decoder_only` trains the decoder (`model.llm`) alone on packed text
-(`hourjax.data.text`, ProLongVid's context extension); `run_stage` runs its progressive context
-schedule phase by phase and writes the final parameters.
+none. SIGTERM saves a checkpoint at the end of the current step and returns. Stages with
+context phases and their final parameters: `hourjax.train.stage`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from hourjax.config import model_config
-from hourjax.convert.io import load_params, read_meta
-from hourjax.data import chat, pipeline, text
-from hourjax.models import build
+from hourjax.data import chat, pipeline
+from hourjax.data.batch import Meta
 from hourjax.parallel import mesh as mesh_lib
-from hourjax.train import flops as flops_lib
-from hourjax.train import optimizer as opt_lib
-from hourjax.train import step as step_lib
-from hourjax.train.checkpoint import Checkpoints, abstract_like
+from hourjax.train import evaluate as eval_lib
+from hourjax.train import feed
+from hourjax.train import program as program_lib
+from hourjax.train.checkpoint import Checkpoints
 from hourjax.train.metrics import DataCounters, MetricWriter
-
-DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -49,8 +46,8 @@ class NonFiniteLoss(RuntimeError):
 def check_run(run: ml_collections.ConfigDict) -> None:
   """Start-up validation: each inconsistent value is named."""
   t = run.train
-  if t.dtype not in DTYPES:
-    raise ValueError(f"train.dtype={t.dtype!r}: expected one of {sorted(DTYPES)}")
+  if t.dtype not in program_lib.DTYPES:
+    raise ValueError(f"train.dtype={t.dtype!r}: expected one of {sorted(program_lib.DTYPES)}")
   for key in ("init", "init_llm"):
     path = t.get(key, "")
     if path and not os.path.exists(os.path.join(path, "hourjax.json")):
@@ -77,111 +74,150 @@ def check_run(run: ml_collections.ConfigDict) -> None:
   if run.data.batch_size % (k * shards):
     raise ValueError(f"train.optimizer.accumulate={k}: data.batch_size={run.data.batch_size} must split "
                      f"into {k} micro-batches that each divide by the {shards} batch shards")
+  for name, ev in run.get("evals", {}).items():
+    if ev.get("every", 0) <= 0:
+      raise ValueError(f"evals.{name}.every={ev.get('every')}: an evaluator needs an interval > 0")
 
 
 def _scalar(x: Any) -> float:
   return float(np.asarray(x))
 
 
+# -- hooks --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Step:
+  """What a hook sees after a step."""
+  number: int                 # steps done
+  state: Any
+  metrics: dict[str, float]   # this step's scalars so far (a hook may add its own)
+  batch: Any
+  meta: Meta
+  seconds: float
+
+
+@dataclasses.dataclass
+class Hook:
+  """`fn(step) -> scalars or None`, run after steps that are multiples of `every` (0: never),
+  and after the last when `at_end`."""
+  name: str
+  every: int
+  fn: Callable[[Step], dict[str, float] | None]
+  at_end: bool = True
+
+  def due(self, step: int, last: int) -> bool:
+    return (self.every > 0 and step % self.every == 0) or (self.at_end and step == last)
+
+
+def nonfinite_hook(workdir: str, ckpts: Checkpoints, lead: bool) -> Hook:
+  """A NaN or inf loss stops the run with its diagnostics, before anything is saved."""
+  def check(s: Step) -> None:
+    if np.isfinite(s.metrics["loss"]):
+      return
+    path = os.path.join(workdir, f"nonfinite_step_{s.number}.json")
+    if lead:
+      with open(path, "w") as f:
+        json.dump({"step": s.number, "metrics": s.metrics, "batch": dataclasses.asdict(s.meta),
+                   "last_checkpoint": ckpts.latest()}, f, indent=1)
+    raise NonFiniteLoss(f"loss is {s.metrics['loss']} at step {s.number}; nothing saved after step "
+                        f"{ckpts.latest()}; diagnostics in {path}")
+  return Hook("nonfinite", 1, check)
+
+
+def mfu_hook(program: program_lib.Program, peak_flops: float) -> Hook:
+  """Model FLOPs utilisation of the step against `peak_flops` per device."""
+  def mfu(s: Step) -> dict[str, float]:
+    flops = program.task.flops(s.batch, program.opt_cfg)
+    return {"mfu": flops / s.seconds / (peak_flops * jax.device_count())}
+  return Hook("mfu", 1 if peak_flops else 0, mfu, at_end=bool(peak_flops))
+
+
+def eval_hook(name: str, every: int, program: program_lib.Program, data: Any, where: dict) -> Hook:
+  """Held-out loss and answer-token accuracy on a finite data section, logged as eval/<name>/*."""
+  def run_eval(s: Step) -> dict[str, float]:
+    batches = ((feed.to_global(b, program.mesh, program.task.spec), m)
+               for b, m in program.task.data(data, **where))
+    out = eval_lib.evaluate(program.model, s.state.params, batches, loss=program.eval_loss)
+    return {f"eval/{name}/{k}": v for k, v in out.items()}
+  return Hook(f"eval/{name}", every, run_eval)
+
+
+def eval_data(run: ml_collections.ConfigDict, overrides: Any) -> ml_collections.ConfigDict:
+  """The run's data section with an evaluator's fields replaced, read once (epochs = 1)."""
+  data = run.data.copy_and_resolve_references()
+  with data.unlocked():
+    for k, v in dict(overrides).items():
+      data[k] = v
+    data.epochs = 1
+  return data
+
+
+def checkpoint_hook(ckpts: Checkpoints, data_iter: Any, run_dict: dict) -> Hook:
+  return Hook("checkpoint", ckpts.every, lambda s: ckpts.save(s.number, s.state, data_iter,
+                                                                {**run_dict, "step": s.number}))
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
 def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `run` in `workdir` (checkpoints/, metrics.jsonl, tensorboard/); returns a summary."""
   check_run(run)
   t = run.train
-  decoder_only = t.get("decoder_only", False)
-  kind = "qwen2" if decoder_only else "hour_llava"
-  full_cfg = model_config(run.model)
-  cfg = full_cfg.llm if decoder_only else full_cfg
-  opt_cfg = opt_lib.OptimizerConfig(**{**t.optimizer.to_dict(), "lr": dict(t.optimizer.lr)})
-  mesh = mesh_lib.make_mesh(dict(run.mesh))
-  model = build.build(kind, cfg, dtype=DTYPES[t.dtype])
+  task = program_lib.task_of(run)
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  if decoder_only:
-    data_iter = iter(text.from_config(run.data, **where))
-  else:
-    data_iter = iter(pipeline.from_config(run.data, cfg, **where))
+  tok_path = task.tokenizer_path(run.data)
+  tokenizer = chat.load_tokenizer(tok_path) if tok_path else None
+  if tokenizer is not None:
+    tokenizer.check_vocab(task.model.llm.vocab_size)
+  template = tokenizer.template_ids() if tokenizer is not None and task.name != "decoder" else ()
   steps = t.steps or pipeline.epoch_batches(run.data)     # 0: one epoch, as the official runs
-  abstract = build.abstract_params(kind, cfg)
-  specs = mesh_lib.param_specs(build.logical_specs(kind, cfg), abstract, mesh)
-  optimizer = opt_lib.make_optimizer(opt_cfg, abstract, steps)
-  lr_schedules = opt_lib.schedules(opt_cfg, steps)      # for logging; the optimizer holds its own
-  state_sh = mesh_lib.shardings(step_lib.state_specs(optimizer, specs, abstract), mesh)
+  program = program_lib.build(run, steps=steps, template_ids=template, task=task)
+  data_iter = task.data(run.data, **where)
   ckpts = Checkpoints(os.path.join(workdir, "checkpoints"), every=t.checkpoint_every,
                       keep=t.checkpoint_keep, use_async=t.checkpoint_async)
   lead = jax.process_index() == 0
   writer = MetricWriter(workdir, steps, enabled=lead)
   counters = DataCounters()
   run_dict = {"config": run.to_dict(), "workdir": os.path.abspath(workdir)}
-
-  tok_path = run.data.tokenizer if decoder_only else run.data.read.tokenizer
-  tokenizer = chat.load_tokenizer(tok_path) if tok_path else None
-  if tokenizer is not None:
-    tokenizer.check_vocab(full_cfg.llm.vocab_size)
-  template = tokenizer.template_ids() if tokenizer is not None and not decoder_only else ()
-
-  def loss(params, batch, rng, modality):
-    if decoder_only:
-      return step_lib.lm_loss_fn(model, params, batch, rng)
-    return step_lib.loss_fn(model, opt_lib.stop_frozen(params, opt_cfg), batch, rng, modality, template)
-
-  jitted: dict[str, Any] = {}
-
-  def step_fn(modality: str):
-    if modality not in jitted:
-      fn = step_lib.make_train_step(lambda p, b, r: loss(p, b, r, modality), optimizer, opt_cfg.accumulate)
-      jitted[modality] = jax.jit(fn, in_shardings=(state_sh, None, None), out_shardings=(state_sh, None),
-                                 donate_argnums=0)
-    return jitted[modality]
+  hooks = [nonfinite_hook(workdir, ckpts, lead), mfu_hook(program, t.peak_flops)]
+  hooks += [eval_hook(name, ev.every, program, eval_data(run, ev.get("data", {})), where)
+            for name, ev in run.get("evals", {}).items()]
+  hooks.append(checkpoint_hook(ckpts, data_iter, run_dict))
 
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
   rng = jax.random.key(t.seed)
-  with mesh_lib.activate(mesh):
+  with mesh_lib.activate(program.mesh):
     start = ckpts.latest()
     if start is not None:
-      abstract_state = abstract_like(jax.eval_shape(lambda p: step_lib.init_state(p, optimizer), abstract), state_sh)
-      state, _ = ckpts.restore(start, abstract_state, data_iter)
+      state, _ = ckpts.restore(start, program.abstract_state(), data_iter)
       logging.info("resumed from step %d", start)
     else:
       start = 0
-      params = initial_params(run, kind, cfg, mesh, abstract_like(abstract, state_sh.params))
-      state = jax.jit(lambda p: step_lib.init_state(p, optimizer), out_shardings=state_sh)(params)
+      state = program.init_state(program.initial_params(run))
     losses = []
     step_time = time.perf_counter()
     try:
       for step in range(start, steps):
-        batch = next(data_iter)
-        meta = batch.pop("meta", None) or {"stream": "text", "ids": batch["input_ids"], "skipped": [],
-                                             "truncated": []}
-        modality = pipeline.MODALITY.get(meta["stream"], "text")
-        global_batch = pipeline.to_global(batch, mesh, None if decoder_only else cfg)
-        state, m = step_fn(modality)(state, global_batch, rng)
+        batch, meta = next(data_iter)
+        state, m = program.step(state, feed.to_global(batch, program.mesh, task.spec), rng)
         m = jax.device_get(m)
-        loss_value = _scalar(m["loss"])
-        if not np.isfinite(loss_value):
-          path = os.path.join(workdir, f"nonfinite_step_{step + 1}.json")
-          if lead:
-            with open(path, "w") as f:
-              json.dump({"step": step + 1, "metrics": {k: _scalar(v) for k, v in m.items()},
-                         "batch": meta, "last_checkpoint": ckpts.latest()}, f, indent=1)
-          raise NonFiniteLoss(f"loss is {loss_value} at step {step + 1}; nothing saved after step "
-                              f"{ckpts.latest()}; diagnostics in {path}")
         now = time.perf_counter()
         dt, step_time = now - step_time, now
-        real = batch["attention_mask"] if "attention_mask" in batch else np.asarray(batch["segment_ids"]) > 0
-        tokens = int(np.asarray(real).sum()) * jax.process_count()
-        scalars = {"loss": loss_value, "accuracy": _scalar(m["correct_tokens"]) / max(1, _scalar(m["answer_tokens"])),
+        tokens = int(np.asarray(batch.tokens()).sum()) * jax.process_count()
+        scalars = {"loss": _scalar(m["loss"]),
+                   "accuracy": _scalar(m["correct_tokens"]) / max(1, _scalar(m["answer_tokens"])),
                    "grad_norm": _scalar(m["grad_norm"]), "step_time_s": dt, "tokens_per_s": tokens / dt,
-                   "supervised_tokens": _scalar(m["supervised_tokens"])}
-        for g, sched in lr_schedules.items():
-          scalars[f"lr/{g}"] = float(sched(step))
-        if t.peak_flops:
-          scalars["mfu"] = _step_flops(cfg, global_batch, opt_cfg) / dt / (t.peak_flops * jax.device_count())
-        writer.write(step + 1, scalars, counters.add(meta))
-        losses.append(loss_value)
+                   "supervised_tokens": _scalar(m["supervised_tokens"]),
+                   **{f"lr/{g}": float(sched(step)) for g, sched in program.schedules.items()}}
         if t.stop_after and step + 1 - start >= t.stop_after:
           stop["signal"] = "stop_after"
-        if ckpts.due(step + 1, steps) or stop["signal"] is not None:
-          ckpts.save(step + 1, state, data_iter, {**run_dict, "step": step + 1})
+        done = Step(step + 1, state, scalars, batch, meta, dt)
+        for hook in hooks:
+          if hook.due(step + 1, steps) or (hook.name == "checkpoint" and stop["signal"] is not None):
+            scalars.update(hook.fn(done) or {})
+        writer.write(step + 1, scalars, counters.add(meta))
+        losses.append(scalars["loss"])
         if stop["signal"] is not None:
           logging.warning("%s: saved step %d and stopping", stop["signal"], step + 1)
           break
@@ -198,93 +234,3 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
   return {**summary, "state": state}
-
-
-def initial_params(run: ml_collections.ConfigDict, kind: str, cfg: Any, mesh: Any, abstract: Any) -> Any:
-  """Fresh parameters (train.seed), or `train.init`'s. An Hour-LLaVA checkpoint initialises a
-  decoder-only run with its LLM; `train.init_llm` (a decoder checkpoint, e.g. the context
-  extension's params) then replaces an Hour-LLaVA run's LLM."""
-  t = run.train
-  if t.init:
-    saved = read_meta(t.init)["kind"]
-    if saved == kind:
-      params = load_params(t.init, abstract)
-    elif kind == "qwen2" and saved == "hour_llava":
-      params = load_params(t.init, {"llm": abstract, **_rest_of(t.init, "llm")})["llm"]
-    else:
-      raise ValueError(f"train.init={t.init!r} holds a {saved!r} model; this run trains {kind}")
-  else:
-    params = mesh_lib.init_sharded(kind, cfg, mesh, jax.random.key(t.seed))
-  if t.get("init_llm", ""):
-    if kind != "hour_llava":
-      raise ValueError("train.init_llm replaces an Hour-LLaVA run's decoder; use train.init here")
-    meta = read_meta(t.init_llm)
-    if meta["kind"] != "qwen2":
-      raise ValueError(f"train.init_llm={t.init_llm!r} holds a {meta['kind']!r} model; expected qwen2")
-    if meta["config"].get("rope_theta") != cfg.llm.rope_theta:
-      logging.warning("train.init_llm was trained with rope_theta %s; this run uses %s",
-                      meta["config"].get("rope_theta"), cfg.llm.rope_theta)
-    params = {**params, "llm": load_params(t.init_llm, abstract["llm"])}
-  return params
-
-
-def _rest_of(path: str, keep: str) -> dict:
-  """Abstract leaves (restored on the host, then dropped) for a checkpoint's other subtrees."""
-  from hourjax.models.build import abstract_params, config_from_dict
-  meta = read_meta(path)
-  full = abstract_params(meta["kind"], config_from_dict(meta["kind"], meta["config"]))
-  return {k: v for k, v in full.items() if k != keep}
-
-
-def run_stage(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """`train`, then the final parameters to <workdir>/params (the next stage's train.init).
-  With `train.context_schedule` ((steps, seq_len), ...) each phase trains in
-  <workdir>/phase<i>_<seq_len> from the previous phase's parameters, with its own schedule and
-  data seed (data.seed + i); finished phases are skipped when the stage is re-run."""
-  from hourjax.convert.io import save_params
-  check_run(run)
-  schedule = [tuple(x) for x in run.train.get("context_schedule", ())]
-  kind = "qwen2" if run.train.get("decoder_only", False) else "hour_llava"
-  cfg = model_config(run.model)
-  cfg = cfg.llm if kind == "qwen2" else cfg
-  phases = []
-  init = run.train.init
-  for i, (steps, length) in enumerate(schedule):
-    phase = run.copy_and_resolve_references()
-    phase.train.steps, phase.data.seq_len, phase.data.seed = steps, length, run.data.seed + i
-    phase.train.init = init
-    phase_dir = os.path.join(workdir, f"phase{i}_{length}")
-    params_dir = os.path.join(phase_dir, "params")
-    init = params_dir
-    if os.path.exists(os.path.join(params_dir, "hourjax.json")):
-      phases.append({"phase": i, "seq_len": length, "skipped": "finished earlier"})
-      continue
-    summary = train(phase, phase_dir)
-    state = summary.pop("state")
-    phases.append({"phase": i, "seq_len": length, **summary})
-    if summary["preempted"] or summary["last_step"] != summary["steps"]:
-      return {"phases": phases, "preempted": True}
-    save_params(params_dir, state.params, kind, cfg)
-  if schedule:
-    import shutil
-    shutil.rmtree(os.path.join(workdir, "params"), ignore_errors=True)
-    if jax.process_index() == 0:
-      shutil.copytree(init, os.path.join(workdir, "params"))
-    return {"phases": phases, "preempted": False}
-  else:
-    summary = train(run, workdir)
-    final = summary.pop("state").params
-    if not summary["preempted"] and summary["last_step"] == summary["steps"]:
-      save_params(os.path.join(workdir, "params"), final, kind, cfg)
-    return summary
-
-
-def _step_flops(cfg, batch: dict, opt_cfg: opt_lib.OptimizerConfig) -> float:
-  layout = batch.get("layout")
-  b, text = batch["input_ids"].shape
-  if layout is None:
-    return flops_lib.decoder_step(getattr(cfg, "llm", cfg), b, text)["total"]
-  frames = batch.get("features", batch.get("pixel_values")).shape[1]
-  return sum(flops_lib.hour_llava_step(
-      cfg, b, text, frames, layout.memory_frames.shape[1], layout.retained_frames.shape[1],
-      pixels="pixel_values" in batch, vision_trainable="vision" in opt_cfg.trainable).values())

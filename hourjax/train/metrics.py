@@ -49,19 +49,19 @@ class MetricWriter:
 
 
 class DataCounters:
-  """Running totals of the pipeline's per-batch report (`batch["meta"]`)."""
+  """Running totals of the pipeline's per-batch report (its `Meta`)."""
 
   def __init__(self):
     self.counts: collections.Counter = collections.Counter()
 
-  def add(self, meta: Mapping[str, Any]) -> dict[str, Any]:
+  def add(self, meta: Any) -> dict[str, Any]:
     """Adds one batch's report; returns what to log with the step (skipped ids included)."""
-    self.counts[f"samples_{meta['stream']}"] += len(meta["ids"])
-    self.counts["skipped"] += len(meta["skipped"])
-    self.counts["truncated"] += len(meta["truncated"])
-    out: dict[str, Any] = {"stream": meta["stream"]}
-    if meta["skipped"]:
-      out["skipped"] = [list(s) for s in meta["skipped"]]
-    if meta["truncated"]:
-      out["truncated"] = list(meta["truncated"])
+    self.counts[f"samples_{meta.stream}"] += len(meta.ids)
+    self.counts["skipped"] += len(meta.skipped)
+    self.counts["truncated"] += len(meta.truncated)
+    out: dict[str, Any] = {"stream": meta.stream}
+    if meta.skipped:
+      out["skipped"] = [list(s) for s in meta.skipped]
+    if meta.truncated:
+      out["truncated"] = list(meta.truncated)
     return out

@@ -1,12 +1,10 @@
 """The training step: loss, gradients and the optimizer update, one jitted function.
 
-An Hour-LLaVA batch is a dict of arrays with a fixed shape per bucket:
-  input_ids, attention_mask, labels  [B, L]   (one IMAGE_TOKEN_INDEX placeholder per sample)
-  layout                             VideoLayout (forgetting.video_layout; absent for text-only)
-  features [B, T, g, C] (cached SigLIP features) or pixel_values [B, T, h, w, 3]
-A decoder-only batch (ProLongVid's long-context stage) has input_ids, labels, positions and
-segment_ids [B, L]. The loss is the mean next-token cross-entropy over every supervised token
-of the global batch.
+Batches are the typed batches of `hourjax.data.batch`: a VideoBatch (frames as `pixels`, or
+cached `features`) or ImageBatch goes through the whole Hour-LLaVA, a TextBatch through it
+without a visual input, a PackedBatch (ProLongVid's long-context stage) through the decoder
+alone. `jit` compiles one program per batch kind and bucket shape. The loss is the mean
+next-token cross-entropy over every supervised token of the global batch.
 """
 from __future__ import annotations
 
@@ -18,10 +16,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from hourjax.data.batch import Batch, PackedBatch
 from hourjax.ops.attention import ring_shards
 from hourjax.ops.loss import answer_tokens, chunked_next_token_loss
-
-Batch = dict[str, Any]
 
 
 @flax.struct.dataclass
@@ -31,13 +28,14 @@ class TrainState:
   opt_state: Any
 
 
-def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array, modality: str = "video",
+def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
             template_ids: tuple[int, ...] = ()) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean next-token CE over the batch's supervised tokens; aux counts them, and the answer
   tokens (not in `template_ids`, e.g. `tokenizer.template_ids()`) the argmax gets right."""
-  out = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                    layout=batch.get("layout"), features=batch.get("features"),
-                    pixel_values=batch.get("pixel_values"), modality=modality, rng=rng, head=False)
+  if isinstance(batch, PackedBatch):
+    return lm_loss_fn(model, params, batch, rng)
+  out = model.apply({"params": params}, batch.input_ids, batch.attention_mask, batch.labels,
+                    **batch.model_inputs(), rng=rng, head=False)
   head = model.apply({"params": params}, method=lambda m: m.llm.head_weight())
   total, count, correct = chunked_next_token_loss(out["hidden"], head, out["labels"], shards=ring_shards(),
                                                   template_ids=template_ids)
@@ -45,13 +43,13 @@ def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array, modalit
                                          "answer_tokens": answer_tokens(out["labels"], template_ids)}
 
 
-def lm_loss_fn(model: nn.Module, params: Any, batch: Batch,
+def lm_loss_fn(model: nn.Module, params: Any, batch: PackedBatch,
                rng: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Qwen2 alone on packed token sequences."""
-  hidden, _ = model.apply({"params": params}, batch["input_ids"], positions=batch.get("positions"),
-                          segment_ids=batch.get("segment_ids"), head=False)
+  hidden, _ = model.apply({"params": params}, batch.input_ids, positions=batch.positions,
+                          segment_ids=batch.segment_ids, head=False)
   head = model.apply({"params": params}, method=lambda m: m.head_weight())
-  total, count, correct = chunked_next_token_loss(hidden, head, batch["labels"], shards=ring_shards())
+  total, count, correct = chunked_next_token_loss(hidden, head, batch.labels, shards=ring_shards())
   return total / jnp.maximum(count, 1), {"supervised_tokens": count, "correct_tokens": correct,
                                          "answer_tokens": count}
 
@@ -85,8 +83,8 @@ def accumulated_value_and_grad(loss: LossFn, params: Any, batch: Batch, rng: jax
             jax.tree.map(jnp.add, sums, aux)), None
 
   zeros = jax.tree.map(jnp.zeros_like, params)
-  aux0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
-                      jax.eval_shape(lambda: loss(params, jax.tree.map(lambda x: x[0], micro_batches(batch, k)), rng)[1]))
+  first = jax.tree.map(lambda x: x[0], micro_batches(batch, k))
+  aux0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(lambda: loss(params, first, rng)[1]))
   (total, grads, aux), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros, aux0), micro_batches(batch, k))
   n = jnp.maximum(aux["supervised_tokens"], 1).astype(jnp.float32)
   return (total / n, aux), jax.tree.map(lambda g: g / n, grads)

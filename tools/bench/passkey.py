@@ -93,8 +93,8 @@ def main(argv=None) -> int:
   from hourjax.config import load, model_config
   from hourjax.convert.io import load_params
   from hourjax.data.chat import load_tokenizer
-  from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
-  from hourjax.train.loop import run_stage
+  from hourjax.synthetic.tokenizer import save_tiny_tokenizer
+  from hourjax.train.stage import run_stage
 
   os.makedirs(a.workdir, exist_ok=True)
   short_docs, long_docs = os.path.join(a.workdir, "short.jsonl"), os.path.join(a.workdir, "long.jsonl")
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
       f"+ context extension ({a.long} tokens, theta 1e9)": (
           [f"data.documents=['{long_docs}']", f"data.seq_len={a.long}", "data.batch_size=2",
            f"train.steps={a.extension_steps}", "train.optimizer.lr.llm=1e-3"], "extended", "base"),
-      f"+ same steps at theta 1e6 (control)": (
+      "+ same steps at theta 1e6 (control)": (
           [f"data.documents=['{long_docs}']", f"data.seq_len={a.long}", "data.batch_size=2",
            f"train.steps={a.extension_steps}", "train.optimizer.lr.llm=1e-3", "model.llm.rope_theta=1e6"],
           "control", "base"),

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 
 
 def make_video(path: str, minutes: int) -> None:
@@ -63,7 +62,7 @@ def pipeline_batches_per_s(video_dir: str, videos: list[str], workers: int, step
   from configs.hour_llava import get_config
   from hourjax.config import model_config
   from hourjax.data import pipeline
-  from hourjax.data.tiny_tokenizer import save_tiny_tokenizer
+  from hourjax.synthetic.tokenizer import save_tiny_tokenizer
   flags.FLAGS.mark_as_parsed()
   run = get_config("7b")
   root = tempfile.mkdtemp()

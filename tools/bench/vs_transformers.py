@@ -43,7 +43,7 @@ def main(argv=None) -> int:
   from hourjax.convert.api import import_torch
   from hourjax.models import build
   from hourjax.train.step import lm_loss_fn
-  from tools.convert_torch.verify import rel_err
+  from hourjax.numerics import rel_err
 
   vision = transformers.SiglipVisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6,
                                            num_attention_heads=6, image_size=224, patch_size=14)
@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     loss = torch.nn.functional.cross_entropy(logits[0, :-1], ids_t[0, 1:])
     loss.backward()
     return loss
-  batch = {"input_ids": ids, "labels": ids}
+  from hourjax.data.batch import PackedBatch
+  batch = PackedBatch(ids, ids, np.broadcast_to(np.arange(ids.shape[1]), ids.shape), np.ones_like(ids))
   grad = jax.jit(jax.value_and_grad(lambda p: lm_loss_fn(qwen, p, batch)[0]))
   loss_hj, _ = grad(params["llm"])
   err = rel_err(np.asarray(loss_hj), hf_step().detach().numpy())
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
   t_hj = _median_time(lambda: jax.block_until_ready(grad(params["llm"])), a.repeats)
   rows.append(("Qwen2 training step (loss + grad)", f"1 x {a.seq} tokens", t_hf, t_hj, err))
 
-  print(f"| part | shape | transformers (s) | hourjax (s) | speed-up | rel. err |")
+  print("| part | shape | transformers (s) | hourjax (s) | speed-up | rel. err |")
   print("|---|---|---|---|---|---|")
   for name, shape, t_hf, t_hj, err in rows:
     print(f"| {name} | {shape} | {t_hf:.3f} | {t_hj:.3f} | {t_hf / t_hj:.2f}x | {err:.1e} |")

@@ -25,23 +25,8 @@ from hourjax.convert.rules import to_params
 from hourjax.models import build
 from hourjax.models.forgetting import video_layout
 from hourjax.models.memaug import MemAugConfig
+from hourjax.numerics import rel_err
 from hourjax.ops.loss import next_token_loss
-
-
-def rel_err(out, ref) -> float:
-  out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-  if out.shape != ref.shape:
-    raise ValueError(f"shape {out.shape} != reference {ref.shape}")
-  return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
-
-
-def tree_rel_err(out, ref) -> float:
-  """rel_err of two pytrees flattened into one vector each (leaves whose true value is zero,
-  such as attention key-bias gradients, then count by their size, not as 0/0)."""
-  flat = lambda t: np.concatenate([np.asarray(a, np.float64).ravel() for a in jax.tree.leaves(t)])
-  if jax.tree.structure(out) != jax.tree.structure(ref):
-    raise ValueError("trees differ in structure")
-  return rel_err(flat(out), flat(ref))
 
 
 def _state_dict(f: SafetensorsFile) -> dict[str, np.ndarray]:
@@ -86,7 +71,7 @@ def _verify_end_to_end(f, c, sd):
   for mode in ("train", "infer"):
     labels = f.get("train.labels") if mode == "train" else None
     out, inter = jax.jit(lambda p, ids, mask, lab: model.apply(
-        {"params": p}, ids, mask, lab, layout=layout, pixel_values=pixels, mutable="intermediates"))(
+        {"params": p}, ids, mask, lab, layout=layout, pixels=pixels, mutable="intermediates"))(
             params, f.get(f"{mode}.input_ids"), f.get(f"{mode}.attention_mask"), labels)
     got = {k: v[0] for k, v in inter["intermediates"].items()}
     ref_q = f.get(f"{mode}.memaug_query")

@@ -8,15 +8,16 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from hourjax.models.forgetting import video_layout
 from hourjax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from hourjax.data.batch import VideoBatch
+from hourjax.models.forgetting import video_layout
 from hourjax.models.hour_llava import HourLlavaConfig
 
 
 def synthetic_batch(cfg: HourLlavaConfig, key: jax.Array, num_frames: Sequence[int], text_len: int,
                     *, pixels: bool = False, padded_frames: int | None = None,
                     memory_frames: int | None = None, retained_frames: int | None = None,
-                    prompt_len: int = 8) -> dict:
+                    prompt_len: int = 8) -> VideoBatch:
   """One video per sample (num_frames[i] frames, placeholder after `prompt_len` prompt tokens),
   random text; the answer (after the prompt) is supervised. Frames are SigLIP features
   [B, T, pool^2, C] (the cached-feature path) or, with `pixels`, images in [-1, 1]."""
@@ -27,20 +28,17 @@ def synthetic_batch(cfg: HourLlavaConfig, key: jax.Array, num_frames: Sequence[i
   ids = jax.random.randint(k_ids, (b, text_len), 1, cfg.llm.vocab_size, jnp.int32)
   ids = ids.at[:, prompt_len].set(IMAGE_TOKEN_INDEX)
   supervised = jnp.arange(text_len)[None] > prompt_len + 1
-  batch = {"input_ids": ids, "attention_mask": jnp.ones((b, text_len), jnp.int32),
-           "labels": jnp.where(supervised, ids, IGNORE_INDEX),
-           "layout": video_layout(num_frames, cfg.forgetting, padded_frames=padded_frames,
-                                  memory_frames=memory_frames, retained_frames=retained_frames)}
+  layout = video_layout(num_frames, cfg.forgetting, padded_frames=padded_frames, memory_frames=memory_frames,
+                        retained_frames=retained_frames)
+  batch = VideoBatch(ids, jnp.ones((b, text_len), jnp.int32), jnp.where(supervised, ids, IGNORE_INDEX), layout)
   if pixels:
     size = cfg.vision.image_size
-    batch["pixel_values"] = jax.random.uniform(k_frames, (b, t, size, size, 3), jnp.float32, -1, 1)
-  else:
-    shape = (b, t, cfg.pool_size ** 2, cfg.vision.hidden_size)
-    batch["features"] = jax.random.normal(k_frames, shape, jnp.float32)
-  return batch
+    return batch.replace(pixels=jax.random.uniform(k_frames, (b, t, size, size, 3), jnp.float32, -1, 1))
+  shape = (b, t, cfg.pool_size ** 2, cfg.vision.hidden_size)
+  return batch.replace(features=jax.random.normal(k_frames, shape, jnp.float32))
 
 
-def abstract_batch(cfg: HourLlavaConfig, num_frames: Sequence[int], text_len: int, **kw) -> dict:
+def abstract_batch(cfg: HourLlavaConfig, num_frames: Sequence[int], text_len: int, **kw) -> VideoBatch:
   """ShapeDtypeStructs of `synthetic_batch` (nothing allocated)."""
   return jax.eval_shape(lambda key: synthetic_batch(cfg, key, num_frames, text_len, **kw),
                         jax.random.key(0))

@@ -1,6 +1,6 @@
 """Synthetic long-video QA: real mp4 files whose frames answer the questions asked about them.
 
-    python -m hourjax.data.synthetic_videos /tmp/synth --videos 8 --seconds 30 120
+    python -m hourjax.synthetic.videos /tmp/synth --videos 8 --seconds 30 120
 
 A video is a sequence of events, each a coloured shape (square or circle) shown on a dark
 background for a few seconds at a moving position; one event, the "needle", is shown only once

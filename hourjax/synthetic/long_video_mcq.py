@@ -1,6 +1,6 @@
 """A synthetic long-video multiple-choice benchmark whose answers depend on *when* things happen.
 
-    python -m hourjax.data.long_video_mcq /tmp/lvmcq --split test --videos 400
+    python -m hourjax.synthetic.long_video_mcq /tmp/lvmcq --split test --videos 400
 
 A video is `frames` seconds at 1 FPS on a background of one colour: back-to-back segments of
 8-24 s, each a centred square or circle of one colour (neighbours differ), interrupted by one
