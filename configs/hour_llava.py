@@ -123,6 +123,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       checkpoint_every=100, checkpoint_keep=3, checkpoint_async=True,
       stop_after=0,      # >0: save and stop after this many steps (job slots); re-run to continue
       peak_flops=0.0))   # per device, for MFU (e.g. 459e12 for a v5p chip in bf16); 0: not logged
+  # Held-out evaluators (big_vision's `evals`): name -> dict(every=N, data=dict(fields of `data`
+  # to replace, e.g. sources=(...), root=...)); each logs eval/<name>/{loss,accuracy,tokens}
+  # every N steps and at the end, reading its data once.
+  cfg.evals = ml_collections.ConfigDict()
   if stage:
     st = STAGES[stage]
     for group, rate in st["lr"].items():

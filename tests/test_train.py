@@ -229,6 +229,26 @@ def test_resume_onto_another_mesh(synth, tmp_path):
     assert abs(moved[s] - ref[s]) / ref[s] < 1e-5, (s, moved[s], ref[s])
 
 
+def test_held_out_evaluator_runs_every_n_steps(synth, tmp_path):
+  """`evals.<name>` logs held-out loss and accuracy every N steps and at the end; the last equals an
+  independent evaluation of the final parameters."""
+  from hourjax.data import pipeline
+  from hourjax.train.evaluate import evaluate
+  run = load(CONFIG, _overrides(synth, **{"train.steps": 3, "mesh.fsdp": 4, "mesh.sequence": 2,
+                                          "model.forgetting.spatial": "uniform"}))
+  run.evals = {"heldout": {"every": 2, "data": {"batch_size": 4}}}
+  summary = train(run, str(tmp_path))
+  rows = {r["step"]: r for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
+  assert [s for s, r in rows.items() if "eval/heldout/loss" in r] == [2, 3]
+  data = run.data.copy_and_resolve_references()
+  data.epochs, data.batch_size = 1, 4
+  cfg = model_config(run.model)
+  want = evaluate(build.build("hour_llava", cfg), jax.device_get(summary["state"].params),
+                  pipeline.from_config(data, cfg), template_ids=())
+  assert want["tokens"] == rows[3]["eval/heldout/tokens"] > 0
+  assert abs(rows[3]["eval/heldout/loss"] - want["loss"]) / want["loss"] < 1e-5
+
+
 def test_accumulation_equals_one_big_batch():
   """accumulate=2 gives the loss and gradient of the whole batch (normalised by all its
   supervised tokens, not a mean of micro-batch means)."""

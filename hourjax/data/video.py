@@ -1,9 +1,11 @@
 """Video I/O with PyAV: write frames to mp4; pick frames by the official rules; decode only
 those frames by seeking, resized for SigLIP.
 
-Frame rules (spec §1.5): the official one takes every round(fps)-th frame (~1 FPS) and, when
-that gives fewer than `min_frames` (128 in stages 2-3), `min(total, min_frames)` frames spread
-by `linspace(0, total - 1, n)`; ProLongVid's takes a fixed number spread the same way.
+Every frame rule lives here (spec §1.5, §4.7): the official one takes every round(fps)-th frame
+(~1 FPS) and, when that gives fewer than `min_frames` (128 in stages 2-3), `min(total, min_frames)`
+frames spread by `linspace(0, total - 1, n)`; ProLongVid's takes a fixed number spread the same
+way; the feature cache's and the cached features' rules follow. All spread frames with the
+official float64 linspace floored (`forgetting.official_linspace`).
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import dataclasses
 
 import av
 import numpy as np
+
+from hourjax.models.forgetting import official_linspace
 
 
 RESAMPLE = ("pil", "swscale")
@@ -50,15 +54,15 @@ def official_frame_indices(total: int, fps: float, sample_fps: float = 1.0, min_
   step = max(1, int(round(fps / sample_fps)))
   idx = np.arange(0, total, step)
   if len(idx) < min_frames:
-    idx = np.linspace(0, total - 1, min(total, min_frames)).astype(int)
+    idx = official_linspace(total - 1, min(total, min_frames))
   if max_frames > 0 and len(idx) > max_frames:
-    idx = np.linspace(0, total - 1, max_frames).astype(int)
+    idx = official_linspace(total - 1, max_frames)
   return idx
 
 
 def fixed_frame_indices(total: int, count: int) -> np.ndarray:
   """ProLongVid's rule: `count` frames spread uniformly (fewer if the video is shorter)."""
-  return np.linspace(0, total - 1, min(total, count)).astype(int)
+  return official_linspace(total - 1, min(total, count))
 
 
 def cache_frame_indices(total: int, duration: float, min_frames: int = 128) -> np.ndarray:
@@ -66,14 +70,14 @@ def cache_frame_indices(total: int, duration: float, min_frames: int = 128) -> n
   linspace, the last frame appended if missing; every frame of a video shorter than that."""
   if total < min_frames:
     return np.arange(total)
-  idx = np.linspace(0, total - 1, max(int(duration), min_frames)).astype(int)
+  idx = official_linspace(total - 1, max(int(duration), min_frames))
   return idx if idx[-1] == total - 1 else np.append(idx, total - 1)
 
 
 def cached_feature_indices(num_features: int, duration: float) -> np.ndarray:
   """The official rule for reading cached features: min(T, int(duration)) of them by linspace."""
   n = max(1, min(num_features, int(duration)))
-  return np.linspace(0, num_features - 1, n).astype(int)
+  return official_linspace(num_features - 1, n)
 
 
 # Decoded frames trail submitted packets by the decoder's threads and B-frame reordering; the

@@ -169,7 +169,7 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tokenizer = chat.load_tokenizer(tok_path) if tok_path else None
   if tokenizer is not None:
     tokenizer.check_vocab(task.model.llm.vocab_size)
-  template = tokenizer.template_ids() if tokenizer is not None and task.name != "decoder" else ()
+  template = task.template_ids(tokenizer)
   steps = t.steps or pipeline.epoch_batches(run.data)     # 0: one epoch, as the official runs
   program = program_lib.build(run, steps=steps, template_ids=template, task=task)
   data_iter = task.data(run.data, **where)

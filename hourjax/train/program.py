@@ -69,6 +69,10 @@ class Task:
   def tokenizer_path(self, data: Any) -> str:
     return data.tokenizer if self.name == "decoder" else data.read.tokenizer
 
+  def template_ids(self, tokenizer: Any) -> tuple[int, ...]:
+    """The chat template's tokens, left out of answer-token accuracy (packed text has none)."""
+    return () if self.name == "decoder" or tokenizer is None else tokenizer.template_ids()
+
   def flops(self, batch: Batch, opt_cfg: opt_lib.OptimizerConfig) -> float:
     """Analytic training FLOPs of one step on `batch` (for MFU)."""
     b, length = batch.input_ids.shape
