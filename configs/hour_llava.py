@@ -114,7 +114,10 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                    text=(128, 256, 512) if tiny else (1024, 2048, 4096, 8192, 32768)),
       read=dict(tokenizer="", image_size=cfg.model.vision.image_size, frames="official",
                 min_frames=16 if tiny else 128, time_instruction=True, label_separators=True,
-                max_text_len=512 if tiny else 32768, resample="pil")))
+                max_text_len=512 if tiny else 32768, resample="pil",
+                # a video with more frames than the largest bucket: spread max_frames (0: that
+                # bucket) over it, as the official frames_upbound does, or "skip" it; counted either way
+                max_frames=0, too_long="subsample")))
   cfg.train = ml_collections.ConfigDict(dict(
       stage=stage, steps=0, seed=0, init="", init_llm="", dtype="float32" if tiny else "bfloat16",
       optimizer=dict(lr=dict(vision=0.0, projector=0.0, memaug=0.0, llm=0.0), warmup_ratio=0.03,

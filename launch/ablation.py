@@ -345,8 +345,6 @@ def main(argv=None) -> int:
   p.add_argument("--batch", type=int, help="override the batch size")
   p.add_argument("--eval-every", type=int, default=0, help="held-out accuracy every N steps too")
   a = p.parse_args(argv)
-  from absl import flags
-  flags.FLAGS.mark_as_parsed()
   from hourjax.data import chat
   from hourjax.synthetic.long_video_mcq import QUESTIONS, SPLIT_SEEDS, TASKS, make_split
 
@@ -363,8 +361,9 @@ def main(argv=None) -> int:
   unknown = set(a.arms or ()) - {x.name for x in ARMS}
   if unknown:
     raise SystemExit(f"unknown arms {sorted(unknown)}; expected some of {[x.name for x in ARMS]}")
-  os.makedirs(a.workdir, exist_ok=True)
-  os.makedirs(a.out, exist_ok=True)
+  from hourjax.cli import writable_dir
+  writable_dir(a.workdir)
+  writable_dir(a.out, "out")
   log = lambda msg: print(msg, flush=True)
   start = time.time()
   tag = f"{study.frames}f{study.size}px"
@@ -415,4 +414,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))

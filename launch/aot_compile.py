@@ -21,6 +21,7 @@ v5p:2x2x1, v5p:4x4x4, v5e:4x4, v6e:4x4, ...
 from __future__ import annotations
 
 import os
+import sys
 
 # Compile for TPU from a CPU host: the CPU is the runtime platform, libtpu only the compiler.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -29,7 +30,6 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import json  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -42,6 +42,7 @@ from hourjax.parallel import mesh as mesh_lib  # noqa: E402
 from hourjax.synthetic.batches import abstract_batch  # noqa: E402
 from hourjax.train import flops as flops_lib  # noqa: E402
 from hourjax.train import program as program_lib  # noqa: E402
+from hourjax.train.validate import validate  # noqa: E402
 
 GiB = 2 ** 30
 # Peak dense bf16 FLOP/s and HBM bytes per chip (Google Cloud TPU documentation).
@@ -142,6 +143,9 @@ def main(argv=None) -> int:
     raise SystemExit(f"{a.config}: {e} (give a stage, e.g. {a.config.split(',')[0]},stage=3)") from None
   dtype = jnp.bfloat16 if a.dtype == "bfloat16" else jnp.float32
   devices = tpu_devices(a.topology)
+  checked = run.copy_and_resolve_references()      # the whole config, against the target's chips
+  checked.mesh, checked.data.batch_size = dict(mesh_sizes), a.batch
+  validate(checked, devices=len(devices), processes=1)
   mesh = mesh_lib.make_mesh(mesh_sizes, devices)
   peak, hbm = chip(a.topology)
   n_batch = mesh_lib.batch_shards(mesh)
@@ -237,4 +241,5 @@ def format_report(r: dict) -> str:
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))

@@ -92,4 +92,5 @@ def visual_tokens(cfg: Any, batch: dict) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))

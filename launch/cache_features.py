@@ -37,6 +37,8 @@ def main(argv=None) -> int:
   p.add_argument("--chunk", type=int, default=128, help="frames per SigLIP call")
   p.add_argument("--resample", default="pil", choices=("pil", "swscale"))
   a = p.parse_args(argv)
+  from hourjax.cli import writable_dir
+  writable_dir(a.out, "out")
   loaded = open_model(a.params, tokenizer=None)
   videos = sorted(os.path.relpath(os.path.join(d, f), a.videos)
                   for d, _, files in os.walk(a.videos) for f in files if f.lower().endswith(VIDEO_SUFFIXES))
@@ -68,4 +70,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))

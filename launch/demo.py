@@ -44,8 +44,6 @@ def main(argv=None) -> int:
   own, flags_ = split_overrides(sys.argv[1:] if argv is None else argv)
   a = p.parse_args(own)
   a.overrides = flags_ + a.overrides
-  from absl import flags
-  flags.FLAGS.mark_as_parsed()
   from hourjax.config import load, model_config
   from hourjax.convert.io import load_params, save_params
   from hourjax.data import chat, pipeline, video
@@ -57,6 +55,8 @@ def main(argv=None) -> int:
   from hourjax.train.evaluate import evaluate
   from hourjax.train.loop import train
 
+  from hourjax.cli import writable_dir
+  writable_dir(a.workdir)
   train_dir, held_dir = os.path.join(a.workdir, "data", "train"), os.path.join(a.workdir, "data", "heldout")
   print(f"[1/5] synthetic QA videos in {a.workdir}/data", flush=True)
   records = _dataset(train_dir, a.videos, seed=0)
@@ -136,4 +136,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))

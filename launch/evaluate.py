@@ -86,6 +86,8 @@ def main(argv=None) -> int:
   from hourjax.evaluation import report
   from hourjax.evaluation.readers import READERS
 
+  from hourjax.cli import writable_dir
+  writable_dir(a.out, "out")           # before reading or generating anything
   proto = pr.Protocol(a.protocol, a.setting)
   reader, tasks, group = BENCHMARKS[a.benchmark]
   pi = jax.process_index() if a.process_index < 0 else a.process_index
@@ -94,7 +96,6 @@ def main(argv=None) -> int:
   docs = [d for d in release.docs if d.task in tasks]
   docs = docs[:a.limit] if a.limit else docs
   mine = docs[pi::pc]
-  os.makedirs(a.out, exist_ok=True)
   judge = None
   if a.judge_url:
     client = ChatClient(a.judge_url, a.judge_model, os.environ.get(a.judge_key_env),
@@ -209,4 +210,5 @@ def _report(a, proto, docs, release, tasks, group) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))

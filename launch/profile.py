@@ -118,6 +118,11 @@ def main(argv=None) -> int:
   a = p.parse_args(own)
   from hourjax.config import load
   run = load(a.config, flags_ + a.overrides)
+  if a.mode == "train":          # the step runs on one device with --batch samples
+    from hourjax.train.validate import validate
+    checked = run.copy_and_resolve_references()
+    checked.mesh, checked.data.batch_size = {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}, a.batch
+    validate(checked, devices=1, processes=1)
   peak = a.peak_flops or matmul_peak()
   r = profile(run, a.mode, a.batch, a.frames, a.text, a.steps, a.warmup, peak, a.trace)
   print(f"{r['mode']}: median {r['median_step_s'] * 1e3:.1f} ms/step, {r['tokens_per_s']:,.0f} LLM tokens/s, "
@@ -129,4 +134,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))

@@ -48,8 +48,6 @@ def main(argv=None) -> int:
   if a.cpu_collectives:
     jax.config.update("jax_cpu_collectives_implementation", a.cpu_collectives)
   initialize_distributed(a)
-  from absl import flags
-  flags.FLAGS.mark_as_parsed()      # Grain's worker processes read absl flags
   from hourjax.config import load
   from hourjax.train.stage import run_stage
   summary = run_stage(load(a.config, flags_ + a.overrides), a.workdir)
@@ -59,4 +57,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))

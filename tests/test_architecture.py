@@ -11,16 +11,17 @@ ALLOWED = {
     "constants": set(),
     "numerics": set(),
     "endpoint": set(),
+    "cli": set(),
     "parallel": {"constants"},
     "ops": {"parallel", "constants"},
     "models": {"ops", "parallel", "constants"},
     "config": {"models", "constants"},
     "convert": {"models", "constants"},
-    "data": {"models", "config", "constants"},
-    "synthetic": {"data", "models", "config", "constants"},
-    "evaluation": {"constants", "endpoint"},
-    "train": {"data", "convert", "models", "ops", "parallel", "config", "constants"},
-    "infer": {"data", "convert", "models", "ops", "parallel", "config", "constants"},
+    "data": {"models", "config", "constants", "cli"},
+    "synthetic": {"data", "models", "config", "constants", "cli"},
+    "evaluation": {"constants", "endpoint", "cli"},
+    "train": {"data", "convert", "models", "ops", "parallel", "config", "constants", "cli"},
+    "infer": {"data", "convert", "models", "ops", "parallel", "config", "constants", "cli"},
 }
 
 

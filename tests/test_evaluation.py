@@ -445,3 +445,21 @@ def test_evaluate_end_to_end(release, tmp_path, capsys, qwen2_tokenizer, judge_u
   lmms = json.load(open(os.path.join(out, "tempcompass.lmms_eval.json")))
   assert lmms["group_subtasks"]["tempcompass"] == evaluate.TEMPCOMPASS_TASKS
   assert "avg_accuracy,none" in lmms["results"]["tempcompass_captioning"]
+  # An unreadable video: its questions are recorded as skipped, counted in the report, not scored.
+  import shutil
+  broken = tmp_path / "lvbench_broken"
+  shutil.copytree(release / "lvbench", broken)
+  data = (broken / "videos" / "k1.mp4").read_bytes()
+  (broken / "videos" / "k1.mp4").write_bytes(data[: len(data) // 3])           # cut: no index left
+  lvb = ["--params", ckpt, "--tokenizer", qwen2_tokenizer, "--root", str(broken), "--out", out,
+         "--benchmark", "lvbench", "--min-frames", "16", "--chunk", "8", "--max-new-tokens", "3"]
+  assert evaluate.main(lvb) == 0
+  summary = json.load(open(os.path.join(out, "lvbench.json")))
+  assert len(summary["skipped"]) == 3 and all("k1.mp4" in why for why in summary["skipped"].values())
+  # An output directory that cannot be written: one line, before anything is read.
+  from hourjax import cli
+  (tmp_path / "blocker").write_text("a file")
+  capsys.readouterr()
+  assert cli.run(evaluate.main, lvb[:-10] + ["--out", str(tmp_path / "blocker" / "out")] + lvb[-8:]) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert "error: out" in err[0] and "is not writable" in err[0] and len(err) == 2

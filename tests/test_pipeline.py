@@ -224,8 +224,9 @@ def test_prepared_arrayrecord_roundtrip(data_root, tmp_path):
 
 
 def test_worker_processes_resume(data_root):
+  """Through the Python API, with absl flags not parsed (no command ran): workers still start."""
   from absl import flags
-  flags.FLAGS.mark_as_parsed()
+  flags.FLAGS.unparse_flags()
   data = _data(data_root, workers=2,
                sources=[dict(annotations="text.json"), dict(annotations="images.json", media="images")])
   it = iter(pipeline.from_config(data, CFG))

@@ -85,8 +85,9 @@ def test_stage_configs():
 def test_startup_validation(synth, tmp_path):
   cases = [({"data.batch_size": 3, "mesh.data": 2, "mesh.fsdp": 1, "mesh.sequence": 4}, "data.batch_size"),
            ({"mesh.data": 16, "mesh.fsdp": 1}, "mesh="),
-           ({"train.init": str(tmp_path / "nowhere")}, "train.init"),
-           ({"train.dtype": "float16"}, "train.dtype")]
+           # 8 batch shards on this session's 8 devices: a batch of 8 fits
+           ({"train.init": str(tmp_path / "nowhere"), "data.batch_size": 8}, "train.init"),
+           ({"train.dtype": "float16", "data.batch_size": 8}, "train.dtype")]
   for kw, field in cases:
     with pytest.raises((ValueError, FileNotFoundError), match=field):
       check_run(load(CONFIG, _overrides(synth, **kw)))

@@ -72,3 +72,104 @@ def test_unusable_files_fail_with_their_name(tmp_path, content):
     probe(str(path))
   with pytest.raises(VideoError, match="missing.mp4"):
     probe(str(tmp_path / "missing.mp4"))
+
+
+def _write(path, frames, codec="libx264", pts=None, time_base=None, pix_fmt="yuv420p", rotation=None):
+  """A real encoder's file with explicit timestamps (variable rate, start offsets) or a display
+  matrix (PyAV's set_display_rotation: counter-clockwise degrees, then mirroring)."""
+  from fractions import Fraction
+  with av.open(path, "w") as out:
+    stream = out.add_stream(codec, rate=8)
+    stream.height, stream.width = frames.shape[1:3]
+    stream.pix_fmt = pix_fmt
+    if time_base is not None:
+      stream.time_base = Fraction(time_base)
+      stream.codec_context.time_base = Fraction(time_base)
+    if rotation is not None:
+      stream.set_display_rotation(*rotation)
+    for i, f in enumerate(frames):
+      frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+      if pts is not None:
+        frame.pts, frame.time_base = int(pts[i]), Fraction(time_base)
+      for packet in stream.encode(frame):
+        out.mux(packet)
+    for packet in stream.encode():
+      out.mux(packet)
+
+
+def _raw_frames(path):
+  with av.open(path) as src:
+    return [f.to_ndarray(format="rgb24") for f in src.decode(video=0)]
+
+
+def _pil(a, size):
+  from PIL import Image
+  return np.asarray(Image.fromarray(np.ascontiguousarray(a)).resize((size, size), Image.BICUBIC))
+
+
+# (counter-clockwise degrees, hflip, vflip): the eight EXIF orientations
+ORIENTATIONS = [(0, False, False), (90, False, False), (180, False, False), (-90, False, False),
+                (0, True, False), (0, False, True), (90, True, False), (-90, True, False)]
+
+
+@pytest.mark.parametrize("rotation", ORIENTATIONS)
+def test_frames_are_decoded_upright_as_a_player_shows_them(tmp_path, rotation):
+  """A phone's portrait video is stored landscape with a display matrix: the frames come out as
+  PyAV documents the matrix (rotate counter-clockwise, then mirror), for both resizers."""
+  deg, hflip, vflip = rotation
+  path = str(tmp_path / "v.mp4")
+  frames = moving_square(6, fps=8, size=64)[:, :, :48]         # 64 x 48: not square
+  frames[:, :8, :8] = (255, 0, 0)                                # a corner marker
+  _write(path, frames, rotation=rotation)
+  raw = _raw_frames(path)
+
+  def upright(a):
+    a = np.rot90(a, deg // 90)
+    return a[::-1 if vflip else 1, ::-1 if hflip else 1]
+  idx = official_frame_indices(len(raw), 8.0, min_frames=0)
+  got = decode_frames(path, idx, 40)
+  np.testing.assert_array_equal(got, np.stack([_pil(upright(raw[i]), 40) for i in idx]))
+  small = decode_frames(path, idx, 40, resample="swscale")
+  with av.open(path) as src:
+    ref = [np.ascontiguousarray(upright(f.reformat(width=40, height=40, format="rgb24",
+                                                   interpolation="BICUBIC").to_ndarray())) for f in src.decode(video=0)]
+  np.testing.assert_array_equal(small, np.stack([ref[i] for i in idx]))
+  if deg in (90, -90):       # the marker really moved to where a player shows it
+    marker = np.argwhere((got[0][..., 0] > 200) & (got[0][..., 1] < 80))
+    assert len(marker)
+
+
+@pytest.mark.parametrize("suffix,codec,pix_fmt,shape", [
+    (".mkv", "libx264", "yuv420p", (50, 82)), (".webm", "libvpx-vp9", "yuv420p", (36, 200)),
+    (".mov", "libx264", "yuv420p", (72, 40)), (".mkv", "ffv1", "yuv444p", (61, 97)),       # odd sizes
+    (".avi", "mpeg4", "yuv420p", (48, 64))])
+def test_other_containers_and_odd_sizes_decode_like_a_sequential_decode(tmp_path, suffix, codec, pix_fmt, shape):
+  path = str(tmp_path / f"v{suffix}")
+  frames = moving_square(9, fps=8, size=max(shape), seed=3)[:, :shape[0], :shape[1]]
+  _write(path, np.ascontiguousarray(frames), codec=codec, pix_fmt=pix_fmt)
+  raw = _raw_frames(path)
+  info = probe(path)
+  assert info.frames == len(raw) == 72
+  for idx in (official_frame_indices(info.frames, info.fps, min_frames=0), fixed_frame_indices(info.frames, 20)):
+    np.testing.assert_array_equal(decode_frames(path, idx, 32), np.stack([_pil(raw[i], 32) for i in idx]))
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".mp4"])
+def test_variable_frame_rate_and_start_offsets_index_frames_by_position(tmp_path, suffix):
+  """decord (the official loaders) counts frames: frame i is the i-th one shown, whatever the
+  timestamps. Irregular gaps and a stream that starts 7 s in keep that meaning, by seeking."""
+  rng = np.random.default_rng(0)
+  n = 120
+  gaps = rng.choice([1, 2, 5, 11], size=n)             # ms-ish ticks of 1/1000 s, irregular
+  pts = 7000 + np.concatenate([[0], np.cumsum(gaps[:-1] * 40)])
+  path = str(tmp_path / f"v{suffix}")
+  frames = moving_square(15, fps=8, size=48, seed=5)[:n]
+  _write(path, frames, pts=pts, time_base="1/1000")
+  raw = _raw_frames(path)
+  assert len(raw) == n
+  info = probe(path)
+  assert info.frames == n
+  for idx in (official_frame_indices(n, info.fps, min_frames=0), fixed_frame_indices(n, 17),
+              np.array([0, 1, 2, 60, 61, 118, 119])):
+    got = decode_frames(path, idx, 24, seek_gap=0.05)
+    np.testing.assert_array_equal(got, np.stack([_pil(raw[i], 24) for i in idx]))

@@ -85,8 +85,13 @@ Batch = TextBatch | VideoBatch | ImageBatch | PackedBatch
 @dataclasses.dataclass
 class Meta:
   """What the host knows about a batch: its stream, its samples' ids, the samples skipped since
-  the previous batch ((id, reason)) and those truncated."""
+  the previous batch ((id, reason)), those truncated (text) and those whose frames were
+  subsampled to the largest frame bucket. At the end of a finite stream the pipeline yields one
+  `(None, meta)` with the last skips and the good samples of the incomplete last batch (`dropped`),
+  so that nothing read goes unreported."""
   stream: str
   ids: list = dataclasses.field(default_factory=list)
   skipped: list = dataclasses.field(default_factory=list)
   truncated: list = dataclasses.field(default_factory=list)
+  subsampled: list = dataclasses.field(default_factory=list)
+  dropped: list = dataclasses.field(default_factory=list)

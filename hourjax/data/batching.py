@@ -65,6 +65,27 @@ class BatchSpec:
                         retained_frames=widths.retained_frames.shape[1])
 
 
+def check_sample(sample: dict, spec: Any, buckets: Buckets, modality: str = "video") -> tuple[int, int]:
+  """The (frame edge, text edge) of one sample's bucket; ValueError naming what is wrong if it
+  cannot be batched (the pipeline skips it, with this reason, before it reaches a batch)."""
+  spec = BatchSpec.of(spec)
+  visual = next((k for k in ("features", "pixels") if sample.get(k) is not None), None)
+  frames = 0 if visual is None else len(sample[visual])
+  if modality == "image" and frames > 1:
+    raise ValueError(f"an image sample holds one image, not {frames}")
+  if visual is not None:
+    want = ((spec.tokens_per_frame, spec.feature_width) if visual == "features"
+            else (spec.image_size, spec.image_size, 3))
+    if tuple(np.shape(sample[visual])[1:]) != want:
+      raise ValueError(f"{visual} of shape {tuple(np.shape(sample[visual]))}: expected (frames, "
+                       f"{', '.join(map(str, want))}) for this model")
+  placeholders = int(np.sum(np.asarray(sample["input_ids"]) == IMAGE_TOKEN_INDEX))
+  if placeholders != (1 if frames else 0):     # else the visual tokens would land after the text
+    raise ValueError(f"{placeholders} <image> placeholders for {'one' if frames else 'no'} visual "
+                     "input (is the prompt tokenized with has_image?)")
+  return buckets.of(frames, len(sample["input_ids"]))
+
+
 def collate(samples: Sequence[dict], spec: Any, buckets: Buckets, pad_id: int = 0,
             modality: str = "video") -> TextBatch | VideoBatch | ImageBatch:
   """Samples of one stream -> one batch in the bucket of its largest sample. Visual input:
@@ -73,14 +94,12 @@ def collate(samples: Sequence[dict], spec: Any, buckets: Buckets, pad_id: int = 
   spec = BatchSpec.of(spec)
   visual = next((k for k in ("features", "pixels") if any(s.get(k) is not None for s in samples)), None)
   frames = [0 if visual is None or s.get(visual) is None else len(s[visual]) for s in samples]
-  if modality == "image" and max(frames) > 1:
-    raise ValueError("an image batch holds one 384px image per sample")
-  for t, s in zip(frames, samples):
-    placeholders = int(np.sum(np.asarray(s["input_ids"]) == IMAGE_TOKEN_INDEX))
-    if placeholders != (1 if t else 0):     # else the visual tokens would land after the text
-      raise ValueError(f"sample {s.get('id', '?')}: {placeholders} <image> placeholders for "
-                       f"{'one' if t else 'no'} visual input (is the prompt tokenized with has_image?)")
-  shapes = [buckets.of(t, len(s["input_ids"])) for t, s in zip(frames, samples)]
+  shapes = []
+  for s in samples:
+    try:
+      shapes.append(check_sample(s, spec, buckets, modality))
+    except ValueError as e:
+      raise ValueError(f"sample {s.get('id', '?')}: {e}") from None
   frame_edge, text_edge = (1 if modality == "image" else max(f for f, _ in shapes)), max(t for _, t in shapes)
   b = len(samples)
   ids = np.full((b, text_edge), pad_id, np.int32)

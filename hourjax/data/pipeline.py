@@ -8,9 +8,12 @@
     # the trainer puts it on the mesh: hourjax.train.feed.to_global(batch, mesh, spec)
 
 Per stream (`sources.STREAMS`): records -> per-epoch shuffle (seeded) -> this process's slice ->
-`ReadSample` (decode, tokenize) -> `SkipAndBatch` (bad samples skipped and counted, batches
-padded to their bucket). Streams are mixed batch by batch in proportion to their sizes (the same
-sequence on every process), and `workers` processes decode in parallel with prefetch.
+`ReadSample` (decode, tokenize; a video longer than the largest frame bucket subsampled to it
+or skipped, `data.read.too_long`) -> `SkipAndBatch` (bad samples, and samples that cannot be
+batched, skipped and counted; batches padded to their bucket). Streams are mixed batch by batch
+in proportion to their sizes (the same sequence on every process), and `workers` processes
+decode in parallel with prefetch. A finite run (`epochs`) ends with one `(None, meta)`: the last
+skips and the incomplete last batches it drops (`meta.dropped`), so that nothing goes unreported.
 """
 from __future__ import annotations
 
@@ -33,17 +36,25 @@ class _SkipAndBatchIterator(grain.DatasetIterator):
     super().__init__(parent)
     self._batch_size, self._collate, self._stream = batch_size, collate, stream
     self._max_bad = max_consecutive_bad
+    self._reported = False
 
   def __next__(self) -> dict:
     good, skipped, run = [], [], 0
     while len(good) < self._batch_size:
       try:
         sample = next(self._parent)
-      except StopIteration:          # the end of a finite run: an incomplete batch is dropped
-        if good or skipped:
+      except StopIteration:          # the end of a finite stream: report what the last batch held
+        if (good or skipped) and not self._reported:
+          self._reported = True
           logging.warning("stream %r ended: dropped the incomplete last batch %s and skipped %s",
                           self._stream, [s["id"] for s in good], skipped)
+          return None, Meta(self._stream, skipped=skipped, dropped=[s["id"] for s in good])
         raise
+      if "skipped" not in sample:
+        try:            # a sample that cannot be batched (shapes, buckets) is skipped here, not a crash
+          self._collate.check(sample)
+        except ValueError as e:
+          sample = {"id": sample["id"], "skipped": str(e)}
       if "skipped" in sample:
         skipped.append((sample["id"], sample["skipped"]))
         run += 1
@@ -53,7 +64,8 @@ class _SkipAndBatchIterator(grain.DatasetIterator):
         continue
       good.append(sample)
       run = 0
-    meta = Meta(self._stream, [s["id"] for s in good], skipped, [s["id"] for s in good if s["truncated"]])
+    meta = Meta(self._stream, [s["id"] for s in good], skipped, [s["id"] for s in good if s["truncated"]],
+                [s["id"] for s in good if s.get("subsampled")])
     return self._collate(good), meta
 
   # Batches are built within one __next__, so the parent's position is the whole state.
@@ -66,7 +78,8 @@ class _SkipAndBatchIterator(grain.DatasetIterator):
 
 class SkipAndBatch(grain.IterDataset):
   """Samples -> (batch, Meta) of `batch_size` good samples; skipped samples are reported in the
-  next batch's meta (`skipped`: [(id, reason)]), never silently lost."""
+  next batch's meta (`skipped`: [(id, reason)]), never silently lost: a finite stream ends with
+  one `(None, meta)` holding its last skips and the incomplete batch it drops."""
 
   def __init__(self, parent: grain.IterDataset, batch_size: int, collate: Callable, stream: str,
                max_consecutive_bad: int = 1000):
@@ -84,6 +97,7 @@ class _MixIterator(grain.DatasetIterator):
     self._streams, self._weights = parents, weights
     self._taken = {k: 0 for k in parents}
     self._done: set[str] = set()
+    self._notes: list[Meta] = []
 
   def __next__(self) -> dict:
     while len(self._done) < len(self._streams):
@@ -91,13 +105,24 @@ class _MixIterator(grain.DatasetIterator):
       name = min((k for k in self._streams if k not in self._done),
                  key=lambda k: ((self._taken[k] + 1) / self._weights[k], k))
       try:
-        batch = next(self._streams[name])
+        batch, meta = next(self._streams[name])
       except StopIteration:
         self._done.add(name)
         continue
+      if batch is None:     # a stream's end report rides with the next batch (one element, one step)
+        self._notes.append(meta)
+        continue
       self._taken[name] += 1
-      return batch
+      return batch, self._with_notes(meta)
+    if self._notes:         # the last report of all: an element without a batch
+      return None, self._with_notes(Meta("end"))
     raise StopIteration
+
+  def _with_notes(self, meta: Meta) -> Meta:
+    for note in self._notes:
+      meta.skipped, meta.dropped = meta.skipped + note.skipped, meta.dropped + note.dropped
+    self._notes = []
+    return meta
 
   def get_state(self) -> dict[str, Any]:
     return {"taken": dict(self._taken), "done": sorted(self._done),
@@ -132,6 +157,8 @@ def stream_dataset(records: Any, read: ReadOptions, spec: Any, stream: str, *,
   `threads` samples are read at once, at most `read_ahead` (default 2 batches) ahead: Grain's
   defaults (16 threads, 500 ahead) suit small records, not decoded videos."""
   ds = grain.MapDataset.source(records).shuffle(seed).repeat(epochs)
+  if not read.max_frames:        # a sample longer than the largest bucket is capped to it, not a crash
+    read = dataclasses.replace(read, max_frames=buckets.frames[-1])
   ds = ds[process_index::process_count].map(ReadSample(read))
   collate = _Collate(batching.BatchSpec.of(spec), buckets, STREAM_MODALITY[stream])
   options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=read_ahead or 2 * batch_size)
@@ -146,6 +173,9 @@ class _Collate:      # a picklable partial for the worker processes
 
   def __call__(self, samples: Sequence[dict]) -> Any:
     return batching.collate(samples, self.spec, self.buckets, modality=self.modality)
+
+  def check(self, sample: dict) -> None:
+    batching.check_sample(sample, self.spec, self.buckets, self.modality)
 
 
 def make_dataset(streams: dict[str, Any], read: ReadOptions, spec: Any, *, batch_size: int,
@@ -167,6 +197,9 @@ def make_dataset(streams: dict[str, Any], read: ReadOptions, spec: Any, *, batch
                 for name, records in sorted(streams.items())}
   ds = MixStreams(per_stream, {k: len(streams[k]) for k in per_stream})
   if workers:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():      # Grain's workers read absl flags; a Python caller has none
+      flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
         num_workers=workers, per_worker_buffer_size=worker_buffer))
   return ds

@@ -17,6 +17,7 @@ import grain
 import numpy as np
 
 from hourjax.data import chat, video
+from hourjax.models.forgetting import official_linspace
 from hourjax.constants import IMAGE, IMAGE_TOKEN_INDEX
 
 
@@ -33,12 +34,26 @@ class ReadOptions:
   label_separators: bool = True
   max_text_len: int = 32768            # the official truncation length (text tokens)
   resample: str = "pil"                # "pil": the official processor's PIL bicubic; "swscale": faster
+  max_frames: int = 0                  # frames a sample may have (the pipeline: the largest frame bucket)
+  too_long: str = "subsample"          # more frames: "subsample" (official frames_upbound) or "skip"
 
   def __post_init__(self):
     if self.frames != "official" and not (self.frames.startswith("fixed:") and self.frames[6:].isdigit()):
       raise ValueError(f"frames={self.frames!r}: expected 'official' or 'fixed:N'")
     if self.resample not in video.RESAMPLE:
       raise ValueError(f"resample={self.resample!r}: expected one of {video.RESAMPLE}")
+    if self.too_long not in ("subsample", "skip"):
+      raise ValueError(f"too_long={self.too_long!r}: expected 'subsample' or 'skip'")
+
+  def cap(self, count: int, what: str) -> np.ndarray | None:
+    """None if `count` frames fit; else the frames to keep, spread uniformly over them (the
+    official loader's `frames_upbound` rule), or a skip with its reason."""
+    if not self.max_frames or count <= self.max_frames:
+      return None
+    if self.too_long == "skip":
+      raise ValueError(f"{count} {what} exceed the largest frame bucket ({self.max_frames}; "
+                       "data.read.too_long=subsample spreads them over it instead)")
+    return official_linspace(count - 1, self.max_frames)
 
 
 def read_features(path: str) -> tuple[np.ndarray, float]:
@@ -79,17 +94,23 @@ class ReadSample(grain.transforms.Map):
     sample_id = str(record.get("id", "?"))
     try:
       return {"id": sample_id, **self._read(record)}
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:   # VideoError is a ValueError
-      return {"id": sample_id, "skipped": f"{type(e).__name__}: {e}"}
+    except Exception as e:      # any bad sample is skipped with its reason, never stops a run
+      media = (record.get("_features") or record.get("_path")) if isinstance(record, dict) else None
+      media = ", ".join(map(str, media)) if isinstance(media, (list, tuple)) else media
+      reason = f"{type(e).__name__}: {' '.join(str(e).split())}"
+      return {"id": sample_id, "skipped": reason if not media or media in reason else f"{media}: {reason}"}
 
   def _read(self, record: dict) -> dict:
     o = self.options
     turns = record["conversations"]
     visual: dict[str, np.ndarray] = {}
+    subsampled = False
     if "video" in record:
       if "_features" in record:
         feats, duration = read_features(record["_features"])
-        visual["features"] = feats[video.cached_feature_indices(len(feats), duration)]
+        rows = video.cached_feature_indices(len(feats), duration)
+        keep = o.cap(len(rows), "cached feature frames")
+        visual["features"] = feats[rows if keep is None else rows[keep]]
         num_frames = len(visual["features"])
       else:
         info = video.probe(record["_path"])
@@ -97,8 +118,12 @@ class ReadSample(grain.transforms.Map):
           idx = video.official_frame_indices(info.frames, info.fps, min_frames=o.min_frames)
         else:
           idx = video.fixed_frame_indices(info.frames, int(o.frames[6:]))
+        keep = o.cap(len(idx), "frames")
+        if keep is not None:      # frames_upbound: linspace over the whole video
+          idx = official_linspace(info.frames - 1, o.max_frames)
         visual["pixels"] = video.decode_frames(record["_path"], idx, o.image_size, resample=o.resample)
         duration, num_frames = info.duration, len(idx)
+      subsampled = keep is not None
       if o.time_instruction:      # official order: the time instruction, then preprocess_multimodal
         turns = chat.with_time_instruction(turns, duration, num_frames)
       turns = chat.normalise_placeholders(turns)
@@ -121,4 +146,5 @@ class ReadSample(grain.transforms.Map):
       ids, labels = ids[:o.max_text_len], labels[:o.max_text_len]
       if visual and not (ids == IMAGE_TOKEN_INDEX).any():
         raise ValueError(f"the <image> placeholder lies beyond max_text_len={o.max_text_len}")
-    return {"input_ids": ids, "labels": labels, "truncated": truncated, **visual}
+    return {"input_ids": ids, "labels": labels, "truncated": truncated,
+            "subsampled": subsampled, **visual}

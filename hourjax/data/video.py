@@ -10,6 +10,8 @@ official float64 linspace floored (`forgetting.official_linspace`).
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import Callable
 
 import av
 import numpy as np
@@ -40,9 +42,9 @@ def probe(path: str) -> VideoInfo:
       stream = src.streams.video[0]
       fps = float(stream.average_rate or stream.guessed_rate or 0)
       frames = stream.frames or sum(1 for p in src.demux(stream) if p.size)
-  except (av.FFmpegError, IndexError, OSError) as e:
-    raise VideoError(f"{path}: cannot open video ({e})") from None
-  if frames <= 0 or fps <= 0:
+  except (av.FFmpegError, IndexError, OSError, ValueError) as e:     # ValueError: undecodable metadata
+    raise VideoError(f"{path}: cannot open video ({type(e).__name__}: {e})") from None
+  if frames <= 0 or not math.isfinite(fps) or fps <= 0:
     raise VideoError(f"{path}: no video frames (frames={frames}, fps={fps})")
   return VideoInfo(frames, fps, frames / fps)
 
@@ -83,11 +85,57 @@ def cached_feature_indices(num_features: int, duration: float) -> np.ndarray:
 # Decoded frames trail submitted packets by the decoder's threads and B-frame reordering; the
 # skip is lifted this many frames before a target so that the target itself is decoded.
 _SKIP_MARGIN = 24
+# A target this many frames past the last frame the file yields is not the end of the stream
+# but a truncated file.
+_END_SLACK = 2
+
+
+def presentation_times(path: str) -> np.ndarray:
+  """The video frames' timestamps (stream time base) in presentation order, read from the
+  packets without decoding: frame i of the official loaders (decord counts frames, not seconds)
+  is the i-th of these, for constant and variable frame rates and any start offset alike."""
+  try:
+    with av.open(path) as src:
+      stream = src.streams.video[0]
+      times = [p.pts if p.pts is not None else p.dts for p in src.demux(stream) if p.size and not p.is_discard]
+  except (av.FFmpegError, IndexError, OSError, ValueError) as e:
+    raise VideoError(f"{path}: cannot read packets ({type(e).__name__}: {e})") from None
+  times = np.sort(np.asarray([t for t in times if t is not None], np.int64))
+  if not len(times):
+    raise VideoError(f"{path}: no timestamped video packets")
+  return times
+
+
+def display_transform(frame: av.VideoFrame) -> Callable[[np.ndarray], np.ndarray] | None:
+  """How a player turns this decoded frame upright (its DISPLAYMATRIX side data: rotation and
+  mirroring), as FFmpeg's own autorotation decides it; None when it is shown as decoded."""
+  matrix = next((np.frombuffer(bytes(sd), np.int32) for sd in frame.side_data
+                 if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None)
+  if matrix is None or len(matrix) != 9:
+    return None
+  m = matrix.astype(np.float64)
+  if not math.hypot(m[1], m[4]) or not math.hypot(m[0], m[3]):
+    return None     # a degenerate matrix (a damaged file): shown as decoded
+  # av_display_rotation_get (counter-clockwise degrees); FFmpeg rotates the frame by its negative
+  ccw = -math.degrees(math.atan2(m[1] / math.hypot(m[1], m[4]), m[0] / math.hypot(m[0], m[3])))
+  theta = -round(ccw)
+  theta -= 360 * math.floor(theta / 360 + 0.9 / 360)      # [0, 360), as fftools normalises it
+  if abs(theta - 90) < 1:
+    return (lambda a: np.swapaxes(a, 0, 1)) if m[3] > 0 else (lambda a: np.rot90(a, -1))
+  if abs(theta - 270) < 1:
+    return (lambda a: np.rot90(a, -1)[::-1]) if m[3] < 0 else (lambda a: np.rot90(a, 1))
+  if abs(theta - 180) < 1:
+    h, v = m[0] < 0, m[4] < 0
+    return lambda a: a[::-1 if v else 1, ::-1 if h else 1]
+  if abs(theta) < 1 and m[4] < 0:
+    return lambda a: a[::-1]
+  return None       # upright, or an angle that is not a multiple of 90 degrees (shown as decoded)
 
 
 def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2.0,
                   resample: str = "pil") -> np.ndarray:
-  """Frames at `indices` (ascending) as uint8 [N, size, size, 3], resized bicubic: by PIL from
+  """Frames at `indices` (ascending positions in presentation order) as uint8 [N, size, size, 3],
+  upright as a player shows them (display rotation and mirroring), resized bicubic: by PIL from
   the full-size frame (`pil`, what the official SigLIP processor does, pixel for pixel), or by
   FFmpeg's scaler while converting (`swscale`: faster, about 1% different).
 
@@ -100,42 +148,46 @@ def decode_frames(path: str, indices: np.ndarray, size: int, seek_gap: float = 2
   indices = np.asarray(indices)
   if len(indices) == 0 or np.any(np.diff(indices) < 0):
     raise ValueError(f"{path}: frame indices must be non-empty and ascending")
+  times = presentation_times(path)
   out = []
   try:
     with av.open(path) as src:
       stream = src.streams.video[0]
       stream.thread_type = "AUTO"
-      fps = float(stream.average_rate or stream.guessed_rate)
-      start = stream.start_time or 0
       tb = float(stream.time_base)
-      frame_no = lambda f: int(round((f.pts - start) * tb * fps))
+      position = lambda f: int(np.searchsorted(times, f.pts if f.pts is not None else times[-1]))
       frames, current, ctx = None, None, stream.codec_context
       for target in indices:
-        if current is None or target - frame_no(current) > seek_gap * fps:
-          src.seek(start + int(target / fps / tb), stream=stream, backward=True, any_frame=False)
+        want = int(times[min(int(target), len(times) - 1)])
+        if current is None or (want - current.pts) * tb > seek_gap:
+          src.seek(want, stream=stream, backward=True, any_frame=False)
           frames, current = src.decode(stream), None
-        while current is None or frame_no(current) < target:
-          far = current is not None and target - frame_no(current) > _SKIP_MARGIN
+        while current is None or current.pts is None or current.pts < want:
+          far = current is not None and int(target) - position(current) > _SKIP_MARGIN
           ctx.skip_frame = "NONREF" if far else "DEFAULT"
           nxt = next(frames, None)
           if nxt is None:
             break
           current = nxt
-        if current is None:
-          raise VideoError(f"{path}: frame {target} could not be decoded")
+        if current is None or int(target) - position(current) > _END_SLACK:
+          raise VideoError(f"{path}: frame {int(target)} could not be decoded; the file indexes {len(times)} "
+                           f"frames but ends{'' if current is None else f' at frame {position(current)}'} (truncated?)")
+        upright = display_transform(current)
         if resample == "pil":
-          out.append(np.asarray(current.to_image().resize((size, size), _PIL_BICUBIC())))
-        else:
-          out.append(current.reformat(width=size, height=size, format="rgb24",
-                                      interpolation="BICUBIC").to_ndarray())
-  except av.FFmpegError as e:
-    raise VideoError(f"{path}: decoding failed ({e})") from None
+          image = current.to_image() if upright is None else _PIL().fromarray(
+              np.ascontiguousarray(upright(current.to_ndarray(format="rgb24"))))
+          out.append(np.asarray(image.resize((size, size), _PIL().BICUBIC)))
+        else:        # square output: turning it upright after the resize is the same picture
+          small = current.reformat(width=size, height=size, format="rgb24", interpolation="BICUBIC").to_ndarray()
+          out.append(small if upright is None else np.ascontiguousarray(upright(small)))
+  except (av.FFmpegError, ValueError) as e:
+    raise VideoError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
   return np.stack(out)
 
 
-def _PIL_BICUBIC():
+def _PIL():
   from PIL import Image     # only the pil path needs Pillow
-  return Image.BICUBIC
+  return Image
 
 
 def to_siglip(frames: np.ndarray) -> np.ndarray:
@@ -143,9 +195,11 @@ def to_siglip(frames: np.ndarray) -> np.ndarray:
   return frames.astype(np.float32) / 127.5 - 1.0
 
 
-def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "mpeg4") -> None:
-  """frames: uint8 [T, H, W, 3]."""
-  with av.open(path, "w") as out:
+def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "mpeg4",
+                options: dict[str, str] | None = None) -> None:
+  """frames: uint8 [T, H, W, 3]. `options`: the muxer's, e.g. {"movflags": "faststart"} (the
+  index first, as cameras and web encoders write it)."""
+  with av.open(path, "w", options=options or {}) as out:
     stream = out.add_stream(codec, rate=fps)
     stream.height, stream.width = frames.shape[1:3]
     stream.pix_fmt = "yuv420p"

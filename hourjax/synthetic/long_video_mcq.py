@@ -22,6 +22,7 @@ Everything comes from one seeded generator: a split is reproducible from (seed, 
 """
 from __future__ import annotations
 
+import sys
 import argparse
 import dataclasses
 import json
@@ -163,4 +164,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from hourjax import cli
+  sys.exit(cli.run(main))

@@ -11,6 +11,7 @@ is reproducible from its seed.
 """
 from __future__ import annotations
 
+import sys
 import argparse
 import dataclasses
 import json
@@ -118,4 +119,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from hourjax import cli
+  sys.exit(cli.run(main))

@@ -20,6 +20,8 @@ def evaluate(model: Any, params: Any, batches: Iterable[tuple[Any, Any]], rng: j
   loss = loss or jax.jit(lambda p, b: step_lib.loss_fn(model, p, b, rng, template_ids))
   total = correct = count = answers = 0.0
   for batch, _ in batches:
+    if batch is None:        # the end of a stream (its meta reports what was dropped)
+      continue
     value, aux = loss(params, batch)
     n = float(np.asarray(aux["supervised_tokens"]))
     total += float(np.asarray(value)) * n

@@ -53,6 +53,15 @@ def agree_on_bucket(batch: Batch, spec: Any) -> Batch:
   return pad_batch(batch, spec, int(frames), int(text))
 
 
+def everyone_has_data(mine: bool) -> bool:
+  """Whether every process still has a batch (its shares may end at different steps when their
+  skips differ: all stop together rather than wait forever in a collective)."""
+  if jax.process_count() == 1:
+    return mine
+  from jax.experimental import multihost_utils
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(mine))).all())
+
+
 def to_global(batch: Batch, mesh: Mesh, spec: Any = None) -> Batch:
   """This process's numpy share -> global jax.Arrays sharded over the batch axes of `mesh`.
   Pass `spec` (a BatchSpec or the model config) on several processes, so that shares of

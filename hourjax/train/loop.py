@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import time
@@ -29,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from hourjax.cli import writable_dir
 from hourjax.data import chat, pipeline
 from hourjax.data.batch import Meta
 from hourjax.parallel import mesh as mesh_lib
@@ -37,6 +37,7 @@ from hourjax.train import feed
 from hourjax.train import program as program_lib
 from hourjax.train.checkpoint import Checkpoints
 from hourjax.train.metrics import DataCounters, MetricWriter
+from hourjax.train.validate import validate
 
 
 class NonFiniteLoss(RuntimeError):
@@ -44,39 +45,15 @@ class NonFiniteLoss(RuntimeError):
 
 
 def check_run(run: ml_collections.ConfigDict) -> None:
-  """Start-up validation: each inconsistent value is named."""
+  """Start-up checks, before anything is built: the whole config (`validate`: each bad field
+  named), then what it points at."""
+  validate(run)
   t = run.train
-  if t.dtype not in program_lib.DTYPES:
-    raise ValueError(f"train.dtype={t.dtype!r}: expected one of {sorted(program_lib.DTYPES)}")
   for key in ("init", "init_llm"):
     path = t.get(key, "")
     if path and not os.path.exists(os.path.join(path, "hourjax.json")):
       raise FileNotFoundError(f"train.{key}={path!r}: no hourjax checkpoint there (convert one with "
                               "tools/convert_torch/convert.py, or give the previous stage's workdir/params)")
-  if t.get("decoder_only", False):
-    if t.steps <= 0:
-      raise ValueError("train.steps must be > 0 for decoder-only runs (packed text repeats forever)")
-    if not run.data.documents or not run.data.tokenizer:
-      raise ValueError("a decoder-only run needs data.documents (JSONL / ArrayRecord globs) and data.tokenizer")
-    for steps, length in t.get("context_schedule", ()):
-      if steps <= 0 or length < 2:
-        raise ValueError(f"train.context_schedule entry ({steps}, {length}): need steps > 0, length >= 2")
-  devices = jax.device_count()
-  sizes = dict(run.mesh)
-  fixed = math.prod(v for v in sizes.values() if v > 0)
-  if fixed > devices or (-1 not in sizes.values() and fixed != devices):
-    raise ValueError(f"mesh={sizes} needs {fixed} devices; {devices} are available")
-  shards = mesh_lib.batch_shards(mesh_lib.make_mesh(sizes))
-  if run.data.batch_size % shards or run.data.batch_size % jax.process_count():
-    raise ValueError(f"data.batch_size={run.data.batch_size} is not divisible by the mesh's "
-                     f"{shards} batch shards and {jax.process_count()} processes")
-  k = t.optimizer.accumulate
-  if run.data.batch_size % (k * shards):
-    raise ValueError(f"train.optimizer.accumulate={k}: data.batch_size={run.data.batch_size} must split "
-                     f"into {k} micro-batches that each divide by the {shards} batch shards")
-  for name, ev in run.get("evals", {}).items():
-    if ev.get("every", 0) <= 0:
-      raise ValueError(f"evals.{name}.every={ev.get('every')}: an evaluator needs an interval > 0")
 
 
 def _scalar(x: Any) -> float:
@@ -136,7 +113,7 @@ def eval_hook(name: str, every: int, program: program_lib.Program, data: Any, wh
   """Held-out loss and answer-token accuracy on a finite data section, logged as eval/<name>/*."""
   def run_eval(s: Step) -> dict[str, float]:
     batches = ((feed.to_global(b, program.mesh, program.task.spec), m)
-               for b, m in program.task.data(data, **where))
+               for b, m in program.task.data(data, **where) if b is not None)    # None: the end report
     out = eval_lib.evaluate(program.model, s.state.params, batches, loss=program.eval_loss)
     return {f"eval/{name}/{k}": v for k, v in out.items()}
   return Hook(f"eval/{name}", every, run_eval)
@@ -152,9 +129,11 @@ def eval_data(run: ml_collections.ConfigDict, overrides: Any) -> ml_collections.
   return data
 
 
-def checkpoint_hook(ckpts: Checkpoints, data_iter: Any, run_dict: dict) -> Hook:
-  return Hook("checkpoint", ckpts.every, lambda s: ckpts.save(s.number, s.state, data_iter,
-                                                                {**run_dict, "step": s.number}))
+def checkpoint_hook(ckpts: Checkpoints, data_iter: Any, run_dict: dict, counters: DataCounters) -> Hook:
+  """The state, the data iterator and the run's progress (its step and data counts, so that a
+  resumed run's summary counts every sample since step 0)."""
+  return Hook("checkpoint", ckpts.every, lambda s: ckpts.save(
+      s.number, s.state, data_iter, {**run_dict, "step": s.number, "data": dict(counters.counts)}))
 
 
 # -- the loop -----------------------------------------------------------------------------------
@@ -162,6 +141,7 @@ def checkpoint_hook(ckpts: Checkpoints, data_iter: Any, run_dict: dict) -> Hook:
 def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `run` in `workdir` (checkpoints/, metrics.jsonl, tensorboard/); returns a summary."""
   check_run(run)
+  writable_dir(workdir)
   t = run.train
   task = program_lib.task_of(run)
   where = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -182,24 +162,35 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   hooks = [nonfinite_hook(workdir, ckpts, lead), mfu_hook(program, t.peak_flops)]
   hooks += [eval_hook(name, ev.every, program, eval_data(run, ev.get("data", {})), where)
             for name, ev in run.get("evals", {}).items()]
-  hooks.append(checkpoint_hook(ckpts, data_iter, run_dict))
+  hooks.append(checkpoint_hook(ckpts, data_iter, run_dict, counters))
 
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda sig, frame: stop.update(signal=sig))
   rng = jax.random.key(t.seed)
   with mesh_lib.activate(program.mesh):
-    start = ckpts.latest()
-    if start is not None:
-      state, _ = ckpts.restore(start, program.abstract_state(), data_iter)
+    resumed = ckpts.restore_latest(program.abstract_state(), data_iter)
+    if resumed is not None:
+      start, state, saved = resumed
+      counters.counts.update(saved.get("data", {}))
       logging.info("resumed from step %d", start)
     else:
       start = 0
       state = program.init_state(program.initial_params(run))
     losses = []
+    exhausted = False
     step_time = time.perf_counter()
     try:
-      for step in range(start, steps):
-        batch, meta = next(data_iter)
+      step = start
+      while step < steps:
+        try:
+          batch, meta = next(data_iter)
+        except StopIteration:      # a finite run whose skips left fewer batches than counted
+          batch = meta = None
+        if not feed.everyone_has_data(batch is not None):
+          exhausted = True
+          if meta is not None:       # the pipeline's last report (skips, the dropped last batch)
+            writer.note(step, counters.add(meta))
+          break
         state, m = program.step(state, feed.to_global(batch, program.mesh, task.spec), rng)
         m = jax.device_get(m)
         now = time.perf_counter()
@@ -212,15 +203,20 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    **{f"lr/{g}": float(sched(step)) for g, sched in program.schedules.items()}}
         if t.stop_after and step + 1 - start >= t.stop_after:
           stop["signal"] = "stop_after"
+        reported = counters.add(meta)          # before the hooks: a checkpoint holds this step's counts
         done = Step(step + 1, state, scalars, batch, meta, dt)
         for hook in hooks:
           if hook.due(step + 1, steps) or (hook.name == "checkpoint" and stop["signal"] is not None):
             scalars.update(hook.fn(done) or {})
-        writer.write(step + 1, scalars, counters.add(meta))
+        writer.write(step + 1, scalars, reported)
         losses.append(scalars["loss"])
+        step += 1
         if stop["signal"] is not None:
-          logging.warning("%s: saved step %d and stopping", stop["signal"], step + 1)
+          logging.warning("%s: saved step %d and stopping", stop["signal"], step)
           break
+      if exhausted and losses and ckpts.latest() != step:
+        logging.warning("the data ended after step %d of %d (samples were skipped): saved it", step, steps)
+        ckpts.save(step, state, data_iter, {**run_dict, "step": step, "data": dict(counters.counts)})
     finally:
       signal.signal(signal.SIGTERM, previous)
       ckpts.close()
@@ -229,7 +225,7 @@ def train(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         data_iter.close()
   summary = {"first_step": start + 1, "last_step": start + len(losses), "steps": steps,
              "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-             "preempted": stop["signal"] is not None, "data": dict(counters.counts)}
+             "preempted": stop["signal"] is not None, "data_ended": exhausted, "data": dict(counters.counts)}
   if lead:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)

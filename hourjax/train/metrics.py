@@ -40,6 +40,12 @@ class MetricWriter:
     elif step % max(1, self.total // 10) == 0 or step == self.total:     # logs: one line per 10%
       print(line, file=sys.stderr, flush=True)
 
+  def note(self, step: int, extra: Mapping[str, Any]) -> None:
+    """A line without scalars (e.g. the last skips of a finite stream)."""
+    if self.enabled:
+      self._jsonl.write(json.dumps({"step": step, **extra}) + "\n")
+      self._jsonl.flush()
+
   def close(self) -> None:
     if self.enabled:
       if self._tty:
@@ -57,11 +63,12 @@ class DataCounters:
   def add(self, meta: Any) -> dict[str, Any]:
     """Adds one batch's report; returns what to log with the step (skipped ids included)."""
     self.counts[f"samples_{meta.stream}"] += len(meta.ids)
-    self.counts["skipped"] += len(meta.skipped)
-    self.counts["truncated"] += len(meta.truncated)
+    for key in ("skipped", "truncated", "subsampled", "dropped"):
+      self.counts[key] += len(getattr(meta, key))
     out: dict[str, Any] = {"stream": meta.stream}
     if meta.skipped:
       out["skipped"] = [list(s) for s in meta.skipped]
-    if meta.truncated:
-      out["truncated"] = list(meta.truncated)
+    for key in ("truncated", "subsampled", "dropped"):
+      if getattr(meta, key):
+        out[key] = list(getattr(meta, key))
     return out

@@ -22,13 +22,19 @@ from hourjax.train import program as program_lib
 from hourjax.train.loop import train
 
 
+def finished(summary: dict) -> bool:
+  """Not stopped early: every step ran, or the data of a finite run ended (skips make an epoch
+  shorter than counted)."""
+  return not summary["preempted"] and (summary["last_step"] == summary["steps"] or summary["data_ended"])
+
+
 def run_stage(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   task = program_lib.task_of(run)
   schedule = [tuple(x) for x in run.train.get("context_schedule", ())]
   if not schedule:
     summary = train(run, workdir)
     final = summary.pop("state").params
-    if not summary["preempted"] and summary["last_step"] == summary["steps"]:
+    if finished(summary):
       save_params(os.path.join(workdir, "params"), final, task.kind, task.cfg)
     return summary
   phases = []
@@ -46,7 +52,7 @@ def run_stage(run: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     summary = train(phase, phase_dir)
     state = summary.pop("state")
     phases.append({"phase": i, "seq_len": length, **summary})
-    if summary["preempted"] or summary["last_step"] != summary["steps"]:
+    if not finished(summary):
       return {"phases": phases, "preempted": True}
     save_params(params_dir, state.params, task.kind, task.cfg)
   shutil.rmtree(os.path.join(workdir, "params"), ignore_errors=True)

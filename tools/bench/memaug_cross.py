@@ -11,6 +11,7 @@ bytes and collective bytes from the compiled HLO, and wall time, on 8 fake CPU d
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -53,7 +54,7 @@ def measure(fn, *args):
           statistics.median(times))
 
 
-def main() -> None:
+def main(argv=None) -> None:
   b, lq, n, kh, d = 1, 512, 4, 2, 64
   print("| memory M | P | merge temp MiB | ring temp MiB | merge collective MiB | ring collective MiB "
         "| merge ms | ring ms |")
@@ -80,4 +81,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from hourjax import cli
+  sys.exit(cli.run(main))

@@ -14,6 +14,7 @@ times only rank the variants; they say nothing about accelerators.
 from __future__ import annotations
 
 import os
+import sys
 
 # Fake devices must exist before jax is imported; libtpu (if installed) is not wanted here.
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
@@ -74,7 +75,7 @@ def _time(compiled, args, repeats: int) -> float:
   return statistics.median(times)
 
 
-def main() -> None:
+def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
   parser.add_argument("--shards", type=int, nargs="+", default=[2, 4, 8])
@@ -85,7 +86,7 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--time-up-to", type=int, default=8192,
                       help="only compile (no timing) above this length")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
 
   rng = np.random.default_rng(0)
   mib = lambda c: c.memory_analysis().temp_size_in_bytes / 2 ** 20
@@ -122,4 +123,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from hourjax import cli
+  sys.exit(cli.run(main))

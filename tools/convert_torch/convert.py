@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import jax
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
   b.add_argument("--kind", choices=api.SOURCE_KINDS, help="layout to write; default: the source's")
   b.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: as stored")
   args = p.parse_args(argv)
+  from hourjax.cli import writable_dir
+  writable_dir(os.path.dirname(os.path.abspath(args.out)), "out")      # before minutes of conversion
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   if args.direction == "to-jax":
     conv = api.import_torch(args.src, args.kind, key=jax.random.key(args.seed),
@@ -62,4 +65,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from hourjax import cli
+  sys.exit(cli.run(main))
