@@ -106,26 +106,6 @@ def llm_tokens(study: Study, arm: Arm) -> int:
   return num_retained(study.frames, cfg.forgetting) * (cfg.forgetting.spatial_count(cfg.pool_size ** 2) + 1)
 
 
-def width_scaled(params: dict, std: float = 0.02) -> dict:
-  """The trained modules' weights rescaled from HF's N(0, 0.02) to N(0, 1/fan_in).
-
-  0.02 is ~1/sqrt(width) for widths in the thousands; at this study's width of 64 it leaves
-  every product of two weights (attention values through their output projection, MemAug's
-  recall from memory) ~40x too weak: a memory frame moved the initial logits by 1e-5 and the
-  first 1,500+ steps sat on a plateau. Embeddings get 1/sqrt(width)."""
-  import jax
-  def rescale(path, x):
-    names = [getattr(k, "key", "") for k in path]
-    if names[0] not in ("projector", "memaug", "llm") or x.ndim < 2:
-      return x
-    if names[-1] == "embedding":
-      fan_in = x.shape[-1]
-    else:
-      fan_in = int(np.prod(x.shape[:-1])) if names[-2] == "o" else x.shape[0]
-    return x * (fan_in ** -0.5 / std)
-  return jax.tree_util.tree_map_with_path(rescale, params)
-
-
 def encode_split(study: Study, items, cache: str) -> np.ndarray:
   """Frozen SigLIP features [N, T, 4, C] (float16 on disk), cached by file name."""
   if os.path.exists(cache):
@@ -216,7 +196,7 @@ def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log) -> dict[
   results = {}
   for seed in seeds:
     t0 = time.time()
-    params = width_scaled(build.init_params("hour_llava", cfg, jax.random.key(seed)))
+    params = build.init_params("hour_llava", cfg, jax.random.key(seed))      # the preset's N(0, 1/fan_in)
     state = program.init_state(params)
     order = np.random.default_rng(seed)
     perm, at, losses = order.permutation(n_train), 0, []

@@ -49,6 +49,7 @@ def main(argv=None) -> int:
   from hourjax.data import chat, pipeline, video
   from hourjax.data.batching import Buckets
   from hourjax.synthetic.tokenizer import save_tiny_tokenizer
+  from hourjax.synthetic.videos import QUESTION_TYPES
   from hourjax.infer.generate import Sampling, answer as answer_question
   from hourjax.models import build
   from hourjax.parallel import mesh as mesh_lib
@@ -94,11 +95,21 @@ def main(argv=None) -> int:
                                      sampling=Sampling(max_new_tokens=8), buckets=buckets)
 
   def held_out(params) -> dict:
-    """Teacher-forced loss and answer-token accuracy, and exact-match of greedy answers."""
+    """Teacher-forced loss and answer-token accuracy, and exact-match of greedy answers (overall
+    and per question type)."""
     out = evaluate(model, params, pipeline.from_config(held_data, cfg), jax.random.key(7), template)
-    hits = [answer(params, r, f, d, t)[1] == r["conversations"][t + 1]["value"]
-            for r, f, d in videos for t in range(0, len(r["conversations"]), 2)]
-    return {**out, "exact_match": sum(hits) / len(hits), "questions": len(hits)}
+    hits: dict[str, list[bool]] = {kind: [] for kind in QUESTION_TYPES}
+    answers = []
+    for r, f, d in videos:
+      for t in range(0, len(r["conversations"]), 2):
+        kind, reference = r["question_types"][t // 2], r["conversations"][t + 1]["value"]
+        question, reply = answer(params, r, f, d, t)
+        hits[kind].append(reply == reference)
+        answers.append({"video": r["video"], "type": kind, "question": question, "answer": reply,
+                        "reference": reference})
+    every = sum(hits.values(), [])
+    return {**out, "exact_match": sum(every) / len(every), "questions": len(every), "answers": answers,
+            "by_type": {k: {"exact_match": sum(v) / max(1, len(v)), "questions": len(v)} for k, v in hits.items()}}
 
   print("[2/5] held-out before training", flush=True)
   mesh = mesh_lib.make_mesh(dict(run.mesh))
@@ -109,8 +120,11 @@ def main(argv=None) -> int:
   print(f"[3/5] training {a.steps} steps (batch {run.data.batch_size}; re-running resumes)", flush=True)
   summary = train(run, os.path.join(a.workdir, "run"))
   state = summary.pop("state")
-  print(f"      loss {summary['first_loss']:.3f} at step {summary['first_step']} -> "
-        f"{summary['last_loss']:.3f} at step {summary['last_step']}", flush=True)
+  if summary["first_loss"] is None:       # a re-run after the last step: nothing left to train
+    print(f"      already trained to step {summary['last_step']} (restored from its checkpoint)", flush=True)
+  else:
+    print(f"      loss {summary['first_loss']:.3f} at step {summary['first_step']} -> "
+          f"{summary['last_loss']:.3f} at step {summary['last_step']}", flush=True)
 
   print("[4/5] save, restore and evaluate the trained parameters", flush=True)
   params_dir = os.path.join(a.workdir, "params")
@@ -122,6 +136,9 @@ def main(argv=None) -> int:
   print(f"      restored equal to trained: {same}; held-out loss {before['loss']:.3f} -> {after['loss']:.3f}, "
         f"answer-token accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, exact answers "
         f"{before['exact_match']:.3f} -> {after['exact_match']:.3f}", flush=True)
+  for kind, r in after["by_type"].items():
+    print(f"      {kind:>16}: {r['exact_match']:.3f} exact of {r['questions']} "
+          f"(before training {before['by_type'][kind]['exact_match']:.3f})", flush=True)
 
   print("[5/5] one held-out question", flush=True)
   r, frames, duration = videos[0]

@@ -138,8 +138,8 @@ def test_smoke_study_writes_table_and_plot(tmp_path):
 def test_dropped_frames_reach_the_llm_only_through_memaug():
   """A frame that temporal forgetting drops changes the answer logits only when MemAug reads a
   memory holding it; with no MemAug or a decayed-only memory it cannot. And MemAug's
-  parameters get a gradient from the answer. (At the study's width-scaled initialisation; at
-  HF's N(0, 0.02) the dropped frame moved the logits by 1e-5 relative: see `width_scaled`.)"""
+  parameters get a gradient from the answer. (At the tiny preset's N(0, 1/fan_in) init; at
+  HF's N(0, 0.02) the dropped frame moved the logits by 1e-5 relative: see models/layers.INITS.)"""
   from launch import ablation
   from hourjax.models import build
   from hourjax.train.step import loss_fn
@@ -158,7 +158,7 @@ def test_dropped_frames_reach_the_llm_only_through_memaug():
     layout = video_layout([study.frames], cfg.forgetting)
     assert dropped not in layout.retained_frames[0]
     model = build.build("hour_llava", cfg)
-    params = ablation.width_scaled(build.init_params("hour_llava", cfg, jax.random.key(0)))
+    params = build.init_params("hour_llava", cfg, jax.random.key(0))
     out = jax.jit(lambda p, f: model.apply({"params": p}, ids, np.ones_like(ids), labels, layout=layout, features=f,
                                            rng=jax.random.key(1)))(params, f)      # eager would take minutes
     return np.asarray(out["logits"]), model, params, layout

@@ -1,6 +1,7 @@
 """The main job: synthetic data -> training -> save/restore -> held-out evaluation -> an answer."""
 import json
 
+from hourjax.synthetic.videos import QUESTION_TYPES
 from launch import demo
 
 
@@ -12,7 +13,13 @@ def test_demo_trains_restores_and_answers(tmp_path, capsys):
   assert out["train"]["last_loss"] < out["train"]["first_loss"]
   assert out["held_out_after"]["loss"] < out["held_out_before"]["loss"]
   for split in ("held_out_before", "held_out_after"):       # 16 steps teach the format, not yet answers
-    assert 0 <= out[split]["accuracy"] <= 1 and 0 <= out[split]["exact_match"] <= 1
-    assert out[split]["questions"] >= 2
+    r = out[split]
+    assert 0 <= r["accuracy"] <= 1 and 0 <= r["exact_match"] <= 1 and r["questions"] >= 2
+    # per question type: the counts add up and the overall rate is their weighted mean
+    assert set(r["by_type"]) == set(QUESTION_TYPES)
+    assert sum(t["questions"] for t in r["by_type"].values()) == r["questions"] == len(r["answers"])
+    hits = sum(a["answer"] == a["reference"] for a in r["answers"])
+    assert hits == round(sum(t["exact_match"] * t["questions"] for t in r["by_type"].values()))
+    assert r["exact_match"] == hits / r["questions"]
   assert out["question"] and isinstance(out["answer"], str)
   assert "[5/5] one held-out question" in capsys.readouterr().out

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from hourjax.synthetic.videos import COLOURS, write_dataset
+from hourjax.synthetic.videos import COLOURS, QUESTION_TYPES, write_dataset
 from hourjax.data.video import decode_frames, official_frame_indices, probe
 
 
@@ -26,6 +26,11 @@ def test_frames_answer_the_questions(tmp_path):
     conv = r["conversations"]
     assert conv[0]["value"].startswith("<image>\n") and sum("<image>" in t["value"] for t in conv) == 1
     assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and len(conv) <= 10
+    assert sorted(r["question_types"]) == sorted(QUESTION_TYPES[:len(conv) // 2])
+    opening = {"colour at a time": "What colour", "count": "How many", "shown once": "What was shown",
+               "order": "Which appeared"}
+    assert all(conv[2 * i]["value"].replace("<image>\n", "").startswith(opening[kind])
+               for i, kind in enumerate(r["question_types"]))
     events = r["events"]
     needles = [e for e in events if e["colour"] == "white"]
     assert len(needles) == 1 and needles[0]["end"] - needles[0]["start"] <= 2

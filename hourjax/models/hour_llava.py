@@ -28,7 +28,7 @@ import numpy as np
 
 from hourjax.models import forgetting as fg
 from hourjax.models.forgetting import ForgettingConfig, VideoLayout
-from hourjax.models.layers import dense, gelu_exact
+from hourjax.models.layers import dense, gelu_exact, init_std
 from hourjax.models.memaug import MemAug, MemAugConfig
 from hourjax.models.qwen2 import KVCache, Qwen2, Qwen2Config
 from hourjax.models.siglip import SiglipConfig, SiglipVision
@@ -49,11 +49,13 @@ class HourLlavaConfig:
                                    # `tokenizer_model_max_length`: longer sequences are cut there)
   vision_grad_frames: int = 128    # videos of more frames give SigLIP no gradient (the official
                                    # chunked `no_grad` encoding); 0: always a gradient
+  projector_init: str = "normal"   # layers.INITS, as each module's own `init`
 
   def __post_init__(self):
     if self.memaug.hidden_size != self.llm.hidden_size:
       raise ValueError(f"memaug.hidden_size={self.memaug.hidden_size} must equal "
                        f"llm.hidden_size={self.llm.hidden_size}")
+    init_std(self.projector_init)
     if self.max_length < 1 or self.vision_grad_frames < 0:
       raise ValueError(f"max_length={self.max_length} must be >= 1 and vision_grad_frames="
                        f"{self.vision_grad_frames} >= 0")
@@ -88,10 +90,11 @@ class Projector(nn.Module):
   hidden_size: int
   dtype: Any
   param_dtype: Any
+  init: str = "normal"
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, init_std=init_std(self.init))
     x = gelu_exact(dense(self.hidden_size, (ax.VISION_IN, ax.EMBED), name="linear_1", **kw)(x))
     return dense(self.hidden_size, (ax.EMBED, ax.EMBED), name="linear_2", **kw)(x)
 
@@ -123,7 +126,7 @@ class HourLlava(nn.Module):
   def setup(self):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.vision = SiglipVision(c.vision, name="vision", **kw)
-    self.projector = Projector(c.llm.hidden_size, name="projector", **kw)
+    self.projector = Projector(c.llm.hidden_size, init=c.projector_init, name="projector", **kw)
     self.image_newline = self.param("image_newline", nn.with_logical_partitioning(
         nn.initializers.normal(c.llm.hidden_size ** -0.5), (ax.EMBED,)), (c.llm.hidden_size,),
         self.param_dtype)

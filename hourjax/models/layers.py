@@ -11,16 +11,37 @@ from hourjax.parallel import axes as ax
 
 Dtype = Any
 
+# A module's `init`: "normal" is HF's N(0, initializer_range) for every weight, which suits widths
+# in the thousands (0.02 ~ 1/sqrt(width)); "fan_in" is N(0, 1/fan_in) per matrix (embeddings
+# N(0, 1/width)), which a narrow model trained from scratch needs: at width 64, 0.02 leaves every
+# product of two weights ~40x too weak and training sits on a plateau (docs/ablation.md).
+INITS = ("normal", "fan_in")
+
+
+def init_std(init: str, initializer_range: float = 0.02) -> float | None:
+  """The std of a module's weights under `init`, or None for N(0, 1/fan_in)."""
+  if init not in INITS:
+    raise ValueError(f"init={init!r}: expected one of {', '.join(INITS)}")
+  return initializer_range if init == "normal" else None
+
+
+def embedding_init(std: float | None, width: int) -> nn.initializers.Initializer:
+  return nn.initializers.normal(width ** -0.5 if std is None else std)
+
 
 def dense(features: int | Sequence[int], names: Sequence[str], *, use_bias: bool, dtype: Dtype,
           param_dtype: Dtype, name: str, in_axes: int | Sequence[int] = -1,
-          init_std: float = 0.02, precision: jax.lax.PrecisionLike = None) -> nn.DenseGeneral:
-  """DenseGeneral whose kernel carries logical names `names` ([*in, *out]); bias gets the out names."""
+          init_std: float | None = 0.02, precision: jax.lax.PrecisionLike = None) -> nn.DenseGeneral:
+  """DenseGeneral whose kernel carries logical names `names` ([*in, *out]); bias gets the out names.
+  `init_std` None: N(0, 1/fan_in), fan_in the product of the input axes (DenseGeneral hands its
+  initialiser the kernel flattened to [in, out])."""
   n_in = 1 if isinstance(in_axes, int) else len(in_axes)
+  kernel = (nn.initializers.variance_scaling(1.0, "fan_in", "normal") if init_std is None
+            else nn.initializers.normal(init_std))
   return nn.DenseGeneral(
       features=features, axis=in_axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
       precision=precision, name=name,
-      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(init_std), tuple(names)),
+      kernel_init=nn.with_logical_partitioning(kernel, tuple(names)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(names[n_in:])))
 
 

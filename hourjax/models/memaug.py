@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from hourjax.models import stack
-from hourjax.models.layers import dense, gelu_exact, layer_norm
+from hourjax.models.layers import dense, gelu_exact, init_std, layer_norm
 from hourjax.ops import attention as attn_ops
 from hourjax.ops.rope import apply_rope, rope_cos_sin
 from hourjax.parallel import axes as ax
@@ -35,6 +35,7 @@ class MemAugConfig:
   rope_theta: float = 1e6
   mlp_ratio: int = 4
   layer_norm_eps: float = 1e-5
+  init: str = "normal"          # layers.INITS: N(0, 0.02) as HF, or N(0, 1/fan_in) for narrow models
   # Execution: "ring" shards the memory on 'sequence' for cross-attention (an LSE merge; the
   # self-attention over the few thousand queries stays local); scan and remat as in Qwen2.
   attention: str = "xla"
@@ -44,12 +45,13 @@ class MemAugConfig:
   def __post_init__(self):
     attn_ops.check_implementation(self.attention)
     stack.check_remat(self.remat)
+    init_std(self.init)
 
   @classmethod
   def for_llm(cls, llm, depth: int = 4) -> "MemAugConfig":
     """The official builder takes width, head counts and rope theta from the LLM config."""
     return cls(hidden_size=llm.hidden_size, num_heads=llm.num_heads, num_kv_heads=llm.num_kv_heads,
-               depth=depth, rope_theta=llm.rope_theta)
+               depth=depth, rope_theta=llm.rope_theta, init=llm.init)
 
   @property
   def head_dim(self) -> int:
@@ -70,7 +72,7 @@ class MemAugAttention(nn.Module):
   @nn.compact
   def __call__(self, x, q_rope, kv, k_rope, kv_mask):
     c = self.cfg
-    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, init_std=init_std(c.init))
     q = dense((c.num_heads, c.head_dim), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="q", **kw)(x)
     k = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), name="k", **kw)(kv)
     v = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), name="v", **kw)(kv)
@@ -94,7 +96,7 @@ class MemAugBlock(nn.Module):
         x, q_rope, x, q_rope, query_mask))
     x = ln("norm2")(x + MemAugAttention(c, cross=True, name="cross_attn", **kw)(
         x, q_rope, memory, m_rope, memory_mask))
-    mk = dict(use_bias=True, **kw)
+    mk = dict(use_bias=True, init_std=init_std(c.init), **kw)
     h = gelu_exact(dense(c.mlp_ratio * c.hidden_size, (ax.EMBED, ax.MLP), name="fc1", **mk)(x))
     h = ax.constrain(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
     x = ln("norm3")(x + dense(c.hidden_size, (ax.MLP, ax.EMBED), name="fc2", **mk)(h))

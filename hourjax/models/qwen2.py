@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from hourjax.models import stack
-from hourjax.models.layers import RMSNorm, dense
+from hourjax.models.layers import RMSNorm, dense, embedding_init, init_std
 from hourjax.ops import attention as attn_ops
 from hourjax.ops.rope import apply_rope, rope_cos_sin
 from hourjax.parallel import axes as ax
@@ -33,9 +33,10 @@ class Qwen2Config:
   rope_theta: float = 1e6
   rms_norm_eps: float = 1e-6
   tie_word_embeddings: bool = False
-  # HF's `initializer_range`: the std of every weight at initialisation. 0.02 suits widths in
-  # the thousands; a tiny CPU model trained from scratch wants ~1/sqrt(hidden_size).
+  # Initialisation (layers.INITS): "normal" draws every weight from N(0, initializer_range),
+  # HF's rule; "fan_in" N(0, 1/fan_in), which narrow models trained from scratch need.
   initializer_range: float = 0.02
+  init: str = "normal"
   # Execution, not architecture: the attention kernel (ops.attention.IMPLEMENTATIONS), layers
   # under nn.scan (the parameter layout changes; checkpoints record it), remat policy.
   attention: str = "xla"
@@ -45,10 +46,15 @@ class Qwen2Config:
   def __post_init__(self):
     attn_ops.check_implementation(self.attention)
     stack.check_remat(self.remat)
+    init_std(self.init)
 
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
+
+  @property
+  def init_std(self) -> float | None:
+    return init_std(self.init, self.initializer_range)
 
 
 @flax.struct.dataclass
@@ -75,7 +81,7 @@ class Qwen2Attention(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin, meta, cache_kv=None, cache_end=None):
     c = self.cfg
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, init_std=c.initializer_range)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, init_std=c.init_std)
     q = dense((c.num_heads, c.head_dim), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), use_bias=True,
               name="q", **kw)(x)
     k = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), use_bias=True,
@@ -106,7 +112,7 @@ class Qwen2MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.cfg
-    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, init_std=c.initializer_range)
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, init_std=c.init_std)
     gate = dense(c.intermediate_size, (ax.EMBED, ax.MLP), name="gate", **kw)(x)
     up = dense(c.intermediate_size, (ax.EMBED, ax.MLP), name="up", **kw)(x)
     h = ax.constrain(jax.nn.silu(gate) * up, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
@@ -148,14 +154,14 @@ class Qwen2(nn.Module):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embed_tokens = nn.Embed(
         c.vocab_size, c.hidden_size, name="embed",
-        embedding_init=nn.with_logical_partitioning(nn.initializers.normal(c.initializer_range), (ax.VOCAB, ax.EMBED)),
+        embedding_init=nn.with_logical_partitioning(embedding_init(c.init_std, c.hidden_size), (ax.VOCAB, ax.EMBED)),
         **kw)
     self.layers = stack.make(Qwen2Layer, c.num_layers, scan=c.scan_layers, remat=c.remat,
                              num_shared=4, cfg=c, **kw)
     self.norm = RMSNorm(c.rms_norm_eps, name="norm", **kw)
     if not c.tie_word_embeddings:
       self.lm_head = dense(c.vocab_size, (ax.EMBED, ax.VOCAB), use_bias=False, name="lm_head",
-                           init_std=c.initializer_range, **kw)
+                           init_std=c.init_std, **kw)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return self.embed_tokens(input_ids)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from hourjax.models import stack
-from hourjax.models.layers import dense, gelu_tanh, layer_norm
+from hourjax.models.layers import dense, gelu_tanh, init_std, layer_norm
 from hourjax.ops.attention import dot_product_attention
 from hourjax.ops.splash import splash_attention
 from hourjax.parallel import axes as ax
@@ -31,6 +31,8 @@ class SiglipConfig:
   layer_norm_eps: float = 1e-6
   use_head: bool = False          # attention-pooling (MAP) head, as `vision_use_head`
   use_post_layernorm: bool = True
+  init: str = "normal"            # layers.INITS for the encoder's dense layers (a frozen random
+                                  # tower in the CPU demo; pretrained weights replace it otherwise)
   # Execution: "xla" or "dot_product" (cuDNN on GPU); 729 patches never need a ring.
   attention: str = "xla"
   scan_layers: bool = False
@@ -40,6 +42,7 @@ class SiglipConfig:
     if self.attention not in ("xla", "dot_product", "splash"):
       raise ValueError(f"SigLIP attention={self.attention!r}: expected xla, dot_product or splash")
     stack.check_remat(self.remat)
+    init_std(self.init)
 
   @property
   def patches_per_side(self) -> int:
@@ -60,7 +63,7 @@ class SiglipAttention(nn.Module):
     c = self.cfg
     d = c.hidden_size // c.num_heads
     kv = x if kv is None else kv
-    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, init_std=init_std(c.init))
     q = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="q", **kw)(x)
     k = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="k", **kw)(kv)
     v = dense((c.num_heads, d), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), name="v", **kw)(kv)
@@ -82,7 +85,7 @@ class SiglipMLP(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, init_std=init_std(self.cfg.init))
     h = gelu_tanh(dense(self.cfg.intermediate_size, (ax.EMBED, ax.MLP), name="fc1", **kw)(x))
     h = ax.constrain(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
     return dense(self.cfg.hidden_size, (ax.MLP, ax.EMBED), name="fc2", **kw)(h)

@@ -4,9 +4,9 @@
 
 A video is a sequence of events, each a coloured shape (square or circle) shown on a dark
 background for a few seconds at a moving position; one event, the "needle", is shown only once
-and only briefly. Each video gets up to 4 QA pairs in LLaVA format (the first question carries
-`<image>`): the shape's colour at a time, how many circles appear, which of two events came
-first, and what was shown only once. Everything is drawn from one seeded generator, so a dataset
+and only briefly. Each video gets up to 4 QA pairs in LLaVA format, in a random order (the first question
+carries `<image>`): the shape's colour at a time, how many circles appear, which of two events
+came first, and what was shown only once. Everything is drawn from one seeded generator, so a dataset
 is reproducible from its seed.
 """
 from __future__ import annotations
@@ -65,21 +65,26 @@ def render(events: list[Event], seconds: int, fps: int, size: int) -> np.ndarray
   return frames
 
 
-def questions(events: list[Event], rng: np.random.Generator, max_pairs: int = 5) -> list[tuple[str, str]]:
+# What each question asks, in the order `questions` asks them (records keep them as "question_types").
+QUESTION_TYPES = ("colour at a time", "count", "shown once", "order")
+
+
+def questions(events: list[Event], rng: np.random.Generator, max_pairs: int = 5) -> list[tuple[str, str, str]]:
+  """(type, question, answer) triples; the order question only when two distinct events exist."""
   needle = next(e for e in events if e.colour == "white")
   ordinary = [e for e in events if e.colour != "white"]
   t_event = ordinary[int(rng.integers(0, len(ordinary)))]
   t = int(rng.integers(t_event.start, t_event.end))
   circles = sum(e.shape == "circle" for e in events)
-  qa = [(f"What colour is the {t_event.shape} at second {t}?", t_event.colour),
-        ("How many circles appear in the video?", str(circles)),
-        ("What was shown only once, and only briefly?", f"a white {needle.shape}")]
+  qa = [("colour at a time", f"What colour is the {t_event.shape} at second {t}?", t_event.colour),
+        ("count", "How many circles appear in the video?", str(circles)),
+        ("shown once", "What was shown only once, and only briefly?", f"a white {needle.shape}")]
   a, b = sorted(rng.choice(len(ordinary), 2, replace=False)) if len(ordinary) > 1 else (0, 0)
   if a != b and (ordinary[a].shape, ordinary[a].colour) != (ordinary[b].shape, ordinary[b].colour):
     first, second = ordinary[a], ordinary[b]
     pair = [f"the {first.colour} {first.shape}", f"the {second.colour} {second.shape}"]
     order = list(rng.permutation(2))
-    qa.append((f"Which appeared first: {pair[order[0]]} or {pair[order[1]]}?", pair[0]))
+    qa.append(("order", f"Which appeared first: {pair[order[0]]} or {pair[order[1]]}?", pair[0]))
   return qa[:max_pairs]
 
 
@@ -96,11 +101,15 @@ def write_dataset(root: str, num_videos: int, seconds: tuple[int, int] = (30, 12
       events = plan_events(length, rng)
       rel = f"synth_{i:05d}.mp4"
       write_video(os.path.join(root, "synthetic", rel), render(events, length, fps, size), fps=fps, codec=codec)
-      conv = []
-      for j, (q, a) in enumerate(questions(events, rng)):
+      conv, kinds = [], []
+      qa = questions(events, rng)
+      # Asked in a random order: a model asked one question at a time (launch.ask, the demo's
+      # held-out answers) must answer what is asked, not what the first turn always asked.
+      for j, (kind, q, a) in enumerate(qa[k] for k in rng.permutation(len(qa))):
         conv += [{"from": "human", "value": ("<image>\n" if j == 0 else "") + q}, {"from": "gpt", "value": a}]
+        kinds.append(kind)
       f.write(json.dumps({"id": f"synth_{i:05d}", "video": rel, "data_source": "synthetic",
-                          "duration": float(length), "conversations": conv,
+                          "duration": float(length), "conversations": conv, "question_types": kinds,
                           "events": [dataclasses.asdict(e) for e in events]}) + "\n")
   return path
 

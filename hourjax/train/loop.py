@@ -37,7 +37,7 @@ from hourjax.train import feed
 from hourjax.train import program as program_lib
 from hourjax.train.checkpoint import Checkpoints
 from hourjax.train.metrics import DataCounters, MetricWriter
-from hourjax.train.validate import validate
+from hourjax.train.validate import problems_of, raise_problems
 
 
 class NonFiniteLoss(RuntimeError):
@@ -45,15 +45,19 @@ class NonFiniteLoss(RuntimeError):
 
 
 def check_run(run: ml_collections.ConfigDict) -> None:
-  """Start-up checks, before anything is built: the whole config (`validate`: each bad field
-  named), then what it points at."""
-  validate(run)
-  t = run.train
+  """Start-up checks, before anything is built: every bad field of the config (`validate`) and
+  everything missing that it points at (init checkpoints, a decoder-only run's corpus), in one error."""
+  problems, t = list(problems_of(run)), run.train
   for key in ("init", "init_llm"):
     path = t.get(key, "")
     if path and not os.path.exists(os.path.join(path, "hourjax.json")):
-      raise FileNotFoundError(f"train.{key}={path!r}: no hourjax checkpoint there (convert one with "
-                              "tools/convert_torch/convert.py, or give the previous stage's workdir/params)")
+      problems.append(f"train.{key}={path!r}: no hourjax checkpoint there (convert one with "
+                      "tools/convert_torch/convert.py, or give the previous stage's workdir/params)")
+  if t.get("decoder_only", False):      # what the run reads (aot_compile and profile need none)
+    for field, what in (("documents", "JSONL / ArrayRecord globs"), ("tokenizer", "a tokenizer directory")):
+      if not run.data.get(field):
+        problems.append(f"data.{field}={run.data.get(field)!r}: a decoder-only run needs {what}")
+  raise_problems(problems)
 
 
 def _scalar(x: Any) -> float:

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import ml_collections
 
 from hourjax.data import video
+from hourjax.models.layers import INITS
 from hourjax.parallel import mesh as mesh_lib
 
 
@@ -68,12 +69,17 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("train.optimizer.schedule", ("cosine", "constant")),
     ("data.read.resample", tuple(video.RESAMPLE)),
     ("data.read.too_long", ("subsample", "skip")),
+    *((f"model.{field}", INITS) for field in ("vision.init", "llm.init", "memaug.init", "projector_init")),
 )
 
 
 def validate(run: ml_collections.ConfigDict, *, devices: int | None = None, processes: int | None = None) -> None:
   """Raises ConfigError naming every bad field of `run`; returns None when it can run."""
-  problems = list(problems_of(run, devices=devices, processes=processes))
+  raise_problems(list(problems_of(run, devices=devices, processes=processes)))
+
+
+def raise_problems(problems: list[str]) -> None:
+  """One ConfigError listing every problem (none: returns)."""
   if problems:
     head = "bad run config: " if len(problems) == 1 else f"bad run config ({len(problems)} problems): "
     raise ConfigError(head + "; ".join(problems))
@@ -197,10 +203,6 @@ def _intervals(run: Any) -> Iterator[str]:
         yield f"train.context_schedule[{i}]={entry!r}: expected (steps > 0, length >= 2)"
     if _get(run, "train.steps") == 0:
       yield "train.steps=0: a decoder-only run needs steps > 0 (packed text repeats forever)"
-    for field, what in (("data.documents", "JSONL / ArrayRecord globs"), ("data.tokenizer", "a tokenizer path")):
-      value = _get(run, field)
-      if value is _MISSING or not value:
-        yield f"{field}={'' if value is _MISSING else value!r}: a decoder-only run needs {what}"
 
 
 def _mesh(run: Any, devices: int | None, processes: int | None) -> Iterator[str]:
