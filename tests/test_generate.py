@@ -35,10 +35,12 @@ def test_cached_generation_equals_full_recompute():
   tokens, lengths = generate(model, params, collate(prompts, CFG, BUCKETS), jax.random.key(1),
                              Sampling(max_new_tokens=n), end_id)
 
+  # MemAug reads the question once, at prefill (as the official generate does): in the full
+  # recompute the generated tokens are labelled, so that they stay out of its query.
   @jax.jit
   def last_logits(batch):
-    out = model.apply({"params": params}, batch.input_ids, batch.attention_mask, layout=batch.layout,
-                      pixels=batch.pixels)
+    out = model.apply({"params": params}, batch.input_ids, batch.attention_mask, batch.labels,
+                      layout=batch.layout, pixels=batch.pixels)
     last = jnp.sum(out["attention_mask"], 1) - 1
     return jnp.take_along_axis(out["logits"], last[:, None, None], 1)[:, 0]
 
@@ -46,7 +48,8 @@ def test_cached_generation_equals_full_recompute():
     ids = list(p["input_ids"])
     expected = []
     for _ in range(n):
-      sample = {**p, "input_ids": np.asarray(ids, np.int32), "labels": np.full(len(ids), -100, np.int32)}
+      labels = np.concatenate([p["labels"], np.asarray(ids[len(p["input_ids"]):], np.int32)])
+      sample = {**p, "input_ids": np.asarray(ids, np.int32), "labels": labels}
       token = int(jnp.argmax(last_logits(collate([sample], CFG, BUCKETS))[0]))
       expected.append(token)
       if token == end_id:
