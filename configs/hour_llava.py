@@ -94,14 +94,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown Hour-LLaVA preset {size!r}; expected one of {sorted(LLMS)}")
   llm = LLMS[size]
   # Initialisation of the trained modules (hourjax.models.layers.INITS): HF's N(0, 0.02) suits
-  # widths in the thousands; the tiny width-64 models train from scratch and need N(0, 1/fan_in).
-  # SigLIP keeps HF's rule (pretrained weights replace it; the CPU demo uses it frozen).
+  # widths in the thousands; the tiny width-64 models train from scratch and need N(0, 1/fan_in),
+  # and their MemAug must start by passing its decayed queries through (residual_zero): at
+  # fan_in it buries them under its own random output and no visual answer is learned
+  # (docs/demo.md). SigLIP keeps HF's rule (pretrained weights replace it; the CPU demo uses it frozen).
   init = "fan_in" if size == "tiny" else "normal"
+  memaug_init = "residual_zero" if size == "tiny" else "normal"
   cfg = ml_collections.ConfigDict()
   cfg.model = ml_collections.ConfigDict(dict(
       vision=dict(TINY_VISION if size == "tiny" else SO400M, init="normal", **EXECUTION),
       llm=dict(llm, initializer_range=0.02, init=init, **EXECUTION),
-      memaug=dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm, init=init), depth=2 if size == "tiny" else 4)),
+      memaug=dict(dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm), depth=2 if size == "tiny" else 4)),
+                  init=memaug_init),
       projector_init=init,
       forgetting=dict(FORGETTING, min_memory_frames=16 if size == "tiny" else 128),
       feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True,

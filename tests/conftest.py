@@ -90,3 +90,15 @@ def jit_apply(model, params, *args, **kwargs):
   static = {k: v for k, v in kwargs.items() if v is None or isinstance(v, (str, bool, int, float)) or callable(v)}
   dynamic = {k: v for k, v in kwargs.items() if k not in static}
   return jax.jit(lambda p, a, k: model.apply({"params": p}, *a, **k, **static))(params, args, dynamic)
+
+
+def tiny_model(**overrides):
+  """configs/hour_llava.py:tiny's model config with every weight random and non-zero: MemAug at
+  fan_in instead of the preset's residual_zero, whose zero output projections make every MemAug
+  block its LayerNorms alone at init, so that an equivalence test (scan, sharding, caches, batching)
+  would never exercise MemAug's attention to the memory. `overrides`: HourLlavaConfig fields."""
+  import dataclasses
+  from configs.hour_llava import get_config
+  from hourjax.config import model_config
+  cfg = model_config(get_config("tiny").model)
+  return dataclasses.replace(cfg, memaug=dataclasses.replace(cfg.memaug, init="fan_in"), **overrides)

@@ -4,11 +4,11 @@ import json
 import pathlib
 
 
-from configs.hour_llava import get_config
 from hourjax.config import model_config
 from hourjax.convert.layout import with_scan
 from hourjax.models import build
 from launch import aot_compile
+from conftest import tiny_model
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -20,7 +20,7 @@ def test_tiny_stage3_step_compiles_for_v5e(tmp_path):
                     "--text", "64", "--json", str(out)])
   r = json.loads(out.read_text())
   assert r["chips"] == 4 and r["fits"] and r["scan_layers"]
-  cfg = with_scan(model_config(get_config("tiny").model), True)
+  cfg = with_scan(tiny_model(), True)
   n = build.count_params(build.abstract_params("hour_llava", cfg))
   trainable = n - build.count_params(build.abstract_params("hour_llava", cfg)["vision"])
   # f32 params + two Adam moments of the trainable ones, sharded 2 ways by fsdp (at most).

@@ -4,14 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from configs.hour_llava import get_config
-from hourjax.config import model_config
 from hourjax.data.batching import Buckets, collate
 from hourjax.models import build
 from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.numerics import rel_err
+from conftest import tiny_model
 
-CFG = model_config(get_config("tiny").model)
+CFG = tiny_model()
 BUCKETS = Buckets(frames=(16, 40), text=(16, 32))
 
 

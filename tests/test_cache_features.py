@@ -5,15 +5,13 @@ import os
 import jax
 import numpy as np
 
-from configs.hour_llava import get_config
-from hourjax.config import model_config
 from hourjax.convert.io import SafetensorsFile, save_params
 from hourjax.data.video import decode_frames, moving_square, probe, to_siglip, write_video
 from hourjax.models import build
 from hourjax.data.video import cache_frame_indices as feature_frame_indices
 from launch.cache_features import main
 from hourjax.numerics import rel_err
-from conftest import jit_apply
+from conftest import jit_apply, tiny_model
 
 
 def test_frame_rule():
@@ -24,7 +22,7 @@ def test_frame_rule():
 
 
 def test_cache_command(tmp_path, capsys):
-  cfg = model_config(get_config("tiny").model)
+  cfg = tiny_model()
   params = build.init_params("hour_llava", cfg, jax.random.key(0))
   save_params(str(tmp_path / "ck"), params, "hour_llava", cfg)
   os.makedirs(tmp_path / "videos" / "sub")

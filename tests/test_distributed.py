@@ -7,8 +7,6 @@ import jax
 import pytest
 from jax.sharding import NamedSharding
 
-from configs.hour_llava import get_config
-from hourjax.config import model_config
 from hourjax.convert import layout
 from hourjax.synthetic.batches import synthetic_batch
 from hourjax.models import build
@@ -16,8 +14,9 @@ from hourjax.ops import attention as attn_ops
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train.step import loss_fn
 from hourjax.numerics import rel_err, tree_rel_err
+from conftest import tiny_model
 
-CFG = model_config(get_config("tiny").model)
+CFG = tiny_model()
 
 
 def _sharded_config(attention):

@@ -6,14 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs.hour_llava import get_config
-from hourjax.config import model_config
 from hourjax.data.batching import Buckets, collate
 from hourjax.infer.generate import Sampling, generate, sample_token
 from hourjax.models import build
 from hourjax.constants import IMAGE_TOKEN_INDEX
+from conftest import tiny_model
 
-CFG = model_config(get_config("tiny").model)
+CFG = tiny_model()
 CFG = dataclasses.replace(CFG, forgetting=dataclasses.replace(CFG.forgetting, spatial="uniform"))
 BUCKETS = Buckets(frames=(32,), text=(48,))
 

@@ -203,10 +203,12 @@ def test_siglip_gets_no_gradient_from_videos_longer_than_128_frames():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), both["vision"], short["vision"])
 
 
-@pytest.mark.parametrize("init", ["normal", "fan_in"])
+@pytest.mark.parametrize("init", ["normal", "fan_in", "residual_zero"])
 def test_every_module_initialises_by_its_init_field(init):
   """`init` of every module: "normal" draws each weight matrix from N(0, 0.02) (HF's rule),
-  "fan_in" from N(0, 1/fan_in) (fan_in: the kernel's input axes; embeddings 1/width). Checked
+  "fan_in" from N(0, 1/fan_in) (fan_in: the kernel's input axes; embeddings 1/width),
+  "residual_zero" as fan_in but the last projection of every residual branch (attention `o`,
+  MLP `fc2` / `down`) zero. Checked
   on the sample std of every matrix of the tiny preset (>= 1,024 draws, so the std's standard
   error is <= 1/sqrt(2n) = 2.2% and 10% is 4.5 of them); biases start at 0 and norms at 1 either way."""
   from hourjax.config import load, model_config
@@ -227,6 +229,9 @@ def test_every_module_initialises_by_its_init_field(init):
       continue
     if names[0] == "vision" and names[1] in ("patch_embed", "pos_embed") or x.ndim < 2:
       continue            # SigLIP's conv (lecun) and positions (0.02) follow HF whatever `init`
+    if init == "residual_zero" and names[-2] in ("o", "fc2", "down"):
+      assert not x.any(), names
+      continue
     if init == "normal":
       want = 0.02
     elif names[-1] == "embedding":
@@ -238,3 +243,30 @@ def test_every_module_initialises_by_its_init_field(init):
   assert checked == {"vision", "projector", "memaug", "llm"}
   with pytest.raises(ValueError, match="init='xavier'"):
     MemAugConfig(init="xavier")
+
+
+def test_residual_zero_memaug_starts_by_passing_its_queries_through():
+  """At init="residual_zero" every MemAug block is its three LayerNorms alone: the output is
+  LayerNorm(queries) (float64 reference; LN is idempotent up to eps), whatever the memory, and
+  the zero projections still get a gradient, so recall is learned from there (docs/demo.md)."""
+  import flax.linen as nn
+  from hourjax.models.memaug import MemAug
+  cfg = MemAugConfig(hidden_size=64, num_heads=4, num_kv_heads=2, depth=2, init="residual_zero")
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(2, 7, 64)).astype(np.float32) * 3 + 1
+  mem = [rng.normal(size=(2, 11, 64)).astype(np.float32) for _ in range(2)]
+  qpos, mpos = np.tile(np.arange(7), (2, 1)), np.tile(np.arange(11), (2, 1))
+  model = MemAug(cfg)
+  params = nn.unbox(model.init(jax.random.key(0), q, mem[0], qpos, mpos)["params"])
+  x = q.astype(np.float64)
+  for _ in range(3 * cfg.depth):
+    x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + cfg.layer_norm_eps)
+  for m in mem:
+    assert rel_err(np.asarray(model.apply({"params": params}, q, m, qpos, mpos)), x) < 1e-5
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, q, mem[0], qpos, mpos) * x))(params)
+  for block in ("layers_0", "layers_1"):
+    for path in (("self_attn", "o"), ("cross_attn", "o"), ("fc2",)):
+      g = grads[block]
+      for k in path:
+        g = g[k]
+      assert float(np.abs(g["kernel"]).max()) > 0, (block, path)

@@ -7,8 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.hour_llava import get_config
-from hourjax.config import model_config
 from hourjax.convert import layout
 from hourjax.convert.io import load_params, read_meta, save_params
 from hourjax.synthetic.batches import synthetic_batch
@@ -16,9 +14,9 @@ from hourjax.models import build
 from hourjax.models.qwen2 import KVCache
 from hourjax.train.step import loss_fn
 from hourjax.numerics import rel_err, tree_rel_err
-from conftest import jit_apply
+from conftest import jit_apply, tiny_model
 
-CFG = model_config(get_config("tiny").model)
+CFG = tiny_model()
 
 
 def _with_remat(cfg, remat):

@@ -18,6 +18,7 @@ from hourjax.config import model_config
 from hourjax.convert.layout import with_scan
 from hourjax.models import build
 from hourjax.parallel import axes, mesh as mesh_lib
+from conftest import tiny_model
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "hour_llava_7b_param_specs.json"
 REFERENCE_MESH = {"data": 2, "fsdp": 8, "tensor": 4, "sequence": 2}
@@ -77,7 +78,7 @@ def test_spec_resolution_skips_axes_that_do_not_divide_or_repeat():
 
 def test_params_born_sharded_on_eight_devices():
   assert jax.device_count() == 8
-  cfg = with_scan(model_config(get_config("tiny").model), True)
+  cfg = with_scan(tiny_model(), True)
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 2, "tensor": 2, "sequence": 2})
   params = build.init_sharded("hour_llava", cfg, mesh, jax.random.key(0))
   ref = build.init_params("hour_llava", cfg, jax.random.key(0))

@@ -20,10 +20,11 @@ from hourjax.train import optimizer as opt_lib
 from hourjax.train import step as step_lib
 from hourjax.train.loop import NonFiniteLoss, check_run, train
 from hourjax.synthetic.tokenizer import save_tiny_tokenizer
+from conftest import tiny_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-CFG = model_config(get_config("tiny").model)
+CFG = tiny_model()
 CONFIG = os.path.join(ROOT, "configs", "hour_llava.py") + ":tiny,stage=3"
 
 

@@ -15,14 +15,22 @@ Dtype = Any
 # in the thousands (0.02 ~ 1/sqrt(width)); "fan_in" is N(0, 1/fan_in) per matrix (embeddings
 # N(0, 1/width)), which a narrow model trained from scratch needs: at width 64, 0.02 leaves every
 # product of two weights ~40x too weak and training sits on a plateau (docs/ablation.md).
-INITS = ("normal", "fan_in")
+# "residual_zero" is "fan_in" with the last projection of every residual branch (attention's
+# output, the MLP's down projection) zero: each block starts as the identity (pre-norm) or as
+# its LayerNorms alone (MemAug's post-norm), so a module inserted between trained or freshly
+# initialised ones passes its input through at first instead of scrambling it. Narrow MemAugs
+# need it: at fan_in they bury the decayed queries under their own random output (docs/demo.md).
+INITS = ("normal", "fan_in", "residual_zero")
 
 
-def init_std(init: str, initializer_range: float = 0.02) -> float | None:
-  """The std of a module's weights under `init`, or None for N(0, 1/fan_in)."""
+def init_std(init: str, initializer_range: float = 0.02, *, branch_out: bool = False) -> float | None:
+  """The std of a module's weights under `init` (0: zeros), or None for N(0, 1/fan_in);
+  `branch_out` for the last projection of a residual branch."""
   if init not in INITS:
     raise ValueError(f"init={init!r}: expected one of {', '.join(INITS)}")
-  return initializer_range if init == "normal" else None
+  if init == "normal":
+    return initializer_range
+  return 0.0 if branch_out and init == "residual_zero" else None
 
 
 def embedding_init(std: float | None, width: int) -> nn.initializers.Initializer:
@@ -37,7 +45,7 @@ def dense(features: int | Sequence[int], names: Sequence[str], *, use_bias: bool
   initialiser the kernel flattened to [in, out])."""
   n_in = 1 if isinstance(in_axes, int) else len(in_axes)
   kernel = (nn.initializers.variance_scaling(1.0, "fan_in", "normal") if init_std is None
-            else nn.initializers.normal(init_std))
+            else nn.initializers.zeros if init_std == 0 else nn.initializers.normal(init_std))
   return nn.DenseGeneral(
       features=features, axis=in_axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
       precision=precision, name=name,

@@ -35,7 +35,7 @@ class MemAugConfig:
   rope_theta: float = 1e6
   mlp_ratio: int = 4
   layer_norm_eps: float = 1e-5
-  init: str = "normal"          # layers.INITS: N(0, 0.02) as HF, or N(0, 1/fan_in) for narrow models
+  init: str = "normal"          # layers.INITS: N(0, 0.02) as HF; residual_zero for narrow models
   # Execution: "ring" shards the memory on 'sequence' for cross-attention (an LSE merge; the
   # self-attention over the few thousand queries stays local); scan and remat as in Qwen2.
   attention: str = "xla"
@@ -80,7 +80,7 @@ class MemAugAttention(nn.Module):
     impl = c.attention if self.cross or c.attention != "ring" else "xla"
     out = attn_ops.cross_attend(q, k, v, kv_mask, impl=impl)
     return dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1), name="o",
-                 **kw)(out)
+                 **{**kw, "init_std": init_std(c.init, branch_out=True)})(out)
 
 
 class MemAugBlock(nn.Module):
@@ -99,6 +99,7 @@ class MemAugBlock(nn.Module):
     mk = dict(use_bias=True, init_std=init_std(c.init), **kw)
     h = gelu_exact(dense(c.mlp_ratio * c.hidden_size, (ax.EMBED, ax.MLP), name="fc1", **mk)(x))
     h = ax.constrain(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
+    mk["init_std"] = init_std(c.init, branch_out=True)
     x = ln("norm3")(x + dense(c.hidden_size, (ax.MLP, ax.EMBED), name="fc2", **mk)(h))
     return ax.constrain(x, (ax.BATCH, ax.LENGTH, ax.ACT_EMBED)), None
 

@@ -52,9 +52,9 @@ class Qwen2Config:
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
 
-  @property
-  def init_std(self) -> float | None:
-    return init_std(self.init, self.initializer_range)
+  def weight_std(self, branch_out: bool = False) -> float | None:
+    """layers.init_std under this config's init and range."""
+    return init_std(self.init, self.initializer_range, branch_out=branch_out)
 
 
 @flax.struct.dataclass
@@ -81,7 +81,7 @@ class Qwen2Attention(nn.Module):
   @nn.compact
   def __call__(self, x, cos, sin, meta, cache_kv=None, cache_end=None):
     c = self.cfg
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, init_std=c.init_std)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, init_std=c.weight_std())
     q = dense((c.num_heads, c.head_dim), (ax.EMBED, ax.HEADS, ax.HEAD_DIM), use_bias=True,
               name="q", **kw)(x)
     k = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), use_bias=True,
@@ -100,7 +100,7 @@ class Qwen2Attention(nn.Module):
     out = attn_ops.attend(q, k.astype(self.dtype), v.astype(self.dtype), *meta, causal=True,
                           impl=impl, zigzag=impl == "ring" and attn_ops.uses_zigzag(*x.shape[1::-1]))
     out = dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1),
-                use_bias=False, name="o", **kw)(out)
+                use_bias=False, name="o", **{**kw, "init_std": c.weight_std(branch_out=True)})(out)
     return out, new_kv
 
 
@@ -112,11 +112,11 @@ class Qwen2MLP(nn.Module):
   @nn.compact
   def __call__(self, x):
     c = self.cfg
-    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, init_std=c.init_std)
+    kw = dict(use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype, init_std=c.weight_std())
     gate = dense(c.intermediate_size, (ax.EMBED, ax.MLP), name="gate", **kw)(x)
     up = dense(c.intermediate_size, (ax.EMBED, ax.MLP), name="up", **kw)(x)
     h = ax.constrain(jax.nn.silu(gate) * up, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
-    return dense(c.hidden_size, (ax.MLP, ax.EMBED), name="down", **kw)(h)
+    return dense(c.hidden_size, (ax.MLP, ax.EMBED), name="down", **{**kw, "init_std": c.weight_std(branch_out=True)})(h)
 
 
 class Qwen2Layer(nn.Module):
@@ -154,14 +154,15 @@ class Qwen2(nn.Module):
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embed_tokens = nn.Embed(
         c.vocab_size, c.hidden_size, name="embed",
-        embedding_init=nn.with_logical_partitioning(embedding_init(c.init_std, c.hidden_size), (ax.VOCAB, ax.EMBED)),
+        embedding_init=nn.with_logical_partitioning(embedding_init(c.weight_std(), c.hidden_size),
+                                                    (ax.VOCAB, ax.EMBED)),
         **kw)
     self.layers = stack.make(Qwen2Layer, c.num_layers, scan=c.scan_layers, remat=c.remat,
                              num_shared=4, cfg=c, **kw)
     self.norm = RMSNorm(c.rms_norm_eps, name="norm", **kw)
     if not c.tie_word_embeddings:
       self.lm_head = dense(c.vocab_size, (ax.EMBED, ax.VOCAB), use_bias=False, name="lm_head",
-                           init_std=c.init_std, **kw)
+                           init_std=c.weight_std(), **kw)
 
   def embed(self, input_ids: jax.Array) -> jax.Array:
     return self.embed_tokens(input_ids)

@@ -75,7 +75,7 @@ class SiglipAttention(nn.Module):
     else:
       out = dot_product_attention(q, k, v)
     return dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1), name="o",
-                 **kw)(out)
+                 **{**kw, "init_std": init_std(c.init, branch_out=True)})(out)
 
 
 class SiglipMLP(nn.Module):
@@ -88,7 +88,8 @@ class SiglipMLP(nn.Module):
     kw = dict(use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype, init_std=init_std(self.cfg.init))
     h = gelu_tanh(dense(self.cfg.intermediate_size, (ax.EMBED, ax.MLP), name="fc1", **kw)(x))
     h = ax.constrain(h, (ax.BATCH, ax.LENGTH, ax.ACT_MLP))
-    return dense(self.cfg.hidden_size, (ax.MLP, ax.EMBED), name="fc2", **kw)(h)
+    return dense(self.cfg.hidden_size, (ax.MLP, ax.EMBED), name="fc2",
+                 **{**kw, "init_std": init_std(self.cfg.init, branch_out=True)})(h)
 
 
 class SiglipEncoderLayer(nn.Module):
