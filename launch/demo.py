@@ -2,6 +2,7 @@
 
   bash launch/main.sh                                   # set up, then this with its defaults
   python -m launch.demo --workdir /tmp/hourjax_demo --steps 150 --videos 32
+  python -m launch.demo --workdir /tmp/hourjax_recall --task recall --videos 128   # does it read video?
 
 1. Writes the synthetic dataset (real mp4 files whose frames answer the questions, LLaVA-style
    JSONL) for training and a held-out split, and a small tokenizer trained on their text.
@@ -23,19 +24,35 @@ import jax
 import numpy as np
 
 
-def _dataset(root: str, videos: int, seed: int) -> list[dict]:
+def _dataset(root: str, videos: int, seed: int, task: str) -> list[dict]:
   from hourjax.synthetic.videos import write_dataset
   path = os.path.join(root, "annotations.jsonl")
   if not os.path.exists(path):
-    write_dataset(root, num_videos=videos, seconds=(20, 48), fps=2, size=64, seed=seed)
+    write_dataset(root, num_videos=videos, seconds=(20, 48), fps=2, size=64, seed=seed, task=task)
   return [json.loads(line) for line in open(path)]
 
 
+def held_out_videos(held_dir: str, records: list[dict], image_size: int, min_frames: int) -> list[tuple]:
+  """(record, frames [T, S, S, 3] uint8 at the official frame rule, duration s) per held-out video."""
+  from hourjax.data import video
+  out = []
+  for r in records:
+    path = os.path.join(held_dir, r["data_source"], r["video"])
+    info = video.probe(path)
+    idx = video.official_frame_indices(info.frames, info.fps, min_frames=min_frames)
+    out.append((r, video.decode_frames(path, idx, image_size), info.duration))
+  return out
+
+
 def main(argv=None) -> int:
+  from hourjax.synthetic.videos import TASKS
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default="/tmp/hourjax_demo")
   p.add_argument("--steps", type=int, default=150)
   p.add_argument("--videos", type=int, default=32, help="training videos (held out: a quarter as many)")
+  p.add_argument("--task", default="events", choices=TASKS, help="events: the four "
+                 "question types; recall: one colour fills the video, asked once (the visual path's "
+                 "sanity check). A workdir keeps the data it was first given")
   p.add_argument("--tokenizer", default="", help="a tokenizer directory instead of the small BPE trained "
                  "here, e.g. the real Qwen2 one (python -m tools.qwen_tokenizer); the LLM's vocabulary grows to fit")
   p.add_argument("overrides", nargs="*", help="overrides of configs/hour_llava.py:tiny,stage=3: "
@@ -46,7 +63,7 @@ def main(argv=None) -> int:
   a.overrides = flags_ + a.overrides
   from hourjax.config import load, model_config
   from hourjax.convert.io import load_params, save_params
-  from hourjax.data import chat, pipeline, video
+  from hourjax.data import chat, pipeline
   from hourjax.data.batching import Buckets
   from hourjax.synthetic.tokenizer import save_tiny_tokenizer
   from hourjax.synthetic.videos import QUESTION_TYPES
@@ -60,8 +77,8 @@ def main(argv=None) -> int:
   writable_dir(a.workdir)
   train_dir, held_dir = os.path.join(a.workdir, "data", "train"), os.path.join(a.workdir, "data", "heldout")
   print(f"[1/5] synthetic QA videos in {a.workdir}/data", flush=True)
-  records = _dataset(train_dir, a.videos, seed=0)
-  held = _dataset(held_dir, max(2, a.videos // 4), seed=1)
+  records = _dataset(train_dir, a.videos, seed=0, task=a.task)
+  held = _dataset(held_dir, max(2, a.videos // 4), seed=1, task=a.task)
   tok_dir = a.tokenizer or os.path.join(a.workdir, "tokenizer")
   if not os.path.exists(tok_dir):
     save_tiny_tokenizer(tok_dir, [t["value"] for r in records for t in r["conversations"]])
@@ -81,13 +98,9 @@ def main(argv=None) -> int:
   held_data.root, held_data.epochs, held_data.batch_size = held_dir, 1, 2
 
   template = tokenizer.template_ids()
-  buckets = Buckets(frames=tuple(run.data.buckets.frames), text=(256,))
-  videos = []
-  for r in held:
-    path = os.path.join(held_dir, r["data_source"], r["video"])
-    info = video.probe(path)
-    idx = video.official_frame_indices(info.frames, info.fps, min_frames=run.data.read.min_frames)
-    videos.append((r, video.decode_frames(path, idx, cfg.vision.image_size), info.duration))
+  answering = dict(frames=list(run.data.buckets.frames), text=[256], min_frames=run.data.read.min_frames)
+  buckets = Buckets(frames=tuple(answering["frames"]), text=tuple(answering["text"]))
+  videos = held_out_videos(held_dir, held, cfg.vision.image_size, answering["min_frames"])
 
   def answer(params, r, frames, duration, turn):
     question = r["conversations"][turn]["value"].replace("<image>\n", "")
@@ -98,7 +111,8 @@ def main(argv=None) -> int:
     """Teacher-forced loss and answer-token accuracy, and exact-match of greedy answers (overall
     and per question type)."""
     out = evaluate(model, params, pipeline.from_config(held_data, cfg), jax.random.key(7), template)
-    hits: dict[str, list[bool]] = {kind: [] for kind in QUESTION_TYPES}
+    hits: dict[str, list[bool]] = {kind: [] for kind in QUESTION_TYPES
+                                   if any(kind in r["question_types"] for r, _, _ in videos)}
     answers = []
     for r, f, d in videos:
       for t in range(0, len(r["conversations"]), 2):
@@ -146,7 +160,8 @@ def main(argv=None) -> int:
   print(f"      video {r['video']} ({duration:.0f} s)\n      Q: {question}\n      model: {reply}\n"
         f"      reference: {r['conversations'][1]['value']}", flush=True)
   result = {"held_out_before": before, "held_out_after": after, "train": summary, "restored_equal": same,
-            "question": question, "answer": reply, "reference": r["conversations"][1]["value"]}
+            "question": question, "answer": reply, "reference": r["conversations"][1]["value"],
+            "answering": answering}     # how held-out questions were asked (tools.demo_probe asks again)
   with open(os.path.join(a.workdir, "demo.json"), "w") as f:
     json.dump(result, f, indent=1)
   return 0

@@ -16,7 +16,7 @@ def test_demo_trains_restores_and_answers(tmp_path, capsys):
     r = out[split]
     assert 0 <= r["accuracy"] <= 1 and 0 <= r["exact_match"] <= 1 and r["questions"] >= 2
     # per question type: the counts add up and the overall rate is their weighted mean
-    assert set(r["by_type"]) == set(QUESTION_TYPES)
+    assert set(r["by_type"]) == {a["type"] for a in r["answers"]} <= set(QUESTION_TYPES[:4])
     assert sum(t["questions"] for t in r["by_type"].values()) == r["questions"] == len(r["answers"])
     hits = sum(a["answer"] == a["reference"] for a in r["answers"])
     assert hits == round(sum(t["exact_match"] * t["questions"] for t in r["by_type"].values()))

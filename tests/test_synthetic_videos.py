@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from hourjax.synthetic.videos import COLOURS, QUESTION_TYPES, write_dataset
 from hourjax.data.video import decode_frames, official_frame_indices, probe
@@ -26,7 +27,7 @@ def test_frames_answer_the_questions(tmp_path):
     conv = r["conversations"]
     assert conv[0]["value"].startswith("<image>\n") and sum("<image>" in t["value"] for t in conv) == 1
     assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and len(conv) <= 10
-    assert sorted(r["question_types"]) == sorted(QUESTION_TYPES[:len(conv) // 2])
+    assert sorted(r["question_types"]) == sorted(QUESTION_TYPES[:len(conv) // 2])     # events: the first 4
     opening = {"colour at a time": "What colour", "count": "How many", "shown once": "What was shown",
                "order": "Which appeared"}
     assert all(conv[2 * i]["value"].replace("<image>\n", "").startswith(opening[kind])
@@ -46,3 +47,16 @@ def test_frames_answer_the_questions(tmp_path):
       assert _colour_at(frames[(e["start"] + e["end"]) // 2]) == e["colour"], (r["id"], e)
     (question, colour), = [(q, a) for q, a in answers.items() if q.startswith("What colour")]
     assert _colour_at(frames[int(question.split("second ")[1].rstrip("?"))]) == colour
+
+
+def test_recall_videos_show_one_colour_throughout(tmp_path):
+  """task="recall": one event fills the video and its colour, asked once, is in every frame."""
+  path = write_dataset(str(tmp_path), num_videos=4, seconds=(8, 12), fps=2, size=48, seed=5, task="recall")
+  for r in map(json.loads, open(path)):
+    assert r["question_types"] == ["colour"] and len(r["events"]) == 1
+    assert r["conversations"][0]["value"] == "<image>\nWhat colour is the shape?"
+    video = os.path.join(str(tmp_path), r["data_source"], r["video"])
+    frames = decode_frames(video, official_frame_indices(probe(video).frames, 2, min_frames=0), 48)
+    assert {_colour_at(f) for f in frames} == {r["conversations"][1]["value"]}
+  with pytest.raises(ValueError, match="task='story'"):
+    write_dataset(str(tmp_path), num_videos=1, task="story")

@@ -24,26 +24,25 @@ def main(argv=None) -> int:
   p.add_argument("--workdir", default="/tmp/hourjax_demo")
   a = p.parse_args(argv)
   from hourjax.convert.io import load_params, read_meta
-  from hourjax.data import chat, video
+  from hourjax.data import chat
   from hourjax.data.batching import Buckets
   from hourjax.infer.generate import Sampling, answer
   from hourjax.models import build
+  from launch.demo import held_out_videos
 
   params_dir, held_dir = os.path.join(a.workdir, "params"), os.path.join(a.workdir, "data", "heldout")
-  if not os.path.exists(os.path.join(params_dir, "hourjax.json")):
-    raise FileNotFoundError(f"{params_dir}: no trained parameters (run python -m launch.demo --workdir {a.workdir})")
+  demo_json = os.path.join(a.workdir, "demo.json")
+  if not os.path.exists(os.path.join(params_dir, "hourjax.json")) or not os.path.exists(demo_json):
+    raise FileNotFoundError(f"{a.workdir}: no finished demo (run python -m launch.demo --workdir {a.workdir})")
+  asked = json.load(open(demo_json))["answering"]
   meta = read_meta(params_dir)
   cfg = build.config_from_dict("hour_llava", meta["config"])
   model, params = build.build("hour_llava", cfg), load_params(params_dir)
   tokenizer = chat.load_tokenizer(os.path.join(a.workdir, "tokenizer"))
   records = [json.loads(line) for line in open(os.path.join(held_dir, "annotations.jsonl"))]
-  buckets = Buckets(frames=(16, 32, 64), text=(256,))
-  frames = {}
-  for r in records:
-    path = os.path.join(held_dir, r["data_source"], r["video"])
-    info = video.probe(path)
-    idx = video.official_frame_indices(info.frames, info.fps, min_frames=16)
-    frames[r["video"]] = (video.decode_frames(path, idx, cfg.vision.image_size), info.duration)
+  buckets = Buckets(frames=tuple(asked["frames"]), text=tuple(asked["text"]))
+  frames = {r["video"]: (f, d) for r, f, d in held_out_videos(held_dir, records, cfg.vision.image_size,
+                                                               asked["min_frames"])}
   rows = []
   for i, r in enumerate(records):
     other = records[(i + 1) % len(records)]

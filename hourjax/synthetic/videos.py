@@ -1,6 +1,7 @@
 """Synthetic long-video QA: real mp4 files whose frames answer the questions asked about them.
 
     python -m hourjax.synthetic.videos /tmp/synth --videos 8 --seconds 30 120
+    python -m hourjax.synthetic.videos /tmp/recall --videos 128 --task recall
 
 A video is a sequence of events, each a coloured shape (square or circle) shown on a dark
 background for a few seconds at a moving position; one event, the "needle", is shown only once
@@ -8,6 +9,10 @@ and only briefly. Each video gets up to 4 QA pairs in LLaVA format, in a random 
 carries `<image>`): the shape's colour at a time, how many circles appear, which of two events
 came first, and what was shown only once. Everything is drawn from one seeded generator, so a dataset
 is reproducible from its seed.
+
+`task="recall"` is the sanity check of a model's visual path: one shape of one colour fills the
+whole video and the only question is its colour, answerable from any frame (a model that
+cannot learn this does not read its video at all; docs/demo.md).
 """
 from __future__ import annotations
 
@@ -65,8 +70,10 @@ def render(events: list[Event], seconds: int, fps: int, size: int) -> np.ndarray
   return frames
 
 
-# What each question asks, in the order `questions` asks them (records keep them as "question_types").
-QUESTION_TYPES = ("colour at a time", "count", "shown once", "order")
+# What each question asks, in the order `questions` asks them (records keep them as "question_types");
+# "colour" is the recall task's only question.
+QUESTION_TYPES = ("colour at a time", "count", "shown once", "order", "colour")
+TASKS = ("events", "recall")
 
 
 def questions(events: list[Event], rng: np.random.Generator, max_pairs: int = 5) -> list[tuple[str, str, str]]:
@@ -89,20 +96,27 @@ def questions(events: list[Event], rng: np.random.Generator, max_pairs: int = 5)
 
 
 def write_dataset(root: str, num_videos: int, seconds: tuple[int, int] = (30, 120), fps: int = 4,
-                  size: int = 128, seed: int = 0, codec: str = "mpeg4") -> str:
+                  size: int = 128, seed: int = 0, codec: str = "mpeg4", task: str = "events") -> str:
   """Videos at root/synthetic/*.mp4 (the official `{root}/{data_source}/{video}` layout) and
-  root/annotations.jsonl; returns the annotation path."""
+  root/annotations.jsonl; returns the annotation path. `task`: one of TASKS."""
+  if task not in TASKS:
+    raise ValueError(f"task={task!r}: expected one of {', '.join(TASKS)}")
   rng = np.random.default_rng(seed)
   os.makedirs(os.path.join(root, "synthetic"), exist_ok=True)
   path = os.path.join(root, "annotations.jsonl")
   with open(path, "w") as f:
     for i in range(num_videos):
       length = int(rng.integers(seconds[0], seconds[1] + 1))
-      events = plan_events(length, rng)
+      if task == "recall":
+        events = [Event(0, length, str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)[:4])))]
+        qa = [("colour", "What colour is the shape?", events[0].colour)]
+      else:
+        events = plan_events(length, rng)
       rel = f"synth_{i:05d}.mp4"
       write_video(os.path.join(root, "synthetic", rel), render(events, length, fps, size), fps=fps, codec=codec)
       conv, kinds = [], []
-      qa = questions(events, rng)
+      if task == "events":
+        qa = questions(events, rng)
       # Asked in a random order: a model asked one question at a time (launch.ask, the demo's
       # held-out answers) must answer what is asked, not what the first turn always asked.
       for j, (kind, q, a) in enumerate(qa[k] for k in rng.permutation(len(qa))):
@@ -123,8 +137,9 @@ def main(argv=None) -> None:
   p.add_argument("--size", type=int, default=128)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--codec", default="mpeg4", choices=["mpeg4", "libx264"])
+  p.add_argument("--task", default="events", choices=TASKS)
   a = p.parse_args(argv)
-  print(write_dataset(a.root, a.videos, tuple(a.seconds), a.fps, a.size, a.seed, a.codec))
+  print(write_dataset(a.root, a.videos, tuple(a.seconds), a.fps, a.size, a.seed, a.codec, a.task))
 
 
 if __name__ == "__main__":
