@@ -8,6 +8,8 @@ to four brief "flashes" (1-3 frames of a white-and-colour checkerboard filling t
 placed where a new segment starts. Each video carries one 4-option question (chance 25%):
 
   needle    one flash: what colour was it?                 (needs the 1-3 flash frames)
+  blink     inside a segment the shape turns another colour for 1-3 frames, then back: what
+            colour?                                        (needs those frames; see below)
   order     one flash: what colour was the shape right after it?   (needs where the flash was)
   counting  1-4 flashes: how many?                         (needs every flash)
   control   what colour is the background?                 (any frame answers it)
@@ -16,8 +18,14 @@ The reply is the option word itself, scored among the task's four options (chanc
 a tiny model trained from scratch need not also learn a letter-to-option mapping per task.
 Answers are balanced by construction. Uniform 1/4 temporal sampling (Hour-LLaVA's decayed
 frames) misses a 1-, 2- or 3-frame flash with probability 3/4, 1/2, 1/4, so about half of the
-needle and order questions lose their evidence to temporal forgetting (`Item.flash_dropped`).
-Options keep a fixed order per task.
+needle, blink and order questions lose their evidence to temporal forgetting
+(`Item.needle_dropped`). Options keep a fixed order per task.
+
+The flash is the most surprising frame of its video by construction, so selecting the frames
+least like their neighbours (keyframe forgetting) finds it for free. The blink is the fairer
+needle: its frames differ from their neighbours only in the attribute asked (the shape's
+colour), a change every segment boundary of the video also makes, and the video's flash
+(not asked) is the more surprising event.
 Everything comes from one seeded generator: a split is reproducible from (seed, n, frames).
 """
 from __future__ import annotations
@@ -33,12 +41,14 @@ import numpy as np
 
 from hourjax.models.forgetting import official_linspace
 
-TASKS = ("needle", "order", "counting", "control")
+TASKS = ("needle", "blink", "order", "counting", "control")
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
 BACKGROUNDS = {"black": (12, 12, 12), "grey": (110, 110, 110), "brown": (110, 70, 30), "purple": (90, 40, 120)}
 WHITE = (245, 245, 245)
 QUESTIONS = {
     "needle": ("The screen flashed once, briefly. What colour was the flash?", tuple(COLOURS)),
+    "blink": ("The shape changed colour once, briefly, and changed back. What colour did it turn?",
+              tuple(COLOURS)),
     "order": ("What colour was the shape shown right after the flash?", tuple(COLOURS)),
     "counting": ("How many times did the screen flash?", ("1", "2", "3", "4")),
     "control": ("What colour is the background?", tuple(BACKGROUNDS)),
@@ -54,7 +64,9 @@ class Item:
   background: str
   segments: tuple[tuple[int, int, str, str], ...]   # (start, end, shape, colour), end exclusive
   flashes: tuple[tuple[int, int, str], ...]     # (start, length, colour)
-  flash_dropped: bool                           # no flash frame survives uniform 1/4 sampling
+  needle_dropped: bool      # no frame of the evidence (the flashes; the blink) survives uniform
+                            # 1/4 sampling
+  blink: tuple[int, int, str] | None = None     # (start, length, colour) of the shape's brief recolour
 
   @property
   def question(self) -> str:
@@ -99,13 +111,22 @@ def plan(task: str, rng: np.random.Generator, frames: int = 256) -> Item:
   chosen = sorted(rng.choice(starts, count, replace=False))
   flashes = tuple((segments[i][0], int(rng.integers(1, 4)), str(rng.choice(colours))) for i in chosen)
   background = str(rng.choice(list(BACKGROUNDS)))
+  blink = None
+  if task == "blink":      # inside a segment, clear of its flash, the segment's colour on each side
+    length = int(rng.integers(1, 4))
+    inside = [(s0, s1, c) for s0, s1, _, c in segments if s1 - s0 >= length + 8]
+    s0, s1, colour = inside[int(rng.integers(len(inside)))]
+    start = int(rng.integers(s0 + 4, s1 - length - 3))
+    blink = (start, length, str(rng.choice([c for c in colours if c != colour])))
   answer = {"needle": lambda: colours.index(flashes[0][2]),
+            "blink": lambda: colours.index(blink[2]),
             "order": lambda: colours.index(segments[chosen[0]][3]),
             "counting": lambda: count - 1,
             "control": lambda: list(BACKGROUNDS).index(background)}[task]()
   kept = set(uniform_retained(frames).tolist())
-  dropped = not any(f in kept for s, n, _ in flashes for f in range(s, s + n))
-  return Item(task, answer, background, tuple(segments), flashes, dropped)
+  evidence = [blink] if blink else flashes
+  dropped = not any(f in kept for s, n, _ in evidence for f in range(s, s + n))
+  return Item(task, answer, background, tuple(segments), flashes, dropped, blink)
 
 
 def render(item: Item, frames: int = 256, size: int = 32) -> np.ndarray:
@@ -117,6 +138,11 @@ def render(item: Item, frames: int = 256, size: int = 32) -> np.ndarray:
   masks = {"square": (abs(yy - c) <= r) & (abs(xx - c) <= r), "circle": (yy - c) ** 2 + (xx - c) ** 2 <= r * r}
   for start, end, shape, colour in item.segments:
     out[start:end, masks[shape]] = COLOURS[colour]
+  if item.blink:
+    start, length, colour = item.blink
+    shape = next(s for s0, s1, s, _ in item.segments if s0 <= start < s1)
+    out[start:start + length, masks[shape]] = COLOURS[colour]
+  # A flash fills the screen (a blink is never on one).
   check = ((yy // max(1, size // 4)) + (xx // max(1, size // 4))) % 2 == 0
   for start, length, colour in item.flashes:
     out[start:start + length] = np.where(check[..., None], np.uint8(WHITE), np.uint8(COLOURS[colour]))
@@ -136,7 +162,7 @@ def rendered(items: Sequence[Item], frames: int = 256, size: int = 32) -> Iterat
 
 def write_split(root: str, n: int, seed: int, frames: int = 256, size: int = 32, codec: str = "mpeg4") -> str:
   """mp4 files (1 FPS) at root/synthetic_mcq/*.mp4 and root/annotations.jsonl in LLaVA format
-  (plus task, answer and flash_dropped), for the real pipeline and `launch.evaluate`."""
+  (plus task, answer and needle_dropped), for the real pipeline and `launch.evaluate`."""
   from hourjax.data.video import write_video
   os.makedirs(os.path.join(root, "synthetic_mcq"), exist_ok=True)
   path = os.path.join(root, "annotations.jsonl")
@@ -147,7 +173,7 @@ def write_split(root: str, n: int, seed: int, frames: int = 256, size: int = 32,
       f.write(json.dumps({"id": f"mcq_{i:05d}", "video": rel, "data_source": "synthetic_mcq",
                           "duration": float(frames), "conversations": item.conversation(),
                           "task": item.task, "answer": item.options[item.answer],
-                          "flash_dropped": item.flash_dropped}) + "\n")
+                          "needle_dropped": item.needle_dropped}) + "\n")
   return path
 
 
