@@ -34,14 +34,9 @@ def _dataset(root: str, videos: int, seed: int, task: str) -> list[dict]:
 
 def held_out_videos(held_dir: str, records: list[dict], image_size: int, min_frames: int) -> list[tuple]:
   """(record, frames [T, S, S, 3] uint8 at the official frame rule, duration s) per held-out video."""
-  from hourjax.data import video
-  out = []
-  for r in records:
-    path = os.path.join(held_dir, r["data_source"], r["video"])
-    info = video.probe(path)
-    idx = video.official_frame_indices(info.frames, info.fps, min_frames=min_frames)
-    out.append((r, video.decode_frames(path, idx, image_size), info.duration))
-  return out
+  from hourjax.data.video import read_official_frames
+  return [(r, *read_official_frames(os.path.join(held_dir, r["data_source"], r["video"]), image_size, min_frames))
+          for r in records]
 
 
 def main(argv=None) -> int:

@@ -210,11 +210,16 @@ def write_video(path: str, frames: np.ndarray, fps: int, codec: str = "mpeg4",
       out.mux(packet)
 
 
+def read_official_frames(path: str, size: int, min_frames: int = 0) -> tuple[np.ndarray, float]:
+  """(frames [T, size, size, 3] uint8 by the official rule, duration in seconds)."""
+  info = probe(path)
+  return decode_frames(path, official_frame_indices(info.frames, info.fps, min_frames=min_frames), size), info.duration
+
+
 def read_frames_1fps(path: str, size: int, min_frames: int = 0) -> tuple[np.ndarray, float]:
   """(frames [T, size, size, 3] float32 in [-1, 1] by the official rule, duration in seconds)."""
-  info = probe(path)
-  frames = decode_frames(path, official_frame_indices(info.frames, info.fps, min_frames=min_frames), size)
-  return to_siglip(frames), info.duration
+  frames, duration = read_official_frames(path, size, min_frames)
+  return to_siglip(frames), duration
 
 
 def moving_square(seconds: int, fps: int, size: int = 96, seed: int = 0) -> np.ndarray:
