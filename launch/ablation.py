@@ -65,6 +65,8 @@ ARMS = (
     Arm("temporal 1/8", "temporal", _mem(keep_t=8)),
     Arm("temporal 1/16", "temporal", _mem(keep_t=16)),
 )
+# The shared pretraining stage's model: no MemAug, every frame kept (1 token each + newline).
+PRETRAIN = Arm("pretrain", "stage", _compress("uniform", temporal_keep=1))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,18 @@ class Study:
   seeds: tuple[int, ...] = (0, 1, 2)
   eval_every: int = 0        # also score the held-out split every this many steps (a learning curve)
   siglip_seed: int = 1234
+  # The curriculum (issue 18): a shared stage that trains projector + LLM without MemAug on
+  # every frame (PRETRAIN; the tiny stand-in for the LLaVA-OneVision init), then, for MemAug
+  # arms, the paper's stage 1 (MemAug alone) for `recall_steps` of the arm's `steps`.
+  pretrain_steps: int = 0
+  recall_steps: int = 0
+
+  def __post_init__(self):
+    if not 0 <= self.recall_steps < self.steps:
+      raise ValueError(f"recall_steps={self.recall_steps} must be in [0, steps={self.steps})")
+    if self.recall_steps and not self.pretrain_steps:
+      raise ValueError("recall_steps trains MemAug alone, which needs an LLM that reads the video: "
+                       "set pretrain_steps too")
 
 
 SMOKE = Study(train_videos=16, test_videos=8, frames=96, steps=3, batch=4, seeds=(0,))
@@ -155,23 +169,59 @@ def tokenize(items, tokenizer) -> dict[str, np.ndarray]:
   return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def _arm(name: str) -> Arm:
+  return next(a for a in ARMS + (PRETRAIN,) if a.name == name)
+
+
+def _stage(study: Study, arm: Arm, stage: str) -> tuple[dict, int]:
+  """(learning rate per trained group, steps) of one stage: pretrain (projector + LLM), recall
+  (MemAug alone) or main (everything the arm has; its steps minus the recall stage's)."""
+  lr = study.lr
+  if stage == "pretrain":
+    return dict(projector=lr, llm=lr), study.pretrain_steps
+  if stage == "recall":
+    return dict(memaug=lr), study.recall_steps
+  memaug = arm.model["use_memaug"]
+  return dict(projector=lr, memaug=lr if memaug else 0.0, llm=lr), study.steps - (study.recall_steps if memaug else 0)
+
+
 @functools.lru_cache(maxsize=None)
-def _compiled(study: Study, name: str):
-  """(model config, the training program, layout, jitted scorer): one compile per arm. The step
-  is program.build's (hourjax.train.program), on one device."""
+def _compiled(study: Study, name: str, stage: str = "main"):
+  """(model config, the training program, layout, jitted scorer): one compile per arm and
+  stage. The step is program.build's (hourjax.train.program), on one device."""
   import jax
   from hourjax.models.forgetting import video_layout
   from hourjax.parallel import mesh as mesh_lib
   from hourjax.train import program as program_lib
   from hourjax.train.evaluate import choose_option
   from hourjax.train.optimizer import OptimizerConfig
-  cfg = model_config(study, next(a for a in ARMS if a.name == name))
-  opt = OptimizerConfig(lr=dict(projector=study.lr, memaug=study.lr, llm=study.lr), warmup_ratio=0.05)
+  arm = _arm(name)
+  cfg = model_config(study, arm)
+  lr, steps = _stage(study, arm, stage)
+  opt = OptimizerConfig(lr=lr, warmup_ratio=0.05)
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}, jax.devices()[:1])
-  program = program_lib.Program(program_lib.Task("hour_llava", cfg), opt, mesh, study.steps)
+  program = program_lib.Program(program_lib.Task("hour_llava", cfg), opt, mesh, steps)
   layout = video_layout([study.frames] * study.batch, cfg.forgetting)
   score = jax.jit(lambda p, b, o: choose_option(program.model, p, b, jax.random.key(99), o))
   return cfg, program, layout, score
+
+
+def recall_mass(model, params, batch, evidence: np.ndarray, tokens_per_frame: int) -> np.ndarray:
+  """Share of MemAug's cross-attention (first block, heads averaged, MemAug's valid queries
+  averaged) that lands on the memory tokens of the evidence frames (evidence [B, T] bool),
+  divided by the share a uniform look would give them: 1 = no preference, > 1 = recall aimed
+  at the needle. [B] float."""
+  import jax
+  import jax.numpy as jnp
+  _, inter = model.apply({"params": params}, batch.input_ids, batch.attention_mask, batch.labels,
+                         **batch.model_inputs(), rng=jax.random.key(99), head=False, mutable=["intermediates"])
+  inter = inter["intermediates"]
+  weights = inter["memaug"]["layers_0"]["cross_attn"]["recall_weights"][0]       # [B, Lq, M]
+  frame = inter["memory_position_ids"][0] // tokens_per_frame                     # [B, M]
+  on = jnp.take_along_axis(jnp.asarray(evidence), jnp.clip(frame, 0, evidence.shape[1] - 1), 1) & (frame >= 0)
+  queries = jnp.any(inter["memaug_query"][0] != 0, -1)                            # [B, Lq] the valid rows
+  mass = ((weights * on[:, None]).sum(-1) * queries).sum(1) / jnp.maximum(queries.sum(1), 1)
+  return mass / jnp.maximum(on.sum(1), 1) * (frame >= 0).sum(1)       # x valid memory tokens
 
 
 def _batch(arrays: dict, rows: np.ndarray, layout):
@@ -180,13 +230,79 @@ def _batch(arrays: dict, rows: np.ndarray, layout):
                     features=arrays["features"][rows])
 
 
-def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log) -> dict[int, dict]:
-  """Trains and scores one arm for each seed (compiled once per arm)."""
+def _train(study: Study, arm: Arm, stage: str, params, data: dict, seed: int, log, on_eval=None):
+  """`params` after one stage of training: the stage's program, batch order and forgetting
+  randomness from `seed` (the main stage's as before the curriculum existed)."""
+  _, program, layout, _ = _compiled(study, arm.name, stage)
+  steps = program.steps
+  salt = {"main": 0, "pretrain": 1, "recall": 2}[stage]
+  n_train = len(data["input_ids"])
+  state = program.init_state(params)
+  order = np.random.default_rng(seed if not salt else (seed, salt))
+  rng = jax_key(seed, salt)
+  perm, at, losses = order.permutation(n_train), 0, []
+  for i in range(steps):
+    if at + study.batch > n_train:
+      perm, at = order.permutation(n_train), 0
+    rows = np.sort(perm[at:at + study.batch])
+    at += study.batch
+    state, metrics = program.step(state, _batch(data, rows, layout), rng)
+    if i % 50 == 0 or i == steps - 1:
+      losses.append((i, float(metrics["loss"])))
+    if on_eval and study.eval_every and (i + 1) % study.eval_every == 0 and i + 1 < steps:
+      on_eval(i + 1, state.params)
+  if stage != "main":
+    log(f"    {stage} stage: loss {losses[0][1]:.3f} -> {losses[-1][1]:.3f} in {steps} steps")
+  return state.params, losses
+
+
+def pretrained(study: Study, seed: int, data: dict, workdir: str | None, log):
+  """The shared pretraining stage's parameters for `seed` (trained once, cached in workdir)."""
+  import pickle
+  # Keyed by what the stage depends on, so arms and studies that differ only later share it.
+  fields = ("train_videos", "frames", "size", "batch", "lr", "pretrain_steps", "siglip_seed")
+  key = repr([getattr(study, f) for f in fields]) + hashlib.sha1(data["features"][:8].tobytes()).hexdigest()
+  path = workdir and os.path.join(workdir, f"pretrain_{hashlib.sha1(key.encode()).hexdigest()[:10]}_s{seed}.pkl")
+  if path and os.path.exists(path):
+    return pickle.load(open(path, "rb"))
+  from hourjax.models import build
+  cfg = model_config(study, PRETRAIN)
+  params, _ = _train(study, PRETRAIN, "pretrain", build.init_params("hour_llava", cfg, jax_key(seed, 1)),
+                     data, seed, log)
+  import jax
+  params = jax.device_get(params)
+  if path:
+    with open(path + ".tmp", "wb") as f:
+      pickle.dump(params, f)
+    os.replace(path + ".tmp", path)
+  return params
+
+
+def jax_key(seed: int, salt: int = 0):
+  """The seed's key; a stage other than the main one folds in its salt."""
+  import jax
+  return jax.random.key(seed) if not salt else jax.random.fold_in(jax.random.key(seed), salt)
+
+
+def evidence_frames(items, frames: int) -> np.ndarray:
+  """[N, T] bool: the frames a needle or blink question's answer is in (none for other tasks)."""
+  out = np.zeros((len(items), frames), bool)
+  for k, it in enumerate(items):
+    span = it.flashes[0][:2] if it.task == "needle" else it.blink[:2] if it.task == "blink" else (0, 0)
+    out[k, span[0]:span[0] + span[1]] = True
+  return out
+
+
+def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log, workdir: str | None = None) -> dict[int, dict]:
+  """Trains (through the curriculum's stages, when the study has them) and scores one arm for
+  each seed (compiled once per arm and stage)."""
   import jax
   from hourjax.synthetic.long_video_mcq import TASKS
   from hourjax.models import build
   cfg, program, layout, score = _compiled(study, arm.name)
-  n_train, n_test = len(data["input_ids"]), len(test["input_ids"])
+  n_test = len(test["input_ids"])
+  probe_rows = np.flatnonzero(test["evidence"].any(1) & test["dropped"]) if "evidence" in test else np.zeros(0, int)
+  probe = jax.jit(functools.partial(recall_mass, program.model, tokens_per_frame=cfg.pool_size ** 2 + 1))
 
   def predict(params) -> np.ndarray:
     preds = []
@@ -196,36 +312,52 @@ def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log) -> dict[
           :min(study.batch, n_test - s)])
     return np.concatenate(preds)
 
+  def lift(params) -> dict[str, float]:
+    """Mean recall_mass over the dropped needle / blink test questions."""
+    out = {}
+    for s in range(0, len(probe_rows), study.batch):
+      rows = probe_rows[np.arange(s, s + study.batch) % len(probe_rows)]
+      m = np.asarray(probe(params, _batch(test, rows, layout), test["evidence"][rows]))
+      for r, v in list(zip(rows, m))[:len(probe_rows) - s]:
+        out.setdefault(str(test["task"][r]), []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
   results = {}
   for seed in seeds:
     t0 = time.time()
-    params = build.init_params("hour_llava", cfg, jax.random.key(seed))      # the preset's N(0, 1/fan_in)
-    state = program.init_state(params)
-    order = np.random.default_rng(seed)
-    perm, at, losses = order.permutation(n_train), 0, []
-    rng = jax.random.key(seed)
-    curve = []
-    for i in range(study.steps):
-      if at + study.batch > n_train:
-        perm, at = order.permutation(n_train), 0
-      rows = np.sort(perm[at:at + study.batch])
-      at += study.batch
-      state, metrics = program.step(state, _batch(data, rows, layout), rng)
-      if i % 50 == 0 or i == study.steps - 1:
-        losses.append((i, float(metrics["loss"])))
-      if study.eval_every and (i + 1) % study.eval_every == 0 and i + 1 < study.steps:
-        curve.append((i + 1, float(np.mean(predict(state.params) == test["answer"]))))
-        log(f"    step {i + 1}: held-out accuracy {curve[-1][1]:.3f}")
+    params = build.init_params("hour_llava", cfg, jax.random.key(seed))      # the preset's init
+    curve, mass, offset = [], [], 0
+    if study.pretrain_steps:
+      params = {**params, **{k: v for k, v in pretrained(study, seed, data, workdir, log).items() if k != "memaug"}}
+
+    def on_eval(step, p):
+      curve.append((offset + step, float(np.mean(predict(p) == test["answer"]))))
+      msg = f"    step {offset + step}: held-out accuracy {curve[-1][1]:.3f}"
+      if cfg.use_memaug and len(probe_rows):
+        mass.append((offset + step, lift(p)))
+        msg += ", recall on the dropped evidence " + ", ".join(f"{k} {v:.2f}x" for k, v in mass[-1][1].items())
+      log(msg)
+
+    if cfg.use_memaug and len(probe_rows) and study.eval_every:
+      on_eval(0, params)
+    losses = []
+    if study.recall_steps and cfg.use_memaug:
+      params, losses = _train(study, arm, "recall", params, data, seed, log, on_eval)
+      offset = study.recall_steps
+    params, main_losses = _train(study, arm, "main", params, data, seed, log, on_eval)
+    losses += [(offset + i, v) for i, v in main_losses]
     train_s = time.time() - t0
-    preds = predict(state.params)
+    preds = predict(params)
     hit = preds == test["answer"]
     acc = {t: float(hit[test["task"] == t].mean()) for t in TASKS}
     for needle in NEEDLES:
       acc[f"{needle} (dropped)"] = float(hit[(test["task"] == needle) & test["dropped"]].mean())
       acc[f"{needle} (kept)"] = float(hit[(test["task"] == needle) & ~test["dropped"]].mean())
     acc["mean"] = float(np.mean([acc[t] for t in TASKS]))
-    results[seed] = {"accuracy": acc, "losses": losses, "curve": curve, "train_seconds": train_s,
-                     "predicted": np.bincount(preds, minlength=4).tolist(),
+    if cfg.use_memaug and len(probe_rows):
+      mass.append((offset + program.steps, lift(params)))
+    results[seed] = {"accuracy": acc, "losses": losses, "curve": curve, "recall_mass": mass,
+                     "train_seconds": train_s, "predicted": np.bincount(preds, minlength=4).tolist(),
                      "seconds": time.time() - t0}
     log(f"  {arm.name:26s} seed {seed}: loss {losses[0][1]:.3f} -> {losses[-1][1]:.3f}, "
         + ", ".join(f"{k} {v:.2f}" for k, v in acc.items()) + f" ({time.time() - t0:.0f} s)")
@@ -241,15 +373,24 @@ def _cell(runs: list[dict], key: str) -> str:
   return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
 
 
+def _lift(runs: list[dict]) -> str:
+  """The final recall_mass on the dropped needle questions (x the uniform share), mean ± sd."""
+  final = [r["recall_mass"][-1][1] for r in runs if r.get("recall_mass")]
+  v = np.array([m["needle"] for m in final if "needle" in m])
+  if len(v) == 0:
+    return "-"
+  return f"{v.mean():.2f}x ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+
 def table(study: Study, arms, results: dict) -> str:
-  lines = ["| arm | MemAug | LLM visual tokens | " + " | ".join(COLUMNS) + " |",
-           "|---|---|---|" + "---|" * len(COLUMNS)]
+  lines = ["| arm | MemAug | LLM visual tokens | " + " | ".join(COLUMNS) + " | recall on dropped needles |",
+           "|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
   for arm in arms:
     runs = list(results.get(arm.name, {}).values())
     if not runs:
       continue
     lines.append(f"| {arm.name} | {'yes' if arm.model['use_memaug'] else 'no'} | {llm_tokens(study, arm)} | "
-                 + " | ".join(_cell(runs, c) for c in COLUMNS) + " |")
+                 + " | ".join(_cell(runs, c) for c in COLUMNS) + f" | {_lift(runs)} |")
   return "\n".join(lines)
 
 
@@ -323,7 +464,44 @@ def machine() -> str:
   return f"{os.cpu_count()} x {cpu}, {mem} GiB RAM, {platform.system()}, jax {jax.__version__} on CPU"
 
 
-def write_report(doc: str, study: Study, arms, results: dict, command: str, wall: float, png: str) -> None:
+def curriculum(study: Study) -> str:
+  if not study.pretrain_steps:
+    return ""
+  return (f" Curriculum: every arm starts from a shared stage of {study.pretrain_steps} steps (projector + "
+          "LLM, no MemAug, every frame kept), and MemAug arms spend the first "
+          f"{study.recall_steps} of their {study.steps} steps training MemAug alone.")
+
+
+def plot_recall(arms, results: dict, path: str) -> bool:
+  """MemAug's cross-attention on the dropped evidence frames over training (recall_mass, per
+  seed), when the runs recorded it (--eval-every). False if none did."""
+  runs = [(a.name, s, r["recall_mass"]) for a in arms if a.model["use_memaug"]
+          for s, r in results.get(a.name, {}).items() if len(r.get("recall_mass", ())) > 1]
+  if not runs:
+    return False
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, len(NEEDLES), figsize=(11, 4), sharey=True)
+  for axis, needle in zip(axes, NEEDLES):
+    for k, (name, seed, mass) in enumerate(runs):
+      axis.plot([m[0] for m in mass], [m[1].get(needle, np.nan) for m in mass], marker=".",
+                color=f"C{[n for n, *_ in runs].index(name) % 10}", alpha=0.8,
+                label=f"{name}" if (name, seed) == next((n, s) for n, s, _ in runs if n == name) else None)
+    axis.axhline(1, color="grey", linestyle=":", linewidth=1)
+    axis.set_title(f"{needle}: questions whose evidence forgetting dropped")
+    axis.set_xlabel("training step")
+  axes[0].set_ylabel("attention on the evidence frames / uniform share")
+  axes[0].legend(fontsize=8)
+  fig.suptitle("MemAug cross-attention (first block) on the dropped needle frames, per seed")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def write_report(doc: str, study: Study, arms, results: dict, command: str, wall: float, png: str,
+                 recall_png: str | None = None) -> None:
   body = "\n".join([
       DOC_BEGIN, "",
       f"Command: `{command}`  ",
@@ -333,10 +511,12 @@ def write_report(doc: str, study: Study, arms, results: dict, command: str, wall
       f"Setup: {study.train_videos} training and {study.test_videos} held-out videos of {study.frames} "
       f"frames ({study.size} px, 1 FPS), {study.steps} steps of batch {study.batch}, AdamW lr "
       f"{study.lr} (5% warm-up, cosine), seeds {list(study.seeds)}; accuracy in % (mean ± sd over "
-      "seeds), chance 25.", "",
+      "seeds), chance 25." + curriculum(study), "",
       table(study, arms, results), "", "Against the bar (docs/ablation.md):", "",
       *against_the_bar(arms, results), "", f"![accuracy against memory scale and temporal compression]"
-      f"({os.path.basename(png)})", "", DOC_END])
+      f"({os.path.basename(png)})", "",
+      *([f"![MemAug's attention on the dropped evidence over training]({os.path.basename(recall_png)})", ""]
+        if recall_png else []), DOC_END])
   text = open(doc).read() if os.path.exists(doc) else "# Ablation: MemAug against token compression\n\n"
   if DOC_BEGIN in text:
     text = text[:text.index(DOC_BEGIN)] + body + text[text.index(DOC_END) + len(DOC_END):]
@@ -360,6 +540,10 @@ def main(argv=None) -> int:
   p.add_argument("--frames", type=int, help="override the video length (frames at 1 FPS)")
   p.add_argument("--batch", type=int, help="override the batch size")
   p.add_argument("--eval-every", type=int, default=0, help="held-out accuracy every N steps too")
+  p.add_argument("--pretrain-steps", type=int, help="the curriculum's shared stage (projector + LLM, "
+                 "no MemAug, every frame) before each arm; a different study: use another --out")
+  p.add_argument("--recall-steps", type=int, help="of each MemAug arm's steps, this many first train "
+                 "MemAug alone (the paper's stage 1); needs --pretrain-steps")
   p.add_argument("--memaug-init", help="override MemAug's init (hourjax.models.layers.INITS; a "
                  "different study: use another --out)")
   a = p.parse_args(argv)
@@ -371,7 +555,7 @@ def main(argv=None) -> int:
     study = dataclasses.replace(study, steps=a.steps)
   if a.seeds:
     study = dataclasses.replace(study, seeds=tuple(a.seeds))
-  for field in ("lr", "frames", "batch", "memaug_init"):
+  for field in ("lr", "frames", "batch", "memaug_init", "pretrain_steps", "recall_steps"):
     if getattr(a, field):
       study = dataclasses.replace(study, **{field: getattr(a, field)})
   study = dataclasses.replace(study, eval_every=a.eval_every)
@@ -407,7 +591,8 @@ def main(argv=None) -> int:
   test = dict(tokenize(test_items, tokenizer), features=test_feats,
               options=np.array([option_ids[it.task] for it in test_items], np.int32),
               answer=np.array([it.answer for it in test_items]), task=np.array([it.task for it in test_items]),
-              dropped=np.array([it.needle_dropped for it in test_items]))
+              dropped=np.array([it.needle_dropped for it in test_items]),
+              evidence=evidence_frames(test_items, study.frames))
 
   # Results live beside the report (docs/ablation_results.json): a re-run anywhere resumes them.
   results_path = os.path.join(a.out, "ablation_results_smoke.json" if a.smoke else "ablation_results.json")
@@ -417,7 +602,7 @@ def main(argv=None) -> int:
     for arm in arms:
       if str(seed) in results.get(arm.name, {}):
         continue
-      out = run_arm(study, arm, [seed], data, test, log)
+      out = run_arm(study, arm, [seed], data, test, log, a.workdir)
       results.setdefault(arm.name, {})[str(seed)] = out[seed]
       with open(results_path + ".tmp", "w") as f:
         json.dump(results, f, indent=1)
@@ -427,8 +612,13 @@ def main(argv=None) -> int:
   # Only the requested seeds, so a table never mixes arms with different seed counts.
   results = {k: {s: r for s, r in v.items() if int(s) in study.seeds} for k, v in results.items()}
   plot(arms, results, png)
-  command = "python -m launch.ablation" + (" --smoke" if a.smoke else "")
-  write_report(os.path.join(a.out, "ablation.md"), study, arms, results, command, time.time() - start, png)
+  recall_png = os.path.join(a.out, "ablation_recall.png")
+  recall_png = recall_png if plot_recall(arms, results, recall_png) else None
+  command = "python -m launch.ablation" + (" --smoke" if a.smoke else "") + "".join(
+      f" --{f.replace('_', '-')} {getattr(study, f)}" for f in ("pretrain_steps", "recall_steps", "eval_every")
+      if getattr(study, f))
+  write_report(os.path.join(a.out, "ablation.md"), study, arms, results, command, time.time() - start, png,
+               recall_png)
   log(table(study, arms, results))
   return 0
 

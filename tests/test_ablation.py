@@ -187,3 +187,51 @@ def test_dropped_frames_reach_the_llm_only_through_memaug():
   batch = VideoBatch(ids, np.ones_like(ids), labels, layout, features=feats)
   grads = jax.jit(jax.grad(lambda p: loss_fn(model, p, batch, jax.random.key(1))[0]))(params)
   assert all(float(np.abs(g).max()) > 0 for g in jax.tree.leaves(grads["memaug"]))
+
+
+def test_curriculum_smoke_records_recall_on_the_dropped_needles(tmp_path):
+  """--pretrain-steps / --recall-steps run the curriculum's stages (the shared stage cached per
+  seed), the MemAug arm records its attention on the dropped evidence over training, and the
+  report draws it."""
+  from launch import ablation
+  out, work = tmp_path / "out", tmp_path / "work"
+  argv = ["--smoke", "--arms", "Hour-LLaVA (MemAug)", "--pretrain-steps", "2", "--recall-steps", "1",
+          "--eval-every", "1", "--workdir", str(work), "--out", str(out)]
+  assert ablation.main(argv) == 0
+  assert len(list(work.glob("pretrain_*_s0.pkl"))) == 1
+  run = json.loads((out / "ablation_results_smoke.json").read_text())["Hour-LLaVA (MemAug)"]["0"]
+  steps = [s for s, _ in run["recall_mass"]]
+  assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == ablation.SMOKE.steps
+  assert all(v > 0 for _, m in run["recall_mass"] for v in m.values())
+  doc = (out / "ablation.md").read_text()
+  assert "Curriculum:" in doc and "ablation_recall.png" in doc and (out / "ablation_recall.png").exists()
+
+
+def test_recall_mass_is_one_when_the_evidence_is_every_frame():
+  """recall_mass divides the attention on the evidence by its uniform share: with every frame as
+  evidence the share is all of the memory and the ratio is exactly 1; on one frame it is the
+  frame's attention x the number of memory frames (a float64 recomputation from the sowed
+  weights)."""
+  import functools
+  from launch import ablation
+  from hourjax.models import build
+  study = dataclasses.replace(ablation.SMOKE, memaug_init="fan_in")
+  cfg = ablation.model_config(study, ablation.ARMS[0])
+  model = build.build("hour_llava", cfg)
+  params = build.init_params("hour_llava", cfg, jax.random.key(0))
+  layout = video_layout([study.frames] * 2, cfg.forgetting)
+  ids = np.array([[1, 2, -200, 3, 4, 5, 6, 7]] * 2, np.int32)
+  labels = np.array([[-100, -100, -100, -100, -100, 5, 6, 7]] * 2, np.int32)
+  feats = np.random.default_rng(0).normal(size=(2, study.frames, 4, 32)).astype(np.float32)
+  batch = VideoBatch(ids, np.ones_like(ids), labels, layout, features=feats)
+  probe = jax.jit(functools.partial(ablation.recall_mass, model, tokens_per_frame=cfg.pool_size ** 2 + 1))
+  np.testing.assert_allclose(np.asarray(probe(params, batch, np.ones((2, study.frames), bool))), 1, rtol=1e-5)
+  one = np.zeros((2, study.frames), bool)
+  one[:, 5] = True
+  _, inter = jax.jit(lambda p: model.apply({"params": p}, ids, np.ones_like(ids), labels, **batch.model_inputs(),
+                                           rng=jax.random.key(99), head=False, mutable=["intermediates"]))(params)
+  w = np.asarray(inter["intermediates"]["memaug"]["layers_0"]["cross_attn"]["recall_weights"][0], np.float64)
+  rows = np.any(np.asarray(inter["intermediates"]["memaug_query"][0]) != 0, -1)
+  frame = np.asarray(inter["intermediates"]["memory_position_ids"][0]) // (cfg.pool_size ** 2 + 1)
+  ref = [w[b][rows[b]][:, frame[b] == 5].sum(-1).mean() * study.frames for b in range(2)]
+  np.testing.assert_allclose(np.asarray(probe(params, batch, one)), ref, rtol=1e-5)

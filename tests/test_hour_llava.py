@@ -270,3 +270,28 @@ def test_residual_zero_memaug_starts_by_passing_its_queries_through():
       for k in path:
         g = g[k]
       assert float(np.abs(g["kernel"]).max()) > 0, (block, path)
+
+
+def test_recall_weights_are_the_probabilities_the_cross_attention_uses():
+  """The sowed `recall_weights` (docs/ablation.md's attention-mass probe) reproduce the
+  cross-attention's output through its own v and o projections (float64, one head), give the
+  masked memory no weight."""
+  import flax.linen as nn
+  from hourjax.models.memaug import MemAug
+  cfg = MemAugConfig(hidden_size=16, num_heads=1, num_kv_heads=1, depth=1)
+  rng = np.random.default_rng(0)
+  q = rng.normal(size=(2, 5, 16)).astype(np.float32)
+  mem = rng.normal(size=(2, 9, 16)).astype(np.float32)
+  qpos, mpos = np.tile(np.arange(5), (2, 1)), np.tile(np.arange(9), (2, 1))
+  mask = np.arange(9)[None] < np.array([[9], [6]])
+  model = MemAug(cfg)
+  params = nn.unbox(model.init(jax.random.key(0), q, mem, qpos, mpos)["params"])
+  _, inter = model.apply({"params": params}, q, mem, qpos, mpos, None, mask, capture_intermediates=True,
+                         mutable=["intermediates"])
+  cross = inter["intermediates"]["layers_0"]["cross_attn"]
+  w = np.asarray(cross["recall_weights"][0], np.float64)                     # [B, Lq, M]
+  assert np.abs(w[1, :, 6:]).max() == 0 and np.allclose(w.sum(-1), 1, atol=1e-6)
+  v = np.asarray(cross["v"]["__call__"][0], np.float64)[:, :, 0]             # [B, M, D]
+  o = params["layers_0"]["cross_attn"]["o"]
+  ref = np.einsum("bqm,bmd->bqd", w, v) @ np.asarray(o["kernel"], np.float64)[0] + np.asarray(o["bias"])
+  assert rel_err(np.asarray(cross["o"]["__call__"][0]), ref) < 1e-5

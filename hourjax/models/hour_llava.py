@@ -233,6 +233,7 @@ class HourLlava(nn.Module):
           jnp.broadcast_to(jnp.arange(g), (*mem_frames.shape, g)))
     memory = ax.constrain(memory, (ax.BATCH, ax.MEMORY, ax.ACT_EMBED))
     self.sow("intermediates", "memory", memory)
+    self.sow("intermediates", "memory_position_ids", memory_ids)     # frame * (g + 1) + token
 
     # -- 4-5. MemAug over [prefix text; decayed queries; suffix text] ------------------------------
     if c.use_memaug:

@@ -62,6 +62,15 @@ class MemAugConfig:
     return self.head_dim // 2
 
 
+def recall_weights(q: jax.Array, k: jax.Array, kv_mask: jax.Array) -> jax.Array:
+  """Cross-attention probabilities averaged over heads: q [B, Lq, Hq, D], k [B, M, Hkv, D]
+  (GQA), kv_mask [B, M] -> [B, Lq, M], rows summing to 1 over the valid memory."""
+  k = jnp.repeat(k, q.shape[2] // k.shape[2], axis=2)
+  scores = jnp.einsum("bqhd,bmhd->bhqm", q.astype(jnp.float32), k.astype(jnp.float32)) / q.shape[-1] ** 0.5
+  scores = jnp.where(kv_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+  return jax.nn.softmax(scores, axis=-1).mean(1)
+
+
 class MemAugAttention(nn.Module):
   """Self-attention or cross-attention to the memory; q/k/v/o all with biases."""
   cfg: MemAugConfig
@@ -79,6 +88,10 @@ class MemAugAttention(nn.Module):
     q, k = apply_rope(q, *q_rope), apply_rope(k, *k_rope)
     impl = c.attention if self.cross or c.attention != "ring" else "xla"
     out = attn_ops.cross_attend(q, k, v, kv_mask, impl=impl)
+    if self.cross and self.is_mutable_collection("intermediates"):
+      # Recall made visible (docs/ablation.md's attention-mass probe): where each query looks
+      # in the memory, averaged over heads. Only computed when intermediates are captured.
+      self.sow("intermediates", "recall_weights", recall_weights(q, k, kv_mask))
     return dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1), name="o",
                  **{**kw, "init_std": init_std(c.init, branch_out=True)})(out)
 

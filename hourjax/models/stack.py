@@ -40,7 +40,7 @@ def make(layer: type[nn.Module], num_layers: int, *, scan: bool, remat: str, num
     layer = nn.remat(layer, policy=REMAT_POLICIES[remat], prevent_cse=not scan)
   if not scan:
     return [layer(name=f"layers_{i}", **kwargs) for i in range(num_layers)]
-  scanned = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+  scanned = nn.scan(layer, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True},
                     in_axes=(nn.broadcast,) * num_shared + (0,), length=num_layers,
                     metadata_params={nn.PARTITION_NAME: ax.LAYERS})
   return scanned(name="layers", **kwargs)

@@ -59,8 +59,9 @@ def causal_mask(q_slots: jax.Array, k_slots: jax.Array) -> jax.Array:
 # "xla": the einsum above; "dot_product": jax.nn.dot_product_attention (cuDNN flash attention on
 # GPU); "splash": Pallas splash attention (TPU; interpret mode elsewhere, for tests); "ring":
 # sequence-parallel ring attention over the mesh's 'sequence' axis (decoder) and an LSE merge
-# over the sharded memory (MemAug cross-attention).
-IMPLEMENTATIONS = ("xla", "dot_product", "splash", "ring")
+# over the sharded memory (MemAug cross-attention); "blockwise": ops/blockwise.py, online
+# softmax over blocks with a recomputing backward (no [T, T] scores).
+IMPLEMENTATIONS = ("xla", "dot_product", "splash", "ring", "blockwise")
 # Query rows per ring step chunk: bounds a step's scores to [RING_BLOCK_Q, T / P] per head.
 RING_BLOCK_Q = 512
 
@@ -135,6 +136,9 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_slots: jax.Array, kv_slot
   if impl == "splash":   # causal order = sequence order here (no ring, no zig-zag)
     from hourjax.ops.splash import splash_attention
     return splash_attention(q, k, v, q_segments, kv_segments, causal=causal)
+  if impl == "blockwise":
+    from hourjax.ops.blockwise import blockwise_attention
+    return blockwise_attention(q, k, v, q_slots, kv_slots, q_segments, kv_segments, causal=causal)
   mask = segment_mask(q_slots, kv_slots, q_segments, kv_segments, causal)
   if impl == "dot_product":
     return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None])
@@ -161,5 +165,10 @@ def cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: jax.Array, *
                             causal=False)
   if impl == "dot_product":
     return jax.nn.dot_product_attention(q, k, v, mask=kv_mask[:, None, None, :])
+  if impl == "blockwise":
+    from hourjax.ops.blockwise import blockwise_attention
+    zeros = jnp.zeros(q.shape[:2], jnp.int32)
+    return blockwise_attention(q, k, v, zeros, jnp.zeros(k.shape[:2], jnp.int32), zeros + 1,
+                               kv_mask.astype(jnp.int32), causal=False)
   check_implementation(impl)
   return dot_product_attention(q, k, v, kv_mask[:, None, :])
