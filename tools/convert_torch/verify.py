@@ -73,7 +73,8 @@ def _verify_end_to_end(f, c, sd):
     out, inter = jax.jit(lambda p, ids, mask, lab: model.apply(
         {"params": p}, ids, mask, lab, layout=layout, pixels=pixels, mutable="intermediates"))(
             params, f.get(f"{mode}.input_ids"), f.get(f"{mode}.attention_mask"), labels)
-    got = {k: v[0] for k, v in inter["intermediates"].items()}
+    # The model's own sows (tuples); submodules' (e.g. MemAug's recall_weights) are nested dicts.
+    got = {k: v[0] for k, v in inter["intermediates"].items() if isinstance(v, tuple)}
     ref_q = f.get(f"{mode}.memaug_query")
     pairs = {f"{mode}.memaug_query": got["memaug_query"][0, :len(ref_q)],
              f"{mode}.memaug_output": got["memaug_output"][0, :len(ref_q)],
