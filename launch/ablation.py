@@ -181,8 +181,7 @@ def _stage(study: Study, arm: Arm, stage: str) -> tuple[dict, int]:
     return dict(projector=lr, llm=lr), study.pretrain_steps
   if stage == "recall":
     return dict(memaug=lr), study.recall_steps
-  memaug = arm.model["use_memaug"]
-  return dict(projector=lr, memaug=lr if memaug else 0.0, llm=lr), study.steps - (study.recall_steps if memaug else 0)
+  return dict(projector=lr, memaug=lr, llm=lr), study.steps - (study.recall_steps if arm.model["use_memaug"] else 0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -230,12 +229,15 @@ def _batch(arrays: dict, rows: np.ndarray, layout):
                     features=arrays["features"][rows])
 
 
+SALTS = {"main": 0, "pretrain": 1, "recall": 2}     # a stage's batch order and keys differ by it
+
+
 def _train(study: Study, arm: Arm, stage: str, params, data: dict, seed: int, log, on_eval=None):
   """`params` after one stage of training: the stage's program, batch order and forgetting
   randomness from `seed` (the main stage's as before the curriculum existed)."""
   _, program, layout, _ = _compiled(study, arm.name, stage)
   steps = program.steps
-  salt = {"main": 0, "pretrain": 1, "recall": 2}[stage]
+  salt = SALTS[stage]
   n_train = len(data["input_ids"])
   state = program.init_state(params)
   order = np.random.default_rng(seed if not salt else (seed, salt))
@@ -264,12 +266,13 @@ def pretrained(study: Study, seed: int, data: dict, workdir: str | None, log):
   key = repr([getattr(study, f) for f in fields]) + hashlib.sha1(data["features"][:8].tobytes()).hexdigest()
   path = workdir and os.path.join(workdir, f"pretrain_{hashlib.sha1(key.encode()).hexdigest()[:10]}_s{seed}.pkl")
   if path and os.path.exists(path):
-    return pickle.load(open(path, "rb"))
+    with open(path, "rb") as f:
+      return pickle.load(f)
+  import jax
   from hourjax.models import build
   cfg = model_config(study, PRETRAIN)
-  params, _ = _train(study, PRETRAIN, "pretrain", build.init_params("hour_llava", cfg, jax_key(seed, 1)),
-                     data, seed, log)
-  import jax
+  init = build.init_params("hour_llava", cfg, jax_key(seed, SALTS["pretrain"]))
+  params, _ = _train(study, PRETRAIN, "pretrain", init, data, seed, log)
   params = jax.device_get(params)
   if path:
     with open(path + ".tmp", "wb") as f:
@@ -368,18 +371,20 @@ NEEDLES = ("needle", "blink")    # the brief events whose frames uniform forgett
 COLUMNS = ("needle", "needle (dropped)", "blink", "blink (dropped)", "order", "counting", "control", "mean")
 
 
+def _spread(v: np.ndarray, digits: int = 1, unit: str = "") -> str:
+  """mean ± sd over seeds (sd 0 for one seed)."""
+  return f"{v.mean():.{digits}f}{unit} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.{digits}f}"
+
+
 def _cell(runs: list[dict], key: str) -> str:
-  v = np.array([r["accuracy"][key] for r in runs]) * 100
-  return f"{v.mean():.1f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.1f}"
+  return _spread(np.array([r["accuracy"][key] for r in runs]) * 100)
 
 
 def _lift(runs: list[dict]) -> str:
   """The final recall_mass on the dropped needle questions (x the uniform share), mean ± sd."""
   final = [r["recall_mass"][-1][1] for r in runs if r.get("recall_mass")]
   v = np.array([m["needle"] for m in final if "needle" in m])
-  if len(v) == 0:
-    return "-"
-  return f"{v.mean():.2f}x ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+  return _spread(v, 2, "x") if len(v) else "-"
 
 
 def table(study: Study, arms, results: dict) -> str:
@@ -483,11 +488,13 @@ def plot_recall(arms, results: dict, path: str) -> bool:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, len(NEEDLES), figsize=(11, 4), sharey=True)
+  names = list(dict.fromkeys(name for name, _, _ in runs))      # one colour and legend entry per arm
   for axis, needle in zip(axes, NEEDLES):
-    for k, (name, seed, mass) in enumerate(runs):
+    labelled = set()
+    for name, _, mass in runs:
       axis.plot([m[0] for m in mass], [m[1].get(needle, np.nan) for m in mass], marker=".",
-                color=f"C{[n for n, *_ in runs].index(name) % 10}", alpha=0.8,
-                label=f"{name}" if (name, seed) == next((n, s) for n, s, _ in runs if n == name) else None)
+                color=f"C{names.index(name) % 10}", alpha=0.8, label=None if name in labelled else name)
+      labelled.add(name)
     axis.axhline(1, color="grey", linestyle=":", linewidth=1)
     axis.set_title(f"{needle}: questions whose evidence forgetting dropped")
     axis.set_xlabel("training step")

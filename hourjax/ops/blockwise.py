@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from hourjax.ops.attention import _MASKED
+from hourjax.ops.attention import _MASKED, segment_mask
 
 BLOCK = 512          # rows and columns of one block of scores (at most; short inputs use less)
 
@@ -51,14 +51,6 @@ def _merge(x: jax.Array, axis: int) -> jax.Array:
   return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
 
 
-def _mask(qs, qg, ks, kg, causal: bool) -> jax.Array:
-  """[B, bq, bk] visibility of one block pair from slots and segments."""
-  m = (qg[:, :, None] == kg[:, None, :]) & (kg[:, None, :] != 0)
-  if causal:
-    m &= qs[:, :, None] >= ks[:, None, :]
-  return m
-
-
 def _scores(q, k, scale):
   """q [B, K, g, bq, D], k [B, K, bk, D] -> [B, K, g, bq, bk] float32."""
   return jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
@@ -76,7 +68,7 @@ def _forward(q, k, v, meta, causal):
 
     def step(carry, kv):
       kb, vb, ksb, kgb = kv
-      mask = _mask(qsb, qgb, ksb, kgb, causal)
+      mask = segment_mask(qsb, ksb, qgb, kgb, causal)        # [B, bq, bk]
 
       def update(carry):
         m, l, acc = carry
@@ -119,7 +111,7 @@ def _attention_bwd(causal, res, d_out):
 
     def step(carry, i):
       dk, dv, dq = carry
-      mask = _mask(qs[i], qg[i], ksb, kgb, causal)
+      mask = segment_mask(qs[i], ksb, qg[i], kgb, causal)
 
       def update(carry):
         dk, dv, dq = carry
