@@ -3,6 +3,7 @@ LLaVA-OneVision-shaped model with the same weights: the vision tower on a clip o
 decoder's training step (loss + backward) and its prefill.
 
   .venv/bin/python -m tools.bench.vs_transformers [--seq 2048] [--frames 16] [--repeats 5]
+  .venv/bin/python -m tools.bench.vs_transformers --attention blockwise   # the decoder's attention
 
 The transformers model is built with random weights, saved, and converted with
 `hourjax.convert.import_torch`, so both sides compute the same function (checked: relative
@@ -35,7 +36,9 @@ def main(argv=None) -> int:
   p.add_argument("--seq", type=int, default=2048)
   p.add_argument("--frames", type=int, default=16)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--attention", default="xla", help="the decoder's attention (ops.attention.IMPLEMENTATIONS)")
   a = p.parse_args(argv)
+  import dataclasses
   import jax
   import jax.numpy as jnp
   import torch
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
   conv = import_torch(path, key=jax.random.key(0))
   hj_cfg, params = conv.config, jax.tree.map(jnp.asarray, conv.params)
   siglip = build.build("siglip", hj_cfg.vision)
-  qwen = build.build("qwen2", hj_cfg.llm)
+  qwen = build.build("qwen2", dataclasses.replace(hj_cfg.llm, attention=a.attention))
   rows = []
 
   # 1. vision tower: frames [T, 224, 224, 3]
@@ -109,8 +112,8 @@ def main(argv=None) -> int:
   print("|---|---|---|---|---|---|")
   for name, shape, t_hf, t_hj, err in rows:
     print(f"| {name} | {shape} | {t_hf:.3f} | {t_hj:.3f} | {t_hf / t_hj:.2f}x | {err:.1e} |")
-  print(f"\n(torch {torch.__version__}, {torch.get_num_threads()} threads; jax {jax.__version__}, "
-        f"{os.cpu_count()} CPUs)")
+  print(f"\n(decoder attention {a.attention}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"jax {jax.__version__}, {os.cpu_count()} CPUs)")
   return 0
 
 
