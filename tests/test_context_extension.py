@@ -125,7 +125,14 @@ def _packed_batch(corpus, seq_len=64, batch=4):
   return dataclasses.asdict(packed)
 
 
-def test_ring_packed_loss_equals_dense_on_8_devices(corpus):
+# Context-parallel decoders and their meshes: 2 kv heads allow 2-way Ulysses; the hybrid runs
+# Ulysses in pairs and a ring of 4 pairs.
+CONTEXT_PARALLEL = {"ring": {"data": 2, "sequence": 4}, "allgather": {"data": 2, "sequence": 4},
+                    "ulysses": {"data": 4, "sequence": 2}, "hybrid": {"data": 1, "sequence": 8}}
+
+
+@pytest.mark.parametrize("attention", list(CONTEXT_PARALLEL))
+def test_context_parallel_packed_loss_equals_dense_on_8_devices(corpus, attention):
   assert jax.device_count() == 8
   batch = PackedBatch(**{k: jnp.asarray(v) for k, v in _packed_batch(corpus).items()})
   assert int(jnp.max(batch.segment_ids)) >= 3          # several documents per row
@@ -134,8 +141,8 @@ def test_ring_packed_loss_equals_dense_on_8_devices(corpus):
   dense = build.build("qwen2", dense_cfg)
   loss, grads = jax.jit(jax.value_and_grad(lambda p: lm_loss_fn(dense, p, batch)[0]))(params)
 
-  ring_cfg = _tiny_decoder("ring")
-  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 1, "tensor": 1, "sequence": 4})
+  ring_cfg = _tiny_decoder(attention)
+  mesh = mesh_lib.make_mesh({"fsdp": 1, "tensor": 1, **CONTEXT_PARALLEL[attention]})
   specs = mesh_lib.param_specs(build.logical_specs("qwen2", ring_cfg), build.abstract_params("qwen2", ring_cfg), mesh)
   p_sh = mesh_lib.shardings(specs, mesh)
   b_sh = jax.tree.map(lambda _: NamedSharding(mesh, mesh_lib.batch_spec(mesh)), batch)

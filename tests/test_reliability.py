@@ -66,6 +66,14 @@ def test_each_bad_field_is_named_with_its_value_and_what_is_allowed(override, na
   assert named in str(e.value) and "\n" not in str(e.value)
 
 
+def test_ulysses_beyond_its_kv_heads_names_the_hybrid():
+  mesh = ["mesh.data=2", "mesh.fsdp=1", "mesh.sequence=4"]    # the tiny LLM has 2 kv heads
+  with pytest.raises(ConfigError, match="mesh.sequence=4: Ulysses splits the 2 key/value heads"
+                                        ".*attention=hybrid"):
+    validate(load(CONFIG, ["model.llm.attention=ulysses", *mesh]), devices=8, processes=1)
+  validate(load(CONFIG, ["model.llm.attention=hybrid", *mesh]), devices=8, processes=1)
+
+
 def test_every_problem_is_reported_at_once_and_types_are_checked():
   d = load(CONFIG, ["train.steps=-1", "data.batch_size=0"]).to_dict()
   d["train"]["optimizer"]["lr"]["llm"] = float("nan")

@@ -73,9 +73,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_ring_matches_dense(name):
-  axes, (b, t, n, kh, d), causal, layout, extra = CASES[name]
+def check_against_dense(attention, axes, shape, causal, layout, extra):
+  """`attention(q, k, v, segs, segs, slots, slots, causal=, mesh=, **extra)` in `layout` order
+  against dense attention in causal order: outputs and q/k/v gradients."""
+  b, t, n, kh, d = shape
   mesh = make_mesh(**axes)
   rng = np.random.default_rng(0)
   q, k, v, w = (jnp.asarray(rng.normal(size=s), jnp.float32)
@@ -92,14 +93,14 @@ def test_ring_matches_dense(name):
     perm = np.arange(t)
   inv = ra.inverse_permutation(perm)
 
-  def ring(q, k, v):
-    # Inputs go in the ring's layout and come back to causal order for the comparison.
-    out = ra.ring_attention(q[:, perm], k[:, perm], v[:, perm], seg[:, perm], seg[:, perm],
-                            slots[:, perm], slots[:, perm], causal=causal, mesh=mesh, **extra)
+  def sharded(q, k, v):
+    # Inputs go in the kernel's layout and come back to causal order for the comparison.
+    out = attention(q[:, perm], k[:, perm], v[:, perm], seg[:, perm], seg[:, perm],
+                    slots[:, perm], slots[:, perm], causal=causal, mesh=mesh, **extra)
     return out[:, inv]
 
   mask = self_mask(seg, seg, slots, slots, causal)
-  out, grads = value_and_grads(ring, q, k, v, w)
+  out, grads = value_and_grads(sharded, q, k, v, w)
   ref, ref_grads = value_and_grads(lambda q, k, v: dense(q, k, v, mask), q, k, v, w)
   assert out.shape == (b, t, n, d) and out.dtype == jnp.float32
   errs = [rel_err(out, ref)] + [rel_err(g, r) for g, r in zip(grads, ref_grads)]
@@ -107,6 +108,11 @@ def test_ring_matches_dense(name):
   # Padding queries (segment 0) see nothing: zero output, zero gradient.
   pad = np.asarray(seg) == 0
   assert np.all(np.asarray(out)[pad] == 0) and np.all(np.asarray(grads[0])[pad] == 0)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_ring_matches_dense(name):
+  check_against_dense(ra.ring_attention, *CASES[name])
 
 
 def test_ring_bfloat16():
@@ -138,7 +144,7 @@ def test_zigzag_steps_compute_half_blocks():
   lay = ra._layout(make_mesh(sequence=shards), "sequence", (), None)
   seg = np.ones((b, t), np.int32)
   for zigzag, order in ((True, ra.zigzag_permutation(t, shards)), (False, np.arange(t))):
-    cfg = ra._RingConfig(lay, causal=True, zigzag=zigzag, block_q=None)
+    cfg = ra.RingConfig(lay, causal=True, zigzag=zigzag, block_q=None)
     slots = np.broadcast_to(order, (b, t)).astype(np.int32)
     blocks = slots.reshape(b, shards, t // shards)
     block = seg[:, :t // shards]

@@ -13,6 +13,7 @@ from hourjax.models.hour_llava import HourLlava, HourLlavaConfig
 from hourjax.models.memaug import MemAug, MemAugConfig
 from hourjax.models.qwen2 import Qwen2, Qwen2Config
 from hourjax.models.siglip import SiglipConfig, SiglipVision
+from hourjax.ops.attention import SEQUENCE_PARALLEL
 
 CONFIGS = {"siglip": SiglipConfig, "qwen2": Qwen2Config, "memaug": MemAugConfig,
            "hour_llava": HourLlavaConfig}
@@ -57,7 +58,7 @@ def _dense_attention(kind: str, cfg):
   if kind == "hour_llava":
     return dataclasses.replace(cfg, llm=_dense_attention("qwen2", cfg.llm),
                                memaug=_dense_attention("memaug", cfg.memaug))
-  if hasattr(cfg, "attention") and cfg.attention == "ring":
+  if getattr(cfg, "attention", None) in SEQUENCE_PARALLEL:
     return dataclasses.replace(cfg, attention="xla")
   return cfg
 

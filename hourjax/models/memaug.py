@@ -36,8 +36,9 @@ class MemAugConfig:
   mlp_ratio: int = 4
   layer_norm_eps: float = 1e-5
   init: str = "normal"          # layers.INITS: N(0, 0.02) as HF; residual_zero for narrow models
-  # Execution: "ring" shards the memory on 'sequence' for cross-attention (an LSE merge; the
-  # self-attention over the few thousand queries stays local); scan and remat as in Qwen2.
+  # Execution: "ring" (or any ops.attention.SEQUENCE_PARALLEL) shards the memory on 'sequence'
+  # for cross-attention (an LSE merge; the self-attention over the few thousand queries stays
+  # local); scan and remat as in Qwen2.
   attention: str = "xla"
   scan_layers: bool = False
   remat: str = "none"
@@ -86,7 +87,7 @@ class MemAugAttention(nn.Module):
     k = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), name="k", **kw)(kv)
     v = dense((c.num_kv_heads, c.head_dim), (ax.EMBED, ax.KV_HEADS, ax.HEAD_DIM), name="v", **kw)(kv)
     q, k = apply_rope(q, *q_rope), apply_rope(k, *k_rope)
-    impl = c.attention if self.cross or c.attention != "ring" else "xla"
+    impl = c.attention if self.cross or c.attention not in attn_ops.SEQUENCE_PARALLEL else "xla"
     out = attn_ops.cross_attend(q, k, v, kv_mask, impl=impl)
     if self.cross and self.is_mutable_collection("intermediates"):
       # Recall made visible (docs/ablation.md's attention-mass probe): where each query looks

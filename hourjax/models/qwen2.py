@@ -96,9 +96,11 @@ class Qwen2Attention(nn.Module):
       k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_end, axis=1)
       v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_end, axis=1)
       new_kv = (k, v)
-      impl = "xla" if impl == "ring" else impl   # a decode step's few queries need no ring
+      # a decode step's few queries need no context parallelism
+      impl = "xla" if impl in attn_ops.SEQUENCE_PARALLEL else impl
     out = attn_ops.attend(q, k.astype(self.dtype), v.astype(self.dtype), *meta, causal=True,
-                          impl=impl, zigzag=impl == "ring" and attn_ops.uses_zigzag(*x.shape[1::-1]))
+                          impl=impl, zigzag=impl in attn_ops.SEQUENCE_PARALLEL
+                          and attn_ops.uses_zigzag(*x.shape[1::-1]))
     out = dense(c.hidden_size, (ax.HEADS, ax.HEAD_DIM, ax.EMBED), in_axes=(-2, -1),
                 use_bias=False, name="o", **{**kw, "init_std": c.weight_std(branch_out=True)})(out)
     return out, new_kv
@@ -142,7 +144,8 @@ class Qwen2(nn.Module):
   with head=False the final-normed hidden states [B, T, H] instead of logits.
   Without a cache, positions default to 0..T-1 and the causal order is the sequence order;
   `segment_ids` (packed sequences) keep tokens of different segments apart. With ring
-  attention the tokens are put in zig-zag order for the decoder and back for the head.
+  (or all-gather, Ulysses, hybrid) attention the tokens are put in zig-zag order for the
+  decoder and back for the head.
   With a cache, the T new tokens take slots cache.end .. cache.end+T-1 and attend every valid
   earlier slot; `attention_mask` then marks which of the new tokens are real.
   """
@@ -191,7 +194,8 @@ class Qwen2(nn.Module):
       k_slots, kv_segments = jnp.arange(cache.valid.shape[1]), key_valid.astype(jnp.int32)
     q_slots, k_slots = jnp.broadcast_to(q_slots, (b, t)), jnp.broadcast_to(k_slots, (b, len(k_slots)))
     cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-    zigzag = cache is None and self.cfg.attention == "ring" and attn_ops.uses_zigzag(t, b)
+    zigzag = (cache is None and self.cfg.attention in attn_ops.SEQUENCE_PARALLEL
+              and attn_ops.uses_zigzag(t, b))
     if zigzag:
       x, cos, sin, q_slots, q_segments, kv_segments = attn_ops.zigzag(
           (x, cos, sin, q_slots, q_segments, kv_segments))

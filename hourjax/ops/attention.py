@@ -60,8 +60,12 @@ def causal_mask(q_slots: jax.Array, k_slots: jax.Array) -> jax.Array:
 # GPU); "splash": Pallas splash attention (TPU; interpret mode elsewhere, for tests); "ring":
 # sequence-parallel ring attention over the mesh's 'sequence' axis (decoder) and an LSE merge
 # over the sharded memory (MemAug cross-attention); "blockwise": ops/blockwise.py, online
-# softmax over blocks with a recomputing backward (no [T, T] scores).
-IMPLEMENTATIONS = ("xla", "dot_product", "splash", "ring", "blockwise")
+# softmax over blocks with a recomputing backward (no [T, T] scores); "allgather", "ulysses",
+# "hybrid": the other context-parallel decoders of ops/context_parallel.py (K/V all-gathered;
+# all-to-all to head shards; Ulysses within groups and a ring across them), with the ring's
+# LSE merge for MemAug.
+SEQUENCE_PARALLEL = ("ring", "allgather", "ulysses", "hybrid")
+IMPLEMENTATIONS = ("xla", "dot_product", "splash", "blockwise") + SEQUENCE_PARALLEL
 # Query rows per ring step chunk: bounds a step's scores to [RING_BLOCK_Q, T / P] per head.
 RING_BLOCK_Q = 512
 
@@ -101,9 +105,9 @@ def ring_shards() -> int:
 
 def uses_zigzag(length: int, batch: int) -> bool:
   """Whether the decoder puts a causal [batch, length] sequence in the ring's load-balanced
-  order: only with a ring, a length that splits into 2 x shards chunks and a batch that splits
-  over the batch axes (otherwise the ring pads and runs in sequence order: correct, less
-  balanced)."""
+  order (which the all-gather and the hybrid use too): only with a context-parallel mesh, a
+  length that splits into 2 x shards chunks and a batch that splits over the batch axes
+  (otherwise the kernel pads and runs in sequence order: correct, less balanced)."""
   shards = ring_shards()
   if shards == 1 or length % (2 * shards):
     return False
@@ -127,12 +131,16 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, q_slots: jax.Array, kv_slot
   `zigzag` tells the ring that the tokens are in its load-balanced order (see
   `ring_attention.zigzag_permutation`); the other implementations follow the slots regardless.
   """
-  axes = _mesh_axes() if impl == "ring" else None
+  axes = _mesh_axes() if impl in SEQUENCE_PARALLEL else None
   if axes is not None:
-    from hourjax.ops.ring_attention import ring_attention
-    return ring_attention(q, k, v, q_segments, kv_segments, q_slots, kv_slots, causal=causal,
-                          zigzag=zigzag, block_q=RING_BLOCK_Q, **axes)
-  impl = "xla" if impl == "ring" else impl   # no mesh: nothing to shard
+    from hourjax.ops import context_parallel, ring_attention
+    args = (q, k, v, q_segments, kv_segments, q_slots, kv_slots)
+    if impl in ("ring", "hybrid"):
+      fn = ring_attention.ring_attention if impl == "ring" else context_parallel.hybrid_attention
+      return fn(*args, causal=causal, zigzag=zigzag, block_q=RING_BLOCK_Q, **axes)
+    fn = getattr(context_parallel, f"{impl}_attention")
+    return fn(*args, causal=causal, zigzag=zigzag, **axes)
+  impl = "xla" if impl in SEQUENCE_PARALLEL else impl   # no mesh: nothing to shard
   if impl == "splash":   # causal order = sequence order here (no ring, no zig-zag)
     from hourjax.ops.splash import splash_attention
     return splash_attention(q, k, v, q_segments, kv_segments, causal=causal)
@@ -150,15 +158,15 @@ def cross_attend(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: jax.Array, *
                  impl: str = "xla") -> jax.Array:
   """Non-causal attention of every query to the valid keys (kv_mask [B, Tk] bool).
 
-  With "ring" the keys stay sharded on 'sequence' and the partial softmaxes are merged with
-  one collective (the MemAug memory is ~50x longer than its queries, so a ring would move
-  the long side around P times for nothing).
+  With any context-parallel implementation the keys stay sharded on 'sequence' and the partial
+  softmaxes are merged with one collective (the MemAug memory is ~50x longer than its queries,
+  so a ring, a gather or an all-to-all would move the long side for nothing).
   """
-  axes = _mesh_axes() if impl == "ring" else None
+  axes = _mesh_axes() if impl in SEQUENCE_PARALLEL else None
   if axes is not None:
     from hourjax.ops.ring_attention import sharded_cross_attention
     return sharded_cross_attention(q, k, v, kv_mask, block_q=RING_BLOCK_Q, **axes)
-  impl = "xla" if impl == "ring" else impl   # no mesh: nothing to shard
+  impl = "xla" if impl in SEQUENCE_PARALLEL else impl   # no mesh: nothing to shard
   if impl == "splash":
     from hourjax.ops.splash import splash_attention
     return splash_attention(q, k, v, jnp.ones(q.shape[:2], jnp.int32), kv_mask.astype(jnp.int32),

@@ -184,11 +184,12 @@ def _pad_to(x: jax.Array, axis: int, multiple: int, value=0) -> jax.Array:
   return jnp.pad(x, widths, constant_values=value)
 
 
-def _rotate(tree, lay: _Layout):
-  """Send to the next device of the ring (device i -> i + 1)."""
-  if lay.shards == 1:
+def _rotate(tree, lay: _Layout, stride: int = 1):
+  """Send to the next device of the ring (device i -> i + stride: with Ulysses groups of
+  `stride` devices, a ring of groups, see `ops.context_parallel`)."""
+  if lay.shards == stride:
     return tree
-  perm = [(i, (i + 1) % lay.shards) for i in range(lay.shards)]
+  perm = [(i, (i + stride) % lay.shards) for i in range(lay.shards)]
   return jax.tree.map(lambda x: jax.lax.ppermute(x, lay.seq, perm), tree)
 
 
@@ -306,7 +307,7 @@ def _min_valid(slot, seg):
   return jnp.min(jnp.where(seg != 0, slot, _INT_MAX), axis=1)
 
 
-def _branch(cfg: "_RingConfig", rank, src, q_stats, kseg, kslot):
+def _branch(cfg: "RingConfig", rank, src, q_stats, kseg, kslot):
   """Index into the step table (full, kv first half, q second half, skip) for this step.
 
   q_stats: per sample, the largest valid query slot of all local queries and of their first
@@ -327,7 +328,7 @@ def _branch(cfg: "_RingConfig", rank, src, q_stats, kseg, kslot):
   return jnp.where(skip, _SKIP, branch)
 
 
-def _step_table(cfg: "_RingConfig", full, kv_first_half, q_second_half, skip):
+def _step_table(cfg: "RingConfig", full, kv_first_half, q_second_half, skip):
   if not cfg.causal:
     return None
   if not cfg.zigzag:
@@ -336,11 +337,22 @@ def _step_table(cfg: "_RingConfig", full, kv_first_half, q_second_half, skip):
 
 
 @dataclasses.dataclass(frozen=True)
-class _RingConfig:
+class RingConfig:
   lay: _Layout
   causal: bool
   zigzag: bool
   block_q: int | None
+  # Devices per ring position: 1 for the plain ring; u when each position is a Ulysses group
+  # of u consecutive devices that hold the same tokens (ops.context_parallel's hybrid).
+  group: int = 1
+
+  @property
+  def steps(self) -> int:
+    """Ring positions, hence steps per pass."""
+    return self.lay.shards // self.group
+
+  def rank(self):
+    return jax.lax.axis_index(self.lay.seq) // self.group if self.lay.seq else 0
 
   def specs(self):
     lay = self.lay
@@ -370,7 +382,7 @@ def _pin_masks(q, *ids):
   return (q, *ids)
 
 
-def _ring_fwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot):
+def _ring_fwd_local(cfg: RingConfig, q, k, v, qseg, kseg, qslot, kslot):
   """Per device: (out [b, t, n, d], lse [b, t, n] float32)."""
   q, qseg, kseg, qslot, kslot = _pin_masks(q, qseg, kseg, qslot, kslot)
   lay = cfg.lay
@@ -378,7 +390,7 @@ def _ring_fwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot):
   qg = _to_groups(q, kv_heads)
   b, _, g, tq, d = qg.shape
   half_q = tq // 2
-  rank = jax.lax.axis_index(lay.seq) if lay.seq else 0
+  rank = cfg.rank()
   q_stats = (_max_valid(qslot, qseg), _max_valid(qslot[:, :half_q], qseg[:, :half_q]))
 
   def full(state, kv):
@@ -399,12 +411,12 @@ def _ring_fwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot):
   def step(state, kv, s):
     if table is None:
       return full(state, kv)
-    src = (rank - s) % lay.shards
+    src = (rank - s) % cfg.steps
     return jax.lax.switch(_branch(cfg, rank, src, q_stats, kv[2], kv[3]), table, state, kv)
 
   def body(carry, s):
     state, kv = carry
-    kv_next = _rotate(kv, lay)    # independent of this step's compute: the transfer overlaps it
+    kv_next = _rotate(kv, lay, cfg.group)    # independent of this step's compute: the transfer overlaps it
     return (step(state, kv, s), kv_next), None
 
   state = (_varying(jnp.zeros((b, kv_heads, g, tq, d), jnp.float32), lay),
@@ -412,8 +424,8 @@ def _ring_fwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot):
            _varying(jnp.zeros((b, kv_heads, g, tq), jnp.float32), lay))
   kv = (k, v, kseg, kslot)
   # P - 1 rotations: the last block is computed after the loop, with nothing left to send.
-  (state, kv), _ = jax.lax.scan(body, (state, kv), jnp.arange(lay.shards - 1))
-  acc, m, l = step(state, kv, lay.shards - 1)
+  (state, kv), _ = jax.lax.scan(body, (state, kv), jnp.arange(cfg.steps - 1))
+  acc, m, l = step(state, kv, cfg.steps - 1)
   seen = l > 0
   l_safe = jnp.where(seen, l, 1.0)
   out = jnp.where(seen[..., None], acc / l_safe[..., None], 0.0)
@@ -421,7 +433,7 @@ def _ring_fwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot):
   return _from_groups(out).astype(q.dtype), _from_groups(lse)
 
 
-def _ring_bwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot, out, lse, dout):
+def _ring_bwd_local(cfg: RingConfig, q, k, v, qseg, kseg, qslot, kslot, out, lse, dout):
   """Per device: (dq, dk, dv); the dk/dv accumulators travel with their block."""
   dout, qseg, kseg, qslot, kslot = _pin_masks(dout, qseg, kseg, qslot, kslot)
   lay = cfg.lay
@@ -432,7 +444,7 @@ def _ring_bwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot, out, ls
   delta_g = _to_groups(delta[..., None], kv_heads)[..., 0]
   b, _, g, tq, d = qg.shape
   half_q = tq // 2
-  rank = jax.lax.axis_index(lay.seq) if lay.seq else 0
+  rank = cfg.rank()
   q_stats = (_max_valid(qslot, qseg), _max_valid(qslot[:, :half_q], qseg[:, :half_q]))
   q_side = (qg, dog, lse_g, delta_g, qseg, qslot)
 
@@ -459,14 +471,14 @@ def _ring_bwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot, out, ls
     if table is None:
       dq, dk, dv = full((dq, *dkv), kv)
     else:
-      src = (rank - s) % lay.shards
+      src = (rank - s) % cfg.steps
       dq, dk, dv = jax.lax.switch(_branch(cfg, rank, src, q_stats, kv[2], kv[3]), table,
                                   (dq, *dkv), kv)
-    return dq, _rotate((dk, dv), lay)   # after P hops the accumulators are back home
+    return dq, _rotate((dk, dv), lay, cfg.group)   # after P hops the accumulators are back home
 
   def body(carry, s):
     dq, dkv, kv = carry
-    kv_next = _rotate(kv, lay)
+    kv_next = _rotate(kv, lay, cfg.group)
     dq, dkv = step(dq, dkv, kv, s)
     return (dq, dkv, kv_next), None
 
@@ -474,17 +486,17 @@ def _ring_bwd_local(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot, out, ls
   # dK/dV travel in float32 so that P partial sums do not round in bfloat16.
   dkv = tuple(_varying(jnp.zeros(x.shape, jnp.float32), lay) for x in (k, v))
   (dq, dkv, kv), _ = jax.lax.scan(body, (dq, dkv, (k, v, kseg, kslot)),
-                                  jnp.arange(lay.shards - 1))
-  dq, (dk, dv) = step(dq, dkv, kv, lay.shards - 1)
+                                  jnp.arange(cfg.steps - 1))
+  dq, (dk, dv) = step(dq, dkv, kv, cfg.steps - 1)
   return _from_groups(dq).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ring(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot):
+def _ring(cfg: RingConfig, q, k, v, qseg, kseg, qslot, kslot):
   return _ring_fwd(cfg, q, k, v, qseg, kseg, qslot, kslot)[0]
 
 
-def _ring_fwd(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot):
+def _ring_fwd(cfg: RingConfig, q, k, v, qseg, kseg, qslot, kslot):
   heads, tokens, per_head = cfg.specs()
   out, lse = jax.shard_map(
       functools.partial(_ring_fwd_local, cfg), mesh=cfg.lay.mesh,
@@ -493,7 +505,7 @@ def _ring_fwd(cfg: _RingConfig, q, k, v, qseg, kseg, qslot, kslot):
   return out, (q, k, v, qseg, kseg, qslot, kslot, out, lse)
 
 
-def _ring_bwd(cfg: _RingConfig, res, dout):
+def _ring_bwd(cfg: RingConfig, res, dout):
   heads, tokens, per_head = cfg.specs()
   dq, dk, dv = jax.shard_map(
       functools.partial(_ring_bwd_local, cfg), mesh=cfg.lay.mesh,
@@ -503,6 +515,25 @@ def _ring_bwd(cfg: _RingConfig, res, dout):
 
 
 _ring.defvjp(_ring_fwd, _ring_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def ring_local(cfg: RingConfig, q, k, v, qseg, kseg, qslot, kslot):
+  """The ring as seen by one device, for use inside a caller's shard_map (the hybrid of
+  `ops.context_parallel` runs it between two all-to-alls); same VJP as `ring_attention`."""
+  return _ring_fwd_local(cfg, q, k, v, qseg, kseg, qslot, kslot)[0]
+
+
+def _ring_local_fwd(cfg: RingConfig, *args):
+  out, lse = _ring_fwd_local(cfg, *args)
+  return out, (*args, out, lse)
+
+
+def _ring_local_bwd(cfg: RingConfig, res, dout):
+  return (*_ring_bwd_local(cfg, *res, dout), None, None, None, None)
+
+
+ring_local.defvjp(_ring_local_fwd, _ring_local_bwd)
 
 
 def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
@@ -529,6 +560,19 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.
 
   Returns [B, Tq, N, D] in q's dtype. Differentiable in q, k, v (custom VJP, see module doc).
   """
+  lay, args = padded_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_slots, kv_slots, mesh=mesh,
+                            seq_axis=seq_axis, batch_axes=batch_axes, head_axis=head_axis,
+                            multiple=2 if zigzag else 1)
+  cfg = RingConfig(lay, bool(causal), bool(zigzag) and bool(causal), block_q)
+  return _ring(cfg, *args)[:q.shape[0], :q.shape[1]]
+
+
+def padded_inputs(q, k, v, q_segment_ids, kv_segment_ids, q_slots, kv_slots, *, mesh: MeshLike,
+                  seq_axis: str, batch_axes: str | Sequence[str], head_axis: str | None,
+                  multiple: int = 1) -> tuple[_Layout, tuple]:
+  """Checked shapes, the mesh layout, and the inputs padded so that the batch splits over the
+  batch axes and the length over `multiple` x the sequence shards (padding tokens get segment 0,
+  which no query sees and which sees nothing; their slots sort last)."""
   b, tq, n, d = q.shape
   tk, kv_heads = k.shape[1], k.shape[2]
   if k.shape != (b, tk, kv_heads, d) or v.shape != k.shape:
@@ -541,16 +585,12 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.
                      f"{(b, tk)}")
   lay = _layout(mesh, seq_axis, batch_axes, head_axis)
   _check_heads(lay, n, kv_heads)
-  multiple = lay.shards * (2 if zigzag else 1)
   pad_b = lambda x, value=0: _pad_to(x, 0, lay.batch_size, value)
-  pad_t = lambda x, value=0: pad_b(_pad_to(x, 1, multiple, value), value)
+  pad_t = lambda x, value=0: pad_b(_pad_to(x, 1, lay.shards * multiple, value), value)
   as_int = lambda x: x.astype(jnp.int32)
-  # Padding tokens get segment 0, which no query sees and which sees nothing.
-  args = (pad_t(q), pad_t(k), pad_t(v.astype(k.dtype)), pad_t(as_int(q_segment_ids)),
-          pad_t(as_int(kv_segment_ids)), pad_t(as_int(q_slots), _INT_MAX),
-          pad_t(as_int(kv_slots), _INT_MAX))
-  cfg = _RingConfig(lay, bool(causal), bool(zigzag) and bool(causal), block_q)
-  return _ring(cfg, *args)[:b, :tq]
+  return lay, (pad_t(q), pad_t(k), pad_t(v.astype(k.dtype)), pad_t(as_int(q_segment_ids)),
+               pad_t(as_int(kv_segment_ids)), pad_t(as_int(q_slots), _INT_MAX),
+               pad_t(as_int(kv_slots), _INT_MAX))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ import ml_collections
 
 from hourjax.data import video
 from hourjax.models.layers import INITS
+from hourjax.ops.attention import SEQUENCE_PARALLEL
 from hourjax.parallel import mesh as mesh_lib
 
 
@@ -235,7 +236,11 @@ def _mesh(run: Any, devices: int | None, processes: int | None) -> Iterator[str]
              f"micro-batches that each divide by the {shards} batch shards")
   tensor = shape.get("tensor", 1)
   heads, kv = _get(run, "model.llm.num_heads"), _get(run, "model.llm.num_kv_heads")
-  if (_get(run, "model.llm.attention") == "ring" and tensor > 1 and _is(heads, INT) and _is(kv, INT)
+  attention, seq = _get(run, "model.llm.attention"), shape.get("sequence", 1)
+  if (attention in SEQUENCE_PARALLEL and tensor > 1 and _is(heads, INT) and _is(kv, INT)
       and (heads % tensor or kv % tensor)):
-    yield (f"mesh.tensor={tensor}: ring attention splits heads over it, but the LLM has {heads} query "
-           f"and {kv} key/value heads")
+    yield (f"mesh.tensor={tensor}: {attention} attention splits heads over it, but the LLM has "
+           f"{heads} query and {kv} key/value heads")
+  elif attention == "ulysses" and _is(kv, INT) and seq > 1 and (kv // max(tensor, 1)) % seq:
+    yield (f"mesh.sequence={seq}: Ulysses splits the {kv // max(tensor, 1)} key/value heads per "
+           "device over it; use model.llm.attention=hybrid (Ulysses within groups, a ring across)")
