@@ -34,6 +34,7 @@ import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from hourjax.config import load, model_config  # noqa: E402
 from hourjax.convert.layout import with_scan  # noqa: E402
@@ -41,13 +42,22 @@ from hourjax.data.batch import PackedBatch  # noqa: E402
 from hourjax.parallel import mesh as mesh_lib  # noqa: E402
 from hourjax.synthetic.batches import abstract_batch  # noqa: E402
 from hourjax.train import flops as flops_lib  # noqa: E402
+from hourjax.train import hlo_cost  # noqa: E402
 from hourjax.train import program as program_lib  # noqa: E402
 from hourjax.train.validate import validate  # noqa: E402
 
 GiB = 2 ** 30
-# Peak dense bf16 FLOP/s and HBM bytes per chip (Google Cloud TPU documentation).
-CHIPS = {"v4": (275e12, 32 * GiB), "v5e": (197e12, 16 * GiB), "v5litepod": (197e12, 16 * GiB),
-         "v5p": (459e12, 95 * GiB), "v6e": (918e12, 32 * GiB)}
+# Per chip (Google Cloud TPU documentation): peak dense bf16 FLOP/s, HBM bytes, HBM bytes/s, and
+# the interconnect bandwidth a collective over one mesh axis gets: one torus dimension, both
+# directions (v4 / v5p: 6 links per chip in a 3-D torus, 4800 Gbit/s in all on v5p; v5e / v6e:
+# 4 links in a 2-D torus). An assumption, stated in docs/scaling.md.
+CHIPS = {"v4": (275e12, 32 * GiB, 1228e9, 2400e9 / 8 / 3),
+         "v5e": (197e12, 16 * GiB, 819e9, 1600e9 / 8 / 2),
+         "v5litepod": (197e12, 16 * GiB, 819e9, 1600e9 / 8 / 2),
+         "v5p": (459e12, 95 * GiB, 2765e9, 4800e9 / 8 / 3),
+         "v6e": (918e12, 32 * GiB, 1640e9, 3584e9 / 8 / 2)}
+# Executed / model FLOPs of the dense part: full remat runs the forward twice (fwd + bwd = 3).
+REMAT_FLOPS = {"full": 4 / 3}
 
 
 def parse_mesh(text: str) -> dict[str, int]:
@@ -66,7 +76,7 @@ def tpu_devices(topology: str) -> list:
                      "names look like v5p:4x4x4 or v5e:4x4, and need `pip install libtpu`") from None
 
 
-def chip(topology: str) -> tuple[float, float]:
+def chip(topology: str) -> tuple[float, float, float, float]:
   gen = topology.split(":")[0].split("-")[0]
   if gen not in CHIPS:
     raise SystemExit(f"no peak FLOP/s / HBM entry for {gen!r}; known: {sorted(CHIPS)}")
@@ -147,7 +157,7 @@ def main(argv=None) -> int:
   checked.mesh, checked.data.batch_size = dict(mesh_sizes), a.batch
   validate(checked, devices=len(devices), processes=1)
   mesh = mesh_lib.make_mesh(mesh_sizes, devices)
-  peak, hbm = chip(a.topology)
+  peak, hbm, hbm_bw, ici_bw = chip(a.topology)
   n_batch = mesh_lib.batch_shards(mesh)
   if a.batch % n_batch:
     raise SystemExit(f"--batch {a.batch} must divide by the {n_batch} batch shards of mesh {dict(mesh.shape)}")
@@ -190,12 +200,17 @@ def main(argv=None) -> int:
       "analytic_tflops_per_step": {k: v / 1e12 for k, v in analytic.items()},
       "compiled_tflops_scanned_body_once": compiled.cost_analysis().get("flops", 0.0) * len(devices) / 1e12,
   }
+  hbm_bytes = None
   if a.flops:
-    report["compiled_tflops_extrapolated"] = extrapolate_flops(task, make_batch, mesh, dtype, a.pixels, opt_cfg) \
-        * len(devices) / 1e12
+    flops, hbm_bytes = extrapolate_flops(task, make_batch, mesh, dtype, a.pixels, opt_cfg)
+    report["compiled_tflops_extrapolated"] = flops * len(devices) / 1e12
   # Analytic, not compiled: XLA cannot see the FLOPs inside Pallas kernels (splash) or count
   # loop trip counts, so compiled numbers are a cross-check, not the model FLOPs.
   report["step_seconds_at_peak"] = analytic["total"] / (peak * len(devices))
+  comm = hlo_cost.collective_bytes(compiled.as_text())
+  report["collective_gib_per_device"] = {k: comm[k] / GiB for k in (*hlo_cost.KINDS, "total")}
+  report["estimate"] = estimate(analytic["total"], len(devices), a.remat, comm["total"], hbm_bytes,
+                                peak, hbm_bw, ici_bw)
   print(format_report(report))
   if a.json:
     with open(a.json, "w") as f:
@@ -203,23 +218,41 @@ def main(argv=None) -> int:
   return 0
 
 
-def extrapolate_flops(task, make_batch, mesh, dtype, pixels, opt_cfg) -> float:
-  """Per-device FLOPs of the full-depth step from unrolled 1- and 2-layer compiles per stack."""
+def estimate(model_flops: float, chips: int, remat: str, collective_bytes: float,
+             hbm_bytes: float | None, peak: float, hbm_bw: float, ici_bw: float) -> dict:
+  """Step time from three rates: executed FLOPs at peak, HBM bytes (when measured) at the HBM
+  bandwidth, and collective bytes per device at one torus dimension's bandwidth. Two bounds:
+  nothing overlaps (their sum with compute = max(FLOPs, HBM)), and communication hides entirely
+  behind compute (the max). MFU = model FLOPs / (chips x peak x step)."""
+  compute = model_flops * REMAT_FLOPS.get(remat, 1.0) / (chips * peak)
+  memory = hbm_bytes / hbm_bw if hbm_bytes is not None else 0.0
+  comm = collective_bytes / ici_bw
+  serial, overlapped = max(compute, memory) + comm, max(compute, memory, comm)
+  mfu = lambda t: model_flops / (chips * peak * t)
+  return {"compute_s": compute, "hbm_s": memory if hbm_bytes is not None else None,
+          "collective_s": comm, "step_s_no_overlap": serial, "step_s_full_overlap": overlapped,
+          "mfu_no_overlap": mfu(serial), "mfu_full_overlap": mfu(overlapped)}
+
+
+def extrapolate_flops(task, make_batch, mesh, dtype, pixels, opt_cfg) -> tuple[float, float]:
+  """Per-device FLOPs and HBM bytes accessed of the full-depth step from unrolled 1- and
+  2-layer compiles per stack (loops inside a layer still count once)."""
   full = depths_of(task)
   ones = {"llm": 1, "vision": 1, "memaug": 1}
   flat = with_scan(task.model, False)
 
-  def flops(d):
+  def cost(d):
     cfg = set_depths(flat, {**ones, **d})
-    return compile_step(dataclasses.replace(task, model=cfg), make_batch(cfg), mesh, dtype,
-                        opt_cfg).cost_analysis()["flops"]
-  base = flops({})
+    c = compile_step(dataclasses.replace(task, model=cfg), make_batch(cfg), mesh, dtype,
+                     opt_cfg).cost_analysis()
+    return np.array([c["flops"], c["bytes accessed"]])
+  base = cost({})
   total = base
   for stack, depth in full.items():
     if task.name == "hour_llava" and stack == "vision" and not pixels:
       continue
-    total += (depth - 1) * (flops({stack: 2}) - base)
-  return total
+    total = total + (depth - 1) * (cost({stack: 2}) - base)
+  return float(total[0]), float(total[1])
 
 
 def format_report(r: dict) -> str:
@@ -237,6 +270,15 @@ def format_report(r: dict) -> str:
   if "compiled_tflops_extrapolated" in r:
     lines.append(f"  compiled TFLOPs/step (depth-extrapolated, incl. remat): {r['compiled_tflops_extrapolated']:,.4g}")
   lines.append(f"  step time at peak bf16: {r['step_seconds_at_peak']:.3g} s (analytic FLOPs / chips x peak)")
+  if "collective_gib_per_device" in r:
+    c, e = r["collective_gib_per_device"], r["estimate"]
+    lines.append("  collectives per device and step (loop trip counts applied): "
+                 + ", ".join(f"{k} {v:.3g} GiB" for k, v in c.items() if v))
+    hbm = "not measured (--flops)" if e["hbm_s"] is None else f"{e['hbm_s']:.3g} s"
+    lines.append(f"  estimate: compute {e['compute_s']:.3g} s, HBM {hbm}, collectives "
+                 f"{e['collective_s']:.3g} s -> step {e['step_s_no_overlap']:.3g} s (no overlap, "
+                 f"MFU {e['mfu_no_overlap']:.1%}) .. {e['step_s_full_overlap']:.3g} s (full overlap, "
+                 f"MFU {e['mfu_full_overlap']:.1%})")
   return "\n".join(lines)
 
 

@@ -3,10 +3,17 @@ topology on this CPU host and reports memory that accounts for the sharded state
 import json
 import pathlib
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
 
 from hourjax.config import model_config
 from hourjax.convert.layout import with_scan
 from hourjax.models import build
+from hourjax.ops import context_parallel as cp
+from hourjax.ops.ring_attention import ring_attention
+from hourjax.train import hlo_cost
 from launch import aot_compile
 from conftest import tiny_model
 
@@ -46,3 +53,74 @@ def test_context_extension_stage_compiles_from_its_config(tmp_path):
   n = build.count_params(build.abstract_params("qwen2", llm))
   # f32 params + 2 Adam moments, split at most 4 ways (weights also shard over 'sequence': ZeRO-3).
   assert r["per_device_gib"]["arguments"] * 2**30 >= 12 * n / 4 * 0.95
+
+
+def _tpu_collectives(attention, p=4, b=2, t=256, n=4, kv=2, d=128):
+  """Collective bytes per device of d sum(attention(q, k, v)) / d(q, k, v), compiled by libtpu
+  for a v5e:2x2 slice with the sequence over its 4 chips (bfloat16), and the bytes of one
+  device's k block and of its segment ids."""
+  mesh = jax.sharding.Mesh(np.array(aot_compile.tpu_devices("v5e:2x2")).reshape(p), ("sequence",))
+  seq = lambda *shape, dtype=jnp.bfloat16: jax.ShapeDtypeStruct(
+      shape, dtype, sharding=jax.sharding.NamedSharding(mesh, P(None, "sequence")))
+  ids = seq(b, t, dtype=jnp.int32)
+
+  def loss(q, k, v, seg, slots):
+    return jnp.sum(attention(q, k, v, seg, seg, slots, slots, causal=True, mesh=mesh,
+                             batch_axes=(), head_axis=None))
+  hlo = jax.jit(jax.grad(loss, (0, 1, 2))).lower(seq(b, t, n, d), seq(b, t, kv, d), seq(b, t, kv, d),
+                                                 ids, ids).compile().as_text()
+  return hlo_cost.collective_bytes(hlo), b * t // p * kv * d * 2, b * t // p * 4
+
+
+def test_collective_bytes_of_a_ring_on_tpu_are_the_rings_own_count():
+  """Forward: P-1 hops of (k, v, segments, slots); backward: P-1 hops of the same and P hops of
+  the dK, dV accumulators, float32 (twice a bfloat16 block) except the last, which the
+  compiler sends after the cast to bfloat16; nothing else moves."""
+  got, kv_block, id_block = _tpu_collectives(ring_attention)
+  p = 4
+  want = 2 * (p - 1) * (2 * kv_block + 2 * id_block) + (p - 1) * 2 * (2 * kv_block) + 2 * kv_block
+  assert got["collective-permute"] == want, (got, want)
+  assert got["all-gather"] == got["all-to-all"] == 0 and got["loops"].count(p - 1) >= 2
+
+
+def test_collective_bytes_of_the_kv_all_gather_on_tpu():
+  """Forward: each device receives the other P-1 blocks of k, v, segments and slots; backward:
+  dK and dV summed over the devices, as a reduce-scatter or (the TPU compiler's choice at this
+  size) an all-reduce, which moves twice the bytes."""
+  got, kv_block, id_block = _tpu_collectives(cp.allgather_attention)
+  p = 4
+  assert got["all-gather"] == (p - 1) * (2 * kv_block + 2 * id_block), got
+  assert got["reduce-scatter"] + got["all-reduce"] / 2 == (p - 1) * 2 * kv_block, got
+  assert got["collective-permute"] == got["all-to-all"] == 0, got
+
+
+def test_hlo_trip_counts_and_group_sizes():
+  hlo = """HloModule m
+
+%cond (p: (s32[], f32[8])) -> pred[] {
+  %p = (s32[], f32[8]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %c = s32[] constant(5)
+  ROOT %lt = pred[] compare(%i, %c), direction=LT
+}
+
+%body (p.1: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p.1 = (s32[], f32[8]{0}) parameter(0)
+  %x = f32[8]{0} get-tuple-element(%p.1), index=1
+  %cp = f32[8]{0} collective-permute(%x), channel_id=1, source_target_pairs={{0,1},{1,0}}
+  ROOT %t = (s32[], f32[8]{0}) tuple(%i, %cp)
+}
+
+ENTRY %main (a: f32[8]) -> f32[32] {
+  %a = f32[8]{0} parameter(0)
+  %w = (s32[], f32[8]{0}) while(%init), condition=%cond, body=%body
+  %g = f32[32]{0} all-gather(%a), channel_id=2, replica_groups=[2,4]<=[8], dimensions={0}
+  %r = bf16[16]{0} all-reduce(%h), channel_id=3, replica_groups=mesh['x'=2,'y'=4] {'x'}, to_apply=%add
+  ROOT %o = f32[32]{0} copy(%g)
+}
+"""
+  got = hlo_cost.collective_bytes(hlo)
+  assert got["loops"] == [5]
+  assert got["collective-permute"] == 5 * 32            # 5 trips of 8 floats
+  assert got["all-gather"] == 128 * 3 / 4               # groups of 4
+  assert got["all-reduce"] == 2 * 32 * 1 / 2            # groups of 2 (mesh axis x)
