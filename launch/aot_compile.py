@@ -17,6 +17,13 @@ so `--flops` also compiles 1- and 2-layer unrolled variants of each layer stack 
 extrapolates linearly to the real depth (loops inside attention and the chunked LM head still
 count once, and Pallas kernels not at all; see docs/scaling.md). Topology names are libtpu's:
 v5p:2x2x1, v5p:4x4x4, v5e:4x4, v6e:4x4, ...
+
+It also reads the collectives of the compiled program (`hourjax/train/hlo_cost.py`: bytes per
+device, loop trip counts applied) and estimates the step time and MFU from three rates: the
+executed FLOPs at peak, HBM bytes at the HBM bandwidth (with `--flops`), collective bytes at one
+torus dimension's interconnect bandwidth; bounds for no overlap and full overlap of the
+communication with compute. Compare context-parallel variants with
+`--set model.llm.attention=ring|allgather|ulysses|hybrid`.
 """
 from __future__ import annotations
 
