@@ -198,11 +198,20 @@ def _varying(x: jax.Array, lay: _Layout) -> jax.Array:
   return jax.lax.pcast(x, lay.all_axes, to="varying") if lay.all_axes else x
 
 
-def _chunk(length: int, block: int | None) -> int:
-  """Largest divisor of `length` not above `block` (the whole length when block is None)."""
+def _chunk(length: int, block: int | None) -> tuple[int, int]:
+  """(chunk rows, chunks) for `length` query rows in chunks of at most `block`: as few chunks
+  as the block allows, evened out and rounded up to 8 rows, the rest padding. (A divisor of the
+  length would need no padding but may not exist near the block: a prime length would give
+  one-row chunks.)"""
   if block is None or block >= length:
-    return length
-  return max(c for c in range(1, block + 1) if length % c == 0)
+    return length, 1
+  rows = -(-length // -(-length // block))           # evened out over the fewest chunks
+  c = min(block, -(-rows // 8) * 8)
+  return c, -(-length // c)
+
+
+def _pad_rows(x: jax.Array, axis: int, rows: int, value=0) -> jax.Array:
+  return _pad_to(x, axis, rows, value) if x.shape[axis] % rows else x
 
 
 def _block_mask(qseg, kseg, qslot, kslot, causal: bool) -> jax.Array:
@@ -258,15 +267,16 @@ def _fwd_chunked(state, q_side, kv_side, causal: bool, block_q: int | None):
   """
   q, qseg, qslot = q_side
   tq = q.shape[3]
-  c = _chunk(tq, block_q)
-  if c == tq:
+  c, n = _chunk(tq, block_q)
+  if n == 1:
     return _fwd_block(state, q, *kv_side[:2], qseg, kv_side[2], qslot, kv_side[3], causal)
-  split3 = lambda x: jnp.moveaxis(x.reshape(*x.shape[:3], tq // c, c, *x.shape[4:]), 3, 0)
-  split1 = lambda x: jnp.moveaxis(x.reshape(x.shape[0], tq // c, c), 1, 0)
-  xs = (jax.tree.map(split3, state), split3(q), split1(qseg), split1(qslot))
+  # Padded query rows get segment -1: they see no key and are cut off below.
+  split3 = lambda x: jnp.moveaxis(_pad_rows(x, 3, c).reshape(*x.shape[:3], n, c, *x.shape[4:]), 3, 0)
+  split1 = lambda x, value=0: jnp.moveaxis(_pad_rows(x, 1, c, value).reshape(x.shape[0], n, c), 1, 0)
+  xs = (jax.tree.map(split3, state), split3(q), split1(qseg, -1), split1(qslot))
   k, v, kseg, kslot = kv_side
   ys = jax.lax.map(lambda a: _fwd_block(a[0], a[1], k, v, a[2], kseg, a[3], kslot, causal), xs)
-  merge = lambda y: jnp.moveaxis(y, 0, 3).reshape(*y.shape[1:4], tq, *y.shape[5:])
+  merge = lambda y: jnp.moveaxis(y, 0, 3).reshape(*y.shape[1:4], n * c, *y.shape[5:])[:, :, :, :tq]
   return jax.tree.map(merge, ys)
 
 
@@ -276,11 +286,12 @@ def _bwd_chunked(grads, q_side, kv_side, causal: bool, block_q: int | None):
   k, v, kseg, kslot = kv_side
   dq, dk, dv = grads
   tq = q.shape[3]
-  c = _chunk(tq, block_q)
-  if c == tq:
+  c, n = _chunk(tq, block_q)
+  if n == 1:
     return _bwd_block(grads, q, k, v, do, lse, delta, qseg, kseg, qslot, kslot, causal)
-  split3 = lambda x: jnp.moveaxis(x.reshape(*x.shape[:3], tq // c, c, *x.shape[4:]), 3, 0)
-  split1 = lambda x: jnp.moveaxis(x.reshape(x.shape[0], tq // c, c), 1, 0)
+  # Padded rows (segment -1) have p = 0 everywhere: no dK/dV, and their dQ is cut off.
+  split3 = lambda x: jnp.moveaxis(_pad_rows(x, 3, c).reshape(*x.shape[:3], n, c, *x.shape[4:]), 3, 0)
+  split1 = lambda x, value=0: jnp.moveaxis(_pad_rows(x, 1, c, value).reshape(x.shape[0], n, c), 1, 0)
 
   def body(carry, a):
     dq_c, q_c, do_c, lse_c, delta_c, qseg_c, qslot_c = a
@@ -288,9 +299,10 @@ def _bwd_chunked(grads, q_side, kv_side, causal: bool, block_q: int | None):
                                   qslot_c, kslot, causal)
     return (dk_c, dv_c), dq_c
 
-  xs = (split3(dq), split3(q), split3(do), split3(lse), split3(delta), split1(qseg), split1(qslot))
+  xs = (split3(dq), split3(q), split3(do), split3(lse), split3(delta), split1(qseg, -1),
+        split1(qslot))
   (dk, dv), dqs = jax.lax.scan(body, (dk, dv), xs)
-  return jnp.moveaxis(dqs, 0, 3).reshape(dq.shape), dk, dv
+  return jnp.moveaxis(dqs, 0, 3).reshape(*dq.shape[:3], n * c, dq.shape[4])[:, :, :, :tq], dk, dv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,7 +568,7 @@ def ring_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.
   2P-1-r), so each causal ring step computes one half-block. Only a speed promise: a layout
   that breaks it is still computed exactly, in full blocks.
   block_q: compute each step in query chunks of at most this many rows (scores [block_q, T/P]
-  instead of [T/P, T/P]).
+  instead of [T/P, T/P]); a local length that does not divide is padded to whole chunks.
 
   Returns [B, Tq, N, D] in q's dtype. Differentiable in q, k, v (custom VJP, see module doc).
   """
@@ -718,7 +730,7 @@ def sharded_cross_attention(q: jax.Array, k: jax.Array, v: jax.Array, kv_mask: j
 
   block_kv: each device walks its memory shard in chunks of this many keys (the shard is padded
   with invalid keys to a whole number of chunks). block_q: also split the queries into chunks of
-  at most this many rows (the largest divisor of Lq not above it). Scores exist one
+  at most this many rows (padded to whole chunks, never shrunk to a divisor of Lq). Scores exist one
   [block_q, block_kv] tile at a time, in the forward and in the backward pass.
 
   Differentiable in q, k, v (custom VJP for the per-device part, see module doc). Returns
