@@ -66,6 +66,14 @@ def test_each_bad_field_is_named_with_its_value_and_what_is_allowed(override, na
   assert named in str(e.value) and "\n" not in str(e.value)
 
 
+def test_decoder_only_run_without_a_context_schedule_is_valid():
+  """A video preset switched to decoder-only (as `launch.aot_compile --decoder-only` does) has
+  no train.context_schedule: nothing to check, not a crash."""
+  run = load(CONFIG, ["mesh.data=1", "mesh.fsdp=4", "mesh.sequence=2"])
+  run.train.decoder_only = True
+  validate(run, devices=8, processes=1)
+
+
 def test_ulysses_beyond_its_kv_heads_names_the_hybrid():
   mesh = ["mesh.data=2", "mesh.fsdp=1", "mesh.sequence=4"]    # the tiny LLM has 2 kv heads
   with pytest.raises(ConfigError, match="mesh.sequence=4: Ulysses splits the 2 key/value heads"

@@ -198,7 +198,8 @@ def _intervals(run: Any) -> Iterator[str]:
     if not _is(every, INT) or every <= 0:
       yield f"evals.{name}.every={every!r}: expected an integer > 0 (the steps between evaluations)"
   if _get(run, "train.decoder_only") is True:
-    for i, entry in enumerate(_get(run, "train.context_schedule") or ()):
+    schedule = _get(run, "train.context_schedule")
+    for i, entry in enumerate(() if schedule is _MISSING or not schedule else schedule):
       entry = tuple(entry) if isinstance(entry, (tuple, list)) else ()
       if len(entry) != 2 or not all(_is(x, INT) for x in entry) or entry[0] <= 0 or entry[1] < 2:
         yield f"train.context_schedule[{i}]={entry!r}: expected (steps > 0, length >= 2)"
