@@ -141,6 +141,7 @@ def main(argv=None) -> int:
   p.add_argument("--pixels", action="store_true", help="raw frames through SigLIP instead of cached features")
   p.add_argument("--flops", action="store_true", help="also extrapolate compiled FLOPs over depth")
   p.add_argument("--json", help="write the report here too")
+  p.add_argument("--hlo", help="write the compiled program's HLO text here (what the collective count reads)")
   from hourjax.config import split_overrides
   own, flags_ = split_overrides(sys.argv[1:] if argv is None else argv)
   a = p.parse_args(own)
@@ -214,7 +215,11 @@ def main(argv=None) -> int:
   # Analytic, not compiled: XLA cannot see the FLOPs inside Pallas kernels (splash) or count
   # loop trip counts, so compiled numbers are a cross-check, not the model FLOPs.
   report["step_seconds_at_peak"] = analytic["total"] / (peak * len(devices))
-  comm = hlo_cost.collective_bytes(compiled.as_text())
+  hlo = compiled.as_text()
+  if a.hlo:
+    with open(a.hlo, "w") as f:
+      f.write(hlo)
+  comm = hlo_cost.collective_bytes(hlo)
   report["collective_gib_per_device"] = {k: comm[k] / GiB for k in (*hlo_cost.KINDS, "total")}
   report["estimate"] = estimate(analytic["total"], len(devices), a.remat, comm["total"], hbm_bytes,
                                 peak, hbm_bw, ici_bw)

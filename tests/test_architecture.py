@@ -20,6 +20,7 @@ ALLOWED = {
     "data": {"models", "config", "constants", "cli"},
     "synthetic": {"data", "models", "config", "constants", "cli"},
     "evaluation": {"constants", "endpoint", "cli"},
+    "annotate": {"data", "endpoint", "constants", "cli"},
     "train": {"data", "convert", "models", "ops", "parallel", "config", "constants", "cli"},
     "infer": {"data", "convert", "models", "ops", "parallel", "config", "constants", "cli"},
 }

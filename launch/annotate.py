@@ -1,0 +1,73 @@
+"""Build VideoMarathon-style training data for your own videos (paper §3): clip captions from six
+perspectives by a video/image LMM, events, event and global summaries and QA over the 22 tasks by
+an LLM, both behind OpenAI-compatible endpoints (vLLM, SGLang, a hosted API, or launch.serve).
+
+  python -m launch.annotate --videos /data/myvideos --out /data/myvideos.jsonl \\
+      --captioner http://localhost:8000/v1 --captioner-model Qwen/Qwen2-VL-7B-Instruct \\
+      --llm https://api.deepseek.com/v1 --llm-model deepseek-chat --api-key-env DEEPSEEK_API_KEY \\
+      --cache /data/annotate_cache
+
+Writes one LLaVA-style record per QA pair (`video` relative to --videos, `data_source`, `task`,
+`topic`, `question_type`, `conversations`); train on it with a source of `group_qa: 5`. Every
+answer is validated and re-asked (--attempts); what stays invalid is counted and dropped. The
+cache (one JSONL file per endpoint) makes a rerun ask nothing twice, and a crash loses nothing.
+Prompts: hourjax/annotate/prompts.py (written from the paper's description; its own are images).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+from hourjax.annotate import videomarathon as vm
+from hourjax.endpoint import ChatClient
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
+  p.add_argument("--out", required=True, help="annotations, .jsonl")
+  p.add_argument("--captioner", required=True, help="base URL of the video/image LMM endpoint")
+  p.add_argument("--captioner-model", required=True)
+  p.add_argument("--llm", help="base URL of the LLM endpoint (default: the captioner's)")
+  p.add_argument("--llm-model", help="default: the captioner model")
+  p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
+  p.add_argument("--cache", default="annotate_cache", help="folder of the request caches")
+  for f in dataclasses.fields(vm.Options):
+    if f.name != "topics":
+      p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+  p.add_argument("--topics", nargs="*", default=list(vm.Options.topics))
+  a = p.parse_args(argv)
+  opts = vm.Options(**{f.name: (tuple(a.topics) if f.name == "topics" else getattr(a, f.name))
+                       for f in dataclasses.fields(vm.Options)})
+  unknown = set(opts.topics) - set(vm.TOPICS)
+  if unknown:
+    raise SystemExit(f"--topics {sorted(unknown)}: expected some of {list(vm.TOPICS)}")
+  paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(a.videos) for f in fs
+                 if f.lower().endswith(VIDEO_SUFFIXES))
+  if not paths:
+    raise SystemExit(f"--videos {a.videos}: no videos ({', '.join(VIDEO_SUFFIXES)}) found")
+  key = os.environ.get(a.api_key_env)
+  os.makedirs(a.cache, exist_ok=True)
+  captioner = ChatClient(a.captioner, a.captioner_model, key, cache=os.path.join(a.cache, "captioner.jsonl"))
+  llm = ChatClient(a.llm or a.captioner, a.llm_model or a.captioner_model, key,
+                   cache=os.path.join(a.cache, "llm.jsonl"))
+  records, stats = vm.annotate_videos(paths, captioner, llm, opts, root=a.videos)
+  tmp = a.out + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r, ensure_ascii=False) + "\n")
+  os.replace(tmp, a.out)
+  print(f"{len(records)} QA records from {stats['videos']} of {len(paths)} videos -> {a.out}; "
+        f"dropped: {dict((k, v) for k, v in stats.items() if k not in ('videos', 'qa'))}; "
+        f"captioner {captioner.stats}; llm {llm.stats}")
+  return 0
+
+
+if __name__ == "__main__":
+  from hourjax import cli
+  sys.exit(cli.run(main))

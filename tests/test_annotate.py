@@ -1,0 +1,175 @@
+"""VideoMarathon's construction pipeline end to end over real HTTP: synthetic mp4 videos written
+by a real encoder -> a scripted OpenAI-compatible server on localhost (fixed answers, some of
+them malformed on purpose, to exercise the validation paths) -> annotations the training
+pipeline reads (sources, group_qa, the real Qwen2 chat template)."""
+import collections
+import http.server
+import json
+import re
+import threading
+
+import numpy as np
+import pytest
+
+from hourjax.annotate import tasks
+from hourjax.annotate import videomarathon as vm
+from hourjax.data import chat, sources
+from hourjax.data import video as video_lib
+from hourjax.endpoint import ChatClient
+
+SECONDS = 30
+
+
+class Script(http.server.BaseHTTPRequestHandler):
+  """Answers each stage from its prompt. Malformed on purpose: the first event split of every
+  video (not JSON), every "scene" QA (an answer letter outside its options), and for a video
+  of 12 s, events past its end."""
+  calls: collections.Counter = collections.Counter()
+
+  def log_message(self, *args):
+    pass
+
+  def do_POST(self):
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    content = body["messages"][-1]["content"]
+    text = content if isinstance(content, str) else content[-1]["text"]
+    images = 0 if isinstance(content, str) else len(content) - 1
+    Script.calls[text] += 1
+    self.reply(json.dumps(self.answer(text, images)) if not self.garbage(text) else "Sure! Here are the events:")
+
+  def garbage(self, text):
+    return "Split the video into events" in text and Script.calls[text] % 2 == 1
+
+  def answer(self, text, images):
+    if "Describe the clip" in text:
+      assert images > 0
+      start = re.search(r"from (\d\d:\d\d:\d\d)", text).group(1)
+      return {k: f"{k} of the clip at {start}" for k in tasks.PERSPECTIVES}
+    if "Split the video into events" in text:
+      duration = float(re.search(r"lasts (\d+) seconds", text).group(1))
+      end = duration * 3 if duration < 20 else duration           # the short video: out of range
+      return {"events": [{"start": 0, "end": end / 3, "title": "a square appears"},
+                         {"start": end / 3, "end": 2 * end / 3, "title": "it crosses"},
+                         {"start": 2 * end / 3, "end": end, "title": "it leaves"}]}
+    if "Summarise one event" in text:
+      return {"summary": "the square moves right " + re.search(r'"([^"]+)"', text).group(1)}
+    if "consists of these events" in text:
+      return {"summary": "A coloured square crosses a dark frame from left to right."}
+    topic = re.search(r'for the topic "(\w+)"', text).group(1)
+    task = next(t for t in tasks.TOPICS[topic] if t != tasks.SUMMARY_TASK)
+    letter = "F" if topic == "scene" else "B"
+    return {"open_ended": [{"task": task, "question": f"What happens ({topic})?", "answer": "It moves."}],
+            "multiple_choice": [{"task": task, "question": f"Which way ({topic})?",
+                                 "options": ["up", "right", "left", "down"], "answer": letter}]}
+
+  def reply(self, content):
+    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}],
+                          "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
+    self.send_response(200)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(payload)))
+    self.end_headers()
+    self.wfile.write(payload)
+
+
+@pytest.fixture(scope="module")
+def server():
+  Script.calls.clear()
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Script)
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  yield f"http://127.0.0.1:{httpd.server_port}/v1"
+  httpd.shutdown()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+  root = tmp_path_factory.mktemp("media")
+  paths = []
+  for name, seconds in (("a.mp4", SECONDS), ("b.mp4", SECONDS), ("short.mp4", 12)):
+    video_lib.write_video(str(root / name), video_lib.moving_square(seconds, 2, size=64), fps=2)
+    paths.append(str(root / name))
+  (root / "broken.mp4").write_bytes(b"not a video")
+  return root, paths + [str(root / "broken.mp4")]
+
+
+def test_pipeline_writes_training_records_and_drops_what_is_invalid(server, videos, tmp_path, qwen2_tokenizer):
+  root, paths = videos
+  opts = vm.Options(clip_seconds=10, frames_per_clip=2, frame_size=64, concurrency=2)
+  cache = str(tmp_path / "cache.jsonl")
+  client = ChatClient(server, "scripted", cache=cache, backoff=0.01)
+  records, stats = vm.annotate_videos(paths, client, client, opts, root=str(root), progress=False)
+  # Two good videos; the short one's events lie outside it (re-asked, then dropped); the broken
+  # file is unreadable; the "scene" topic's answer letter is never valid (re-asked, dropped).
+  assert stats["videos"] == 2 and stats["videos_dropped_invalid_answers"] == 1
+  assert stats["videos_unreadable"] == 1 and stats["qa_topics_dropped"] == 2
+  # Re-asked: each good video's first event split (1 each), the short video's 3 attempts, and
+  # the scene topic's 3 attempts per good video.
+  assert client.stats["invalid"] == 1 + 1 + 3 + 2 * 3
+  per_video = 1 + 2 * (len(tasks.TOPICS) - 1)            # the summary + 2 per surviving topic
+  assert len(records) == 2 * per_video
+  assert {r["video"] for r in records} == {"a.mp4", "b.mp4"}
+  assert all(r["data_source"] == "custom" and r["duration"] == SECONDS for r in records)
+  assert {r["topic"] for r in records} == set(tasks.TOPICS) - {"scene"}
+  summary = [r for r in records if r["task"] == tasks.SUMMARY_TASK]
+  assert len(summary) == 2 and "square crosses" in summary[0]["conversations"][1]["value"]
+  mc = [r for r in records if r["question_type"] == "multiple-choice"]
+  assert all(r["conversations"][1]["value"] in "ABCD" and "\nB. right\n" in r["conversations"][0]["value"]
+             for r in mc)
+
+  # The training pipeline reads them unchanged: the file, QA grouping, the real chat template.
+  path = tmp_path / "videomarathon.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in records))
+  read = sources.read_annotations(str(path))
+  grouped = sources.group_qa(read, 5)
+  assert len(grouped) == 2 * -(-per_video // 5) and all(len(g["conversations"]) <= 10 for g in grouped)
+  tok = chat.load_tokenizer(qwen2_tokenizer)
+  ids, labels = chat.tokenize_conversation(tok, grouped[0]["conversations"], has_image=True)
+  assert (ids < 0).sum() == 1 and (labels != -100).sum() > 0
+
+  # A rerun asks nothing: every valid answer is in the cache, invalid ones were never written.
+  asked = sum(Script.calls.values())
+  again = ChatClient(server, "scripted", cache=cache, backoff=0.01)
+  records2, _ = vm.annotate_videos(paths[:2], again, again, opts, root=str(root), progress=False)
+  assert records2 == records and again.stats["cached"] > 0
+  assert sum(Script.calls.values()) - asked == again.stats["requests"] == 2 * 3   # scene, re-asked
+  cached = [json.loads(line)["reply"] for line in open(cache)]
+  assert not any(reply.startswith("Sure!") for reply in cached)
+
+
+@pytest.mark.parametrize("text,error", [
+    ("no json here", "no JSON object"),
+    ('{"open_ended": [], "multiple_choice": [{"task": "Object Attribute", "question": "q", '
+     '"options": ["a", "b"], "answer": "C"}]}', "not a letter among the 2 options"),
+    ('{"open_ended": [{"task": "Scene Recognition", "question": "q", "answer": "a"}], '
+     '"multiple_choice": []}', "task: expected one of"),
+    ('{"open_ended": [{"task": "Object Attribute", "question": "", "answer": "a"}], '
+     '"multiple_choice": []}', "question: expected a non-empty string"),
+])
+def test_malformed_qa_is_rejected_with_the_reason(text, error):
+  with pytest.raises(ValueError, match=error):
+    vm.parse_qa(text, "object")
+
+
+def test_events_outside_the_video_or_overlapping_are_rejected():
+  ok = vm.parse_events('```json\n{"events": [{"start": 0, "end": 5, "title": "a"}, '
+                       '{"start": 5, "end": 10.4, "title": "b"}]}\n```', 10)
+  assert [e["end"] for e in ok] == [5, 10]
+  for events in ('[{"start": 0, "end": 15, "title": "a"}]', '[{"start": 4, "end": 2, "title": "a"}]',
+                 '[{"start": 0, "end": 6, "title": "a"}, {"start": 2, "end": 8, "title": "b"}]',
+                 '[{"start": "0", "end": 6, "title": "a"}]'):
+    with pytest.raises(ValueError):
+      vm.parse_events('{"events": %s}' % events, 10)
+  assert np.isclose(ok[1]["start"], 5)
+
+
+def test_command_writes_the_annotation_file(server, videos, tmp_path, capsys):
+  from launch import annotate
+  root, _ = videos
+  out = tmp_path / "ann.jsonl"
+  assert annotate.main(["--videos", str(root), "--out", str(out), "--captioner", server,
+                        "--captioner-model", "scripted", "--cache", str(tmp_path / "cache"),
+                        "--clip-seconds", "10", "--frames-per-clip", "2", "--frame-size", "64",
+                        "--topics", "object", "event"]) == 0
+  records = sources.read_annotations(str(out))
+  assert {r["topic"] for r in records} == {"object", "event"} and len(records) == 2 * 5
+  assert "10 QA records from 2 of 4 videos" in capsys.readouterr().out
