@@ -84,6 +84,14 @@ def segment_mask(q_slots: jax.Array, kv_slots: jax.Array, q_segments: jax.Array,
   return mask
 
 
+def pin_masks(x: jax.Array, *ids: jax.Array) -> tuple:
+  """(x, *ids) tied together by an optimization barrier. Under a scan over layers the slots and
+  segment ids are loop-invariant, and XLA hoists every block's mask built from them out of the
+  layer loop, materialising all of them at once (22 GiB for a 64K-token ring step; 1 TB per
+  chip for blockwise attention over 256K gathered keys). Tied to x, they are not invariant."""
+  return tuple(jax.lax.optimization_barrier((x, *ids)))
+
+
 def _mesh_axes() -> dict | None:
   """The ring's mesh axes from the rule table, or None without a context mesh (e.g. when
   parameters are initialised abstractly): then there is nothing to shard and attention is local."""

@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from hourjax.ops.attention import _MASKED, segment_mask
+from hourjax.ops.attention import _MASKED, pin_masks, segment_mask
 
 BLOCK = 512          # rows and columns of one block of scores (at most; short inputs use less)
 
@@ -58,6 +58,7 @@ def _scores(q, k, scale):
 
 def _forward(q, k, v, meta, causal):
   """Blocked inputs -> (out [nq, B, K, g, bq, D], lse [nq, B, K, g, bq])."""
+  q, *meta = pin_masks(q, *meta)
   qs, qg, ks, kg = meta
   scale = q.shape[-1] ** -0.5
 
@@ -102,6 +103,7 @@ def _attention_fwd(q, k, v, meta, causal):
 
 def _attention_bwd(causal, res, d_out):
   q, k, v, meta, out, lse = res
+  d_out, *meta = pin_masks(d_out, *meta)
   qs, qg, ks, kg = meta
   scale = q.shape[-1] ** -0.5
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1)      # [nq, B, K, g, bq]

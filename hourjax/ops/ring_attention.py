@@ -58,6 +58,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from hourjax.ops.attention import pin_masks
+
 # Branches of one ring step (indices into the lax.switch table).
 _FULL, _KV_FIRST_HALF, _Q_SECOND_HALF, _SKIP = range(4)
 _INT_MIN = np.iinfo(np.int32).min
@@ -386,17 +388,9 @@ def _from_groups(x: jax.Array) -> jax.Array:
   return jnp.moveaxis(x, 3, 1).reshape(b, t, kv * g, *x.shape[4:])
 
 
-def _pin_masks(q, *ids):
-  """Tie the segment ids and slots to q. Under a scan over layers they are loop-invariant, and
-  XLA would hoist every step's and chunk's mask out of the layer loop, materialising all of
-  them at once ([P, chunks, heads, block_q, T/P]: GBs at long context)."""
-  q, *ids = jax.lax.optimization_barrier((q, *ids))
-  return (q, *ids)
-
-
 def _ring_fwd_local(cfg: RingConfig, q, k, v, qseg, kseg, qslot, kslot):
   """Per device: (out [b, t, n, d], lse [b, t, n] float32)."""
-  q, qseg, kseg, qslot, kslot = _pin_masks(q, qseg, kseg, qslot, kslot)
+  q, qseg, kseg, qslot, kslot = pin_masks(q, qseg, kseg, qslot, kslot)
   lay = cfg.lay
   kv_heads = k.shape[2]
   qg = _to_groups(q, kv_heads)
@@ -447,7 +441,7 @@ def _ring_fwd_local(cfg: RingConfig, q, k, v, qseg, kseg, qslot, kslot):
 
 def _ring_bwd_local(cfg: RingConfig, q, k, v, qseg, kseg, qslot, kslot, out, lse, dout):
   """Per device: (dq, dk, dv); the dk/dv accumulators travel with their block."""
-  dout, qseg, kseg, qslot, kslot = _pin_masks(dout, qseg, kseg, qslot, kslot)
+  dout, qseg, kseg, qslot, kslot = pin_masks(dout, qseg, kseg, qslot, kslot)
   lay = cfg.lay
   kv_heads = k.shape[2]
   qg, dog = _to_groups(q, kv_heads), _to_groups(dout.astype(q.dtype), kv_heads)
@@ -642,7 +636,7 @@ def _cross_partial_fwd(cfg: _CrossConfig, qg, k, v, kv_mask):
   float32 log-sum-exp (-inf for those rows, so that the merge gives them weight 0).
   """
   lay = cfg.lay
-  qg, kv_mask = _pin_masks(qg, kv_mask)
+  qg, kv_mask = pin_masks(qg, kv_mask)
   b, kv_heads, g, lq, d = qg.shape
   kp, vp, kseg, c, chunks = _memory_chunks(k, v, kv_mask, cfg.block_kv)
   qseg = jnp.ones((b, lq), jnp.int32)     # every query sees every key of segment 1 (valid)
@@ -668,7 +662,7 @@ def _cross_partial_bwd(cfg: _CrossConfig, res, cts):
   lay = cfg.lay
   qg, k, v, kv_mask, o, lse = res
   do, dlse = cts
-  do, kv_mask = _pin_masks(do, kv_mask)
+  do, kv_mask = pin_masks(do, kv_mask)
   b, kv_heads, g, lq, d = qg.shape
   mem = k.shape[1]
   kp, vp, kseg, c, chunks = _memory_chunks(k, v, kv_mask, cfg.block_kv)

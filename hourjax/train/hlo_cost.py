@@ -66,9 +66,10 @@ def _kind(op: str) -> str | None:
   return base if base in KINDS else None
 
 
-def collective_bytes(hlo: str) -> dict:
-  """{kind: bytes per device per run of the module} for every collective kind, plus "total"
-  and "loops" (the while loops and their trip counts, for the record)."""
+def collective_bytes(hlo: str, largest: int = 0) -> dict:
+  """{kind: bytes per device per run of the module} for every collective kind, plus "total",
+  "loops" (the while loops' trip counts, for the record) and, with `largest`, the biggest
+  contributors as (bytes, kind, group size, runs, the op's JAX source name)."""
   comps: dict[str, list] = {}
   entry, current = None, None
   for line in hlo.splitlines():
@@ -117,6 +118,7 @@ def collective_bytes(hlo: str) -> dict:
     return memo[name]
 
   out = dict.fromkeys(KINDS, 0.0)
+  parts = []
   for name, instrs in comps.items():
     times = runs(name)
     if not times:
@@ -143,6 +145,11 @@ def collective_bytes(hlo: str) -> dict:
       else:
         moved = size * (n - 1) / n
       out[kind] += times * moved
+      if largest:
+        src = re.search(r'op_name="([^"]*)"', rest)
+        parts.append((times * moved, kind, n, times, src.group(1) if src else name))
   out["total"] = sum(out[k] for k in KINDS)
   out["loops"] = sorted(loops)
+  if largest:
+    out["largest"] = sorted(parts, reverse=True)[:largest]
   return out
