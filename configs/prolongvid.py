@@ -45,7 +45,9 @@ def context_extension(size: str) -> ml_collections.ConfigDict:
   cfg.model.llm.rope_theta = ROPE_THETA
   cfg.model.memaug.rope_theta = ROPE_THETA
   if size != "tiny":
-    cfg.model.llm.attention = "ring"
+    # Ulysses within groups of the kv heads' size, a ring across them: the 256K plan's best
+    # estimate of ring / all-gather / hybrid (docs/scaling.md, "Context parallelism per plan")
+    cfg.model.llm.attention = "hybrid"
     cfg.model.llm.remat = "full"
     cfg.model.llm.scan_layers = True
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=c["sequence"]))
