@@ -125,10 +125,10 @@ def _packed_batch(corpus, seq_len=64, batch=4):
   return dataclasses.asdict(packed)
 
 
-# Context-parallel decoders and their meshes: 2 kv heads allow 2-way Ulysses; the hybrid runs
-# Ulysses in pairs and a ring of 4 pairs.
-CONTEXT_PARALLEL = {"ring": {"data": 2, "sequence": 4}, "allgather": {"data": 2, "sequence": 4},
-                    "ulysses": {"data": 4, "sequence": 2}, "hybrid": {"data": 1, "sequence": 8}}
+# Context-parallel decoders and their meshes: the hybrid runs Ulysses in pairs (2 kv heads) and
+# a ring of 4 pairs, so it covers both of its parts; all-gather and plain Ulysses are checked
+# against dense attention in tests/test_context_parallel.py (kept out of here for CI time).
+CONTEXT_PARALLEL = {"ring": {"data": 2, "sequence": 4}, "hybrid": {"data": 1, "sequence": 8}}
 
 
 @pytest.mark.parametrize("attention", list(CONTEXT_PARALLEL))

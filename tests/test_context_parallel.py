@@ -16,8 +16,6 @@ CASES = {
                          "zigzag", {}),
     "allgather_shuffled": (cp.allgather_attention, dict(sequence=8), (2, 48, 4, 1, 8), True,
                            "shuffled", {}),
-    "allgather_noncausal_uneven": (cp.allgather_attention, dict(data=2, sequence=4),
-                                   (2, 30, 4, 2, 8), False, "contiguous", {}),
     "allgather_heads_on_tensor": (cp.allgather_attention, dict(data=2, tensor=2, sequence=2),
                                   (2, 32, 4, 2, 8), True, "zigzag", {}),
     "ulysses_zigzag": (cp.ulysses_attention, dict(data=2, sequence=4), (2, 32, 8, 4, 8), True,
@@ -26,16 +24,12 @@ CASES = {
                        "contiguous", {}),
     # 2 kv heads on 8 devices: Ulysses in pairs, a ring of 4 pairs.
     "hybrid_8_zigzag": (cp.hybrid_attention, dict(sequence=8), (2, 64, 4, 2, 8), True, "zigzag", {}),
-    "hybrid_8_shuffled": (cp.hybrid_attention, dict(sequence=8), (2, 48, 4, 2, 8), True,
-                          "shuffled", {}),
     "hybrid_uneven_noncausal": (cp.hybrid_attention, dict(data=2, sequence=4), (2, 30, 4, 2, 8),
                                 False, "contiguous", dict(block_q=4)),
     "hybrid_heads_on_tensor": (cp.hybrid_attention, dict(tensor=2, sequence=4), (2, 32, 8, 4, 8),
                                True, "zigzag", {}),
     "hybrid_group_1_is_the_ring": (cp.hybrid_attention, dict(sequence=4), (2, 32, 4, 2, 8), True,
                                    "zigzag", dict(group=1)),
-    "hybrid_group_4_is_ulysses": (cp.hybrid_attention, dict(sequence=4), (2, 32, 4, 4, 8), True,
-                                  "zigzag", dict(group=4)),
 }
 
 
