@@ -134,9 +134,15 @@ def test_choose_option_reads_the_answer_position():
     assert got[i] == np.argmax(logits[i, at, options[i]])
 
 
-def test_smoke_study_writes_table_and_plot(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_work(tmp_path_factory):
+  """One workdir for the smoke studies: the splits are rendered and encoded once."""
+  return tmp_path_factory.mktemp("ablation_work")
+
+
+def test_smoke_study_writes_table_and_plot(tmp_path, smoke_work):
   from launch import ablation
-  out, work = tmp_path / "out", tmp_path / "work"
+  out, work = tmp_path / "out", smoke_work
   assert ablation.main(["--smoke", "--workdir", str(work), "--out", str(out)]) == 0
   doc = (out / "ablation.md").read_text()
   assert ablation.DOC_BEGIN in doc and "python -m launch.ablation --smoke" in doc
@@ -189,12 +195,12 @@ def test_dropped_frames_reach_the_llm_only_through_memaug():
   assert all(float(np.abs(g).max()) > 0 for g in jax.tree.leaves(grads["memaug"]))
 
 
-def test_curriculum_smoke_records_recall_on_the_dropped_needles(tmp_path):
+def test_curriculum_smoke_records_recall_on_the_dropped_needles(tmp_path, smoke_work):
   """--pretrain-steps / --recall-steps run the curriculum's stages (the shared stage cached per
   seed), the MemAug arm records its attention on the dropped evidence over training, and the
   report draws it."""
   from launch import ablation
-  out, work = tmp_path / "out", tmp_path / "work"
+  out, work = tmp_path / "out", smoke_work
   argv = ["--smoke", "--arms", "Hour-LLaVA (MemAug)", "--pretrain-steps", "2", "--recall-steps", "1",
           "--eval-every", "1", "--workdir", str(work), "--out", str(out)]
   assert ablation.main(argv) == 0
