@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+from chat_endpoint import ScriptedChat
 from hourjax.annotate import tasks
 from hourjax.annotate import videomarathon as vm
 from hourjax.data import chat, sources
@@ -20,22 +21,20 @@ from hourjax.endpoint import ChatClient
 SECONDS = 30
 
 
-class Script(http.server.BaseHTTPRequestHandler):
+class Script(ScriptedChat):
   """Answers each stage from its prompt. Malformed on purpose: the first event split of every
   video (not JSON), every "scene" QA (an answer letter outside its options), and for a video
   of 12 s, events past its end."""
   calls: collections.Counter = collections.Counter()
-
-  def log_message(self, *args):
-    pass
+  usage = {"prompt_tokens": 10, "completion_tokens": 5}
 
   def do_POST(self):
-    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    body = self.request_body()
     content = body["messages"][-1]["content"]
     text = content if isinstance(content, str) else content[-1]["text"]
     images = 0 if isinstance(content, str) else len(content) - 1
     Script.calls[text] += 1
-    self.reply(json.dumps(self.answer(text, images)) if not self.garbage(text) else "Sure! Here are the events:")
+    self.send_chat(json.dumps(self.answer(text, images)) if not self.garbage(text) else "Sure! Here are the events:")
 
   def garbage(self, text):
     return "Split the video into events" in text and Script.calls[text] % 2 == 1
@@ -61,15 +60,6 @@ class Script(http.server.BaseHTTPRequestHandler):
     return {"open_ended": [{"task": task, "question": f"What happens ({topic})?", "answer": "It moves."}],
             "multiple_choice": [{"task": task, "question": f"Which way ({topic})?",
                                  "options": ["up", "right", "left", "down"], "answer": letter}]}
-
-  def reply(self, content):
-    payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}],
-                          "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
-    self.send_response(200)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(payload)))
-    self.end_headers()
-    self.wfile.write(payload)
 
 
 @pytest.fixture(scope="module")

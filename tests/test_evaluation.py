@@ -13,6 +13,7 @@ import jax
 import pytest
 
 import lmms_eval_reference as ref
+from chat_endpoint import ScriptedChat
 from configs.hour_llava import get_config
 from conftest import QWEN_VOCAB
 from hourjax.config import model_config
@@ -348,31 +349,22 @@ def test_malformed_annotations_name_the_file_and_record(tmp_path):
     READERS["videomme"](str(tmp_path))
 
 
-class _Judge(http.server.BaseHTTPRequestHandler):
+class _Judge(ScriptedChat):
   """An OpenAI-compatible chat-completions endpoint on localhost: fails the first request of
   every new prompt with a 503, then answers by a fixed rule."""
   seen: list = []
+  usage = {"prompt_tokens": 3, "completion_tokens": 1}
 
   def do_POST(self):
-    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    body = self.request_body()
     prompt = body["messages"][-1]["content"]
     _Judge.seen.append((body["model"], prompt))
     if sum(p == prompt for _, p in _Judge.seen) == 1:
       self.send_response(503)
       self.end_headers()
       return
-    text = "garbage" if "garbage" in prompt else ("Correct" if "right" in prompt.split("Model Prediction:")[-1]
-                                                  else "Incorrect")
-    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}],
-                       "usage": {"prompt_tokens": 3, "completion_tokens": 1}}).encode()
-    self.send_response(200)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(data)))
-    self.end_headers()
-    self.wfile.write(data)
-
-  def log_message(self, *args):
-    pass
+    self.send_chat("garbage" if "garbage" in prompt else
+                   ("Correct" if "right" in prompt.split("Model Prediction:")[-1] else "Incorrect"))
 
 
 @pytest.fixture(scope="module")

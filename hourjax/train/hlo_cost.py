@@ -33,7 +33,6 @@ _INSTR = re.compile(r"^\s+(?:ROOT )?%?([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
 _SHAPE = re.compile(r"\b([a-z]\w*)\[([\d,]*)\]")
 _CALLEE = re.compile(r"\b(body|condition|calls|to_apply)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
-_CONST = re.compile(r"constant\((\d+)\)")
 
 
 def _shapes_bytes(type_text: str, arrays_only: bool = False) -> list[float]:
@@ -86,9 +85,8 @@ def collective_bytes(hlo: str, largest: int = 0) -> dict:
     raise ValueError("no ENTRY computation in the HLO text")
 
   def trip_count(cond: str) -> int:
-    consts = [int(c) for *_, rest in comps.get(cond, []) for c in _CONST.findall(rest)]
-    consts += [int(c) for _, _, op, rest in comps.get(cond, []) if op == "constant"
-               for c in re.findall(r"^(\d+)\)", rest)]
+    consts = [int(c) for _, _, op, rest in comps.get(cond, []) if op == "constant"
+              for c in re.findall(r"^(\d+)\)", rest)]
     return max(consts) if consts else 1
 
   callers = collections.defaultdict(list)          # callee -> [(caller, factor)]
