@@ -3,6 +3,7 @@ by a real encoder -> a scripted OpenAI-compatible server on localhost (fixed ans
 them malformed on purpose, to exercise the validation paths) -> annotations the training
 pipeline reads (sources, group_qa, the real Qwen2 chat template)."""
 import collections
+import hashlib
 import http.server
 import json
 import re
@@ -32,7 +33,7 @@ class Script(ScriptedChat):
     body = self.request_body()
     content = body["messages"][-1]["content"]
     text = content if isinstance(content, str) else content[-1]["text"]
-    images = 0 if isinstance(content, str) else len(content) - 1
+    images = [] if isinstance(content, str) else [part["image_url"]["url"] for part in content[:-1]]
     Script.calls[text] += 1
     self.send_chat(json.dumps(self.answer(text, images)) if not self.garbage(text) else "Sure! Here are the events:")
 
@@ -41,9 +42,12 @@ class Script(ScriptedChat):
 
   def answer(self, text, images):
     if "Describe the clip" in text:
-      assert images > 0
+      assert images
+      # Captions name what the frames hold, so each video's later prompts are its own (the
+      # malformed-answer schedule is kept per prompt and must not be shared by two videos).
       start = re.search(r"from (\d\d:\d\d:\d\d)", text).group(1)
-      return {k: f"{k} of the clip at {start}" for k in tasks.PERSPECTIVES}
+      seen = hashlib.sha1("".join(images).encode()).hexdigest()[:8]
+      return {k: f"{k} of the clip at {start} (frames {seen})" for k in tasks.PERSPECTIVES}
     if "Split the video into events" in text:
       duration = float(re.search(r"lasts (\d+) seconds", text).group(1))
       end = duration * 3 if duration < 20 else duration           # the short video: out of range
@@ -75,8 +79,8 @@ def server():
 def videos(tmp_path_factory):
   root = tmp_path_factory.mktemp("media")
   paths = []
-  for name, seconds in (("a.mp4", SECONDS), ("b.mp4", SECONDS), ("short.mp4", 12)):
-    video_lib.write_video(str(root / name), video_lib.moving_square(seconds, 2, size=64), fps=2)
+  for seed, (name, seconds) in enumerate((("a.mp4", SECONDS), ("b.mp4", SECONDS), ("short.mp4", 12))):
+    video_lib.write_video(str(root / name), video_lib.moving_square(seconds, 2, size=64, seed=seed), fps=2)
     paths.append(str(root / name))
   (root / "broken.mp4").write_bytes(b"not a video")
   return root, paths + [str(root / "broken.mp4")]
