@@ -12,6 +12,7 @@ server, or `launch.serve`), for judges and annotation pipelines.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,6 +26,19 @@ from typing import Any, Callable, Sequence
 
 class EndpointError(RuntimeError):
   """The endpoint could not give a (valid) answer."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+  """What it takes to build a `ChatClient` where it is used (a Beam worker: clients, with their
+  locks and caches, do not travel); the API key is read from that machine's environment."""
+  url: str
+  model: str
+  api_key_env: str = "OPENAI_API_KEY"
+  cache: str | None = None
+
+  def client(self) -> "ChatClient":
+    return ChatClient(self.url, self.model, os.environ.get(self.api_key_env), cache=self.cache)
 
 
 class ChatClient:

@@ -12,6 +12,14 @@ Writes one LLaVA-style record per QA pair (`video` relative to --videos, `data_s
 answer is validated and re-asked (--attempts); what stays invalid is counted and dropped. The
 cache (one JSONL file per endpoint) makes a rerun ask nothing twice, and a crash loses nothing.
 Prompts: hourjax/annotate/prompts.py (written from the paper's description; its own are images).
+
+At dataset scale, `--beam` runs the same pipeline on Apache Beam (hourjax/annotate/beam.py);
+the arguments this command does not know are Beam's pipeline options (default: the DirectRunner
+on this machine), e.g. on Flink, with the videos and caches on a filesystem every worker sees:
+
+  python -m launch.annotate --beam --videos /mnt/shared/videos --out /mnt/shared/vm.jsonl \\
+      --captioner ... --llm ... --cache /mnt/shared/annotate_cache \\
+      --runner=FlinkRunner --flink_master=flink-jobmanager:8081 --environment_type=LOOPBACK
 """
 from __future__ import annotations
 
@@ -22,13 +30,14 @@ import os
 import sys
 
 from hourjax.annotate import videomarathon as vm
-from hourjax.endpoint import ChatClient
+from hourjax.endpoint import Endpoint
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                              allow_abbrev=False)
   p.add_argument("--videos", required=True, help="folder of videos (searched recursively)")
   p.add_argument("--out", required=True, help="annotations, .jsonl")
   p.add_argument("--captioner", required=True, help="base URL of the video/image LMM endpoint")
@@ -37,11 +46,14 @@ def main(argv=None) -> int:
   p.add_argument("--llm-model", help="default: the captioner model")
   p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
   p.add_argument("--cache", default="annotate_cache", help="folder of the request caches")
+  p.add_argument("--beam", action="store_true", help="run on Apache Beam; unknown arguments are Beam's options")
   for f in dataclasses.fields(vm.Options):
     if f.name != "topics":
       p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
   p.add_argument("--topics", nargs="*", default=list(vm.Options.topics))
-  a = p.parse_args(argv)
+  a, beam_args = p.parse_known_args(argv)
+  if beam_args and not a.beam:
+    p.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam's options go with --beam)")
   opts = vm.Options(**{f.name: (tuple(a.topics) if f.name == "topics" else getattr(a, f.name))
                        for f in dataclasses.fields(vm.Options)})
   unknown = set(opts.topics) - set(vm.TOPICS)
@@ -51,11 +63,17 @@ def main(argv=None) -> int:
                  if f.lower().endswith(VIDEO_SUFFIXES))
   if not paths:
     raise SystemExit(f"--videos {a.videos}: no videos ({', '.join(VIDEO_SUFFIXES)}) found")
-  key = os.environ.get(a.api_key_env)
   os.makedirs(a.cache, exist_ok=True)
-  captioner = ChatClient(a.captioner, a.captioner_model, key, cache=os.path.join(a.cache, "captioner.jsonl"))
-  llm = ChatClient(a.llm or a.captioner, a.llm_model or a.captioner_model, key,
-                   cache=os.path.join(a.cache, "llm.jsonl"))
+  captioner = Endpoint(a.captioner, a.captioner_model, a.api_key_env, os.path.join(a.cache, "captioner.jsonl"))
+  llm = Endpoint(a.llm or a.captioner, a.llm_model or a.captioner_model, a.api_key_env,
+                 os.path.join(a.cache, "llm.jsonl"))
+  if a.beam:
+    from hourjax.annotate import beam
+    stats = beam.run(paths, captioner, llm, opts, out=a.out, root=a.videos, pipeline_args=beam_args)
+    print(f"{stats['qa']} QA records from {stats['videos']} of {len(paths)} videos -> {a.out} (Beam); "
+          f"dropped: {_drops(stats)}")
+    return 0
+  captioner, llm = captioner.client(), llm.client()
   records, stats = vm.annotate_videos(paths, captioner, llm, opts, root=a.videos)
   tmp = a.out + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
@@ -63,9 +81,12 @@ def main(argv=None) -> int:
       f.write(json.dumps(r, ensure_ascii=False) + "\n")
   os.replace(tmp, a.out)
   print(f"{len(records)} QA records from {stats['videos']} of {len(paths)} videos -> {a.out}; "
-        f"dropped: {dict((k, v) for k, v in stats.items() if k not in ('videos', 'qa'))}; "
-        f"captioner {captioner.stats}; llm {llm.stats}")
+        f"dropped: {_drops(stats)}; captioner {captioner.stats}; llm {llm.stats}")
   return 0
+
+
+def _drops(stats: dict) -> dict:
+  return {k: v for k, v in stats.items() if k not in ("videos", "qa")}
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import os
 import sys
 from typing import Any
 
-import numpy as np
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,23 +40,23 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
-def prepare(a: argparse.Namespace) -> tuple[Any, dict, Any]:
-  """(the loaded checkpoint, the one-prompt batch, the video's VideoInfo) for the arguments."""
+def prepare(a: argparse.Namespace) -> tuple[Any, Any, Any]:
+  """(the loaded checkpoint, the one-prompt batch, the video's VideoInfo) for the arguments: the
+  question asked as the server reads a chat message with a video part (`infer.messages`)."""
   from hourjax.data import video
   from hourjax.data.batching import Buckets, collate
   from hourjax.infer.checkpoint import open_model
-  from hourjax.infer.encode import video_features
-  from hourjax.infer.generate import prompt_ids
+  from hourjax.infer.messages import VisualOptions, read_prompt
 
   loaded = open_model(a.params, tokenizer=a.tokenizer, deterministic=a.deterministic)
   info = video.probe(a.video)
-  indices = video.official_frame_indices(info.frames, info.fps, min_frames=a.min_frames)
-  features = video_features(loaded.model, loaded.params, a.video, indices, loaded.cfg.vision.image_size,
-                            a.chunk, resample=a.resample)
-  ids = prompt_ids(loaded.tokenizer, a.question, None if a.no_time_instruction else info.duration, len(indices))
-  sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "features": features}
-  buckets = Buckets(frames=(len(features),), text=(-(-len(ids) // 64) * 64,))
-  return loaded, collate([sample], loaded.cfg, buckets), info
+  options = VisualOptions(a.chunk, a.min_frames, a.resample, not a.no_time_instruction)
+  prompt = read_prompt(loaded, [{"role": "user", "content": [
+      {"type": "video_url", "video_url": {"url": os.path.abspath(a.video)}}, {"type": "text", "text": a.question}]}],
+      options)
+  ids = prompt.sample["input_ids"]
+  buckets = Buckets(frames=(prompt.frames,), text=(-(-len(ids) // 64) * 64,))
+  return loaded, collate([prompt.sample], loaded.cfg, buckets), info
 
 
 def main(argv=None) -> int:

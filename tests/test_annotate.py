@@ -167,3 +167,52 @@ def test_command_writes_the_annotation_file(server, videos, tmp_path, capsys):
   records = sources.read_annotations(str(out))
   assert {r["topic"] for r in records} == {"object", "event"} and len(records) == 2 * 5
   assert "10 QA records from 2 of 4 videos" in capsys.readouterr().out
+  beam_out = tmp_path / "beam.jsonl"
+  argv = ["--videos", str(root), "--out", str(beam_out), "--captioner", server, "--captioner-model", "scripted",
+          "--cache", str(tmp_path / "cache"), "--clip-seconds", "10", "--frames-per-clip", "2",
+          "--frame-size", "64", "--topics", "object", "event", "--direct_num_workers=1"]
+  with pytest.raises(SystemExit):          # a Beam option without --beam
+    annotate.main(argv)
+  assert annotate.main(argv + ["--beam", "--runner=DirectRunner"]) == 0
+  assert sorted(map(json.dumps, sources.read_annotations(str(beam_out)))) == sorted(map(json.dumps, records))
+  assert "10 QA records from 2 of 4 videos" in capsys.readouterr().out
+
+
+def test_beam_runner_writes_what_one_machine_writes(server, videos, tmp_path):
+  """The same pipeline on Apache Beam's DirectRunner (launch.annotate --beam): the same records
+  and the same drop counts, as Beam counters."""
+  from hourjax.annotate import beam
+  from hourjax.endpoint import Endpoint
+  root, paths = videos
+  opts = vm.Options(clip_seconds=10, frames_per_clip=2, frame_size=64, concurrency=2, topics=("object", "event"))
+  client = ChatClient(server, "scripted", cache=str(tmp_path / "local.jsonl"), backoff=0.01)
+  local, local_stats = vm.annotate_videos(paths, client, client, opts, root=str(root), progress=False)
+  endpoint = Endpoint(server, "scripted", cache=str(tmp_path / "beam_cache.jsonl"))
+  out = tmp_path / "beam.jsonl"
+  stats = beam.run(paths, endpoint, endpoint, opts, out=str(out), root=str(root),
+                   pipeline_args=["--runner=DirectRunner"])
+  records = [json.loads(line) for line in open(out)]
+  assert sorted(records, key=lambda r: r["id"]) == sorted(local, key=lambda r: r["id"]) and len(records) == 10
+  assert stats == local_stats and stats["videos_unreadable"] == 1
+
+
+def test_training_steps_on_the_generated_annotations(server, videos, tmp_path):
+  """The records the pipeline writes (scripted server) train the tiny Hour-LLaVA through the real
+  pipeline and loop (launch.train, stage 3, QA grouped by `group_qa`): every sample is read."""
+  from hourjax.synthetic.tokenizer import save_tiny_tokenizer
+  from launch import train
+  root, paths = videos
+  opts = vm.Options(clip_seconds=10, frames_per_clip=2, frame_size=64, topics=("object", "event"),
+                    data_source=root.name)          # the records' media: {data root}/{data_source}/{video}
+  client = ChatClient(server, "scripted", cache=str(tmp_path / "cache.jsonl"), backoff=0.01)
+  records, _ = vm.annotate_videos(paths[:2], client, client, opts, root=str(root), progress=False)
+  (tmp_path / "vm.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  save_tiny_tokenizer(str(tmp_path / "tokenizer"))
+  workdir = tmp_path / "run"
+  assert train.main(["--config", "configs/hour_llava.py:tiny,stage=3", "--workdir", str(workdir),
+                     f"data.root={root.parent}", f"data.sources=({{'annotations': '{tmp_path / 'vm.jsonl'}', "
+                     "'group_qa': 5},)", f"data.read.tokenizer={tmp_path / 'tokenizer'}", "data.batch_size=4",
+                     "mesh.fsdp=4", "mesh.sequence=2", "train.steps=2", "train.checkpoint_every=10"]) == 0
+  summary = json.load(open(workdir / "summary.json"))
+  assert summary["last_step"] == 2 and summary["data"]["skipped"] == 0 and np.isfinite(summary["last_loss"])
+  assert summary["data"]["samples_video"] == 8        # 2 videos x 2 grouped samples, twice

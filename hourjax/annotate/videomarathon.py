@@ -50,6 +50,58 @@ class Options:
   attempts: int = 3               # asks per stage before the answer is dropped
   concurrency: int = 4            # videos in flight
   data_source: str = "custom"     # the records' `data_source` (their sub-folder of the media root)
+  # How each stage asks for its JSON: "json_schema" (the stage's schema as `response_format`:
+  # vLLM, SGLang, OpenAI, launch.serve decode constrained to it), "json_object" (any JSON: e.g.
+  # DeepSeek's API) or "none" (the prompt alone asks for it).
+  response_format: str = "json_schema"
+  max_text_chars: int = 0         # > 0: every free-text field's maxLength in the schemas (small models)
+
+  def __post_init__(self):
+    if self.response_format not in ("json_schema", "json_object", "none"):
+      raise ValueError(f"response_format={self.response_format!r}: expected json_schema, json_object or none")
+
+
+# -- schemas: what each stage's answer must look like, as response_format ---------------------
+
+def _string(opts: Options) -> dict:
+  return {"type": "string", "minLength": 1, **({"maxLength": opts.max_text_chars} if opts.max_text_chars else {})}
+
+
+def _object(properties: dict) -> dict:
+  return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def caption_schema(opts: Options) -> dict:
+  return _object({k: _string(opts) for k in PERSPECTIVES})
+
+
+def events_schema(duration: float, opts: Options) -> dict:
+  seconds = {"type": "number", "minimum": 0, "maximum": round(duration, 3)}
+  event = _object({"start": seconds, "end": seconds, "title": _string(opts)})
+  return _object({"events": {"type": "array", "items": event, "minItems": 1}})
+
+
+def summary_schema(opts: Options) -> dict:
+  return _object({"summary": _string(opts)})
+
+
+def qa_schema(topic: str, opts: Options) -> dict:
+  task = {"enum": sorted(set(TOPICS[topic]) - {SUMMARY_TASK})}
+  open_ended = _object({"task": task, "question": _string(opts), "answer": _string(opts)})
+  choice = _object({"task": task, "question": _string(opts),
+                    "options": {"type": "array", "items": _string(opts), "minItems": 4, "maxItems": 4},
+                    "answer": {"enum": list(LETTERS[:4])}})
+  return _object({"open_ended": {"type": "array", "items": open_ended, "maxItems": opts.qa_per_format},
+                  "multiple_choice": {"type": "array", "items": choice, "maxItems": opts.qa_per_format}})
+
+
+def response_format(name: str, schema: dict, opts: Options) -> dict:
+  """The request parameter that asks for the stage's JSON (none with response_format="none")."""
+  if opts.response_format == "json_schema":
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}}
+  if opts.response_format == "json_object":
+    return {"response_format": {"type": "json_object"}}
+  return {}
 
 
 # -- validators: text -> value, or ValueError (the client re-asks) ---------------------------
@@ -141,11 +193,12 @@ def _data_url(frame: np.ndarray) -> str:
   return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _ask(client, prompt: str, parse, images: Sequence[str] = (), attempts: int = 3, **params):
+def _ask(client, prompt: str, parse, opts: Options, schema: tuple[str, dict], images: Sequence[str] = ()):
   content: Any = prompt if not images else (
       [{"type": "image_url", "image_url": {"url": u}} for u in images] + [{"type": "text", "text": prompt}])
   messages = [{"role": "system", "content": prompts.SYSTEM}, {"role": "user", "content": content}]
-  reply = client.complete(messages, validate=parse, attempts=attempts, temperature=0, **params)
+  reply = client.complete(messages, validate=parse, attempts=opts.attempts, temperature=0,
+                          **response_format(*schema, opts))
   return parse(reply)
 
 
@@ -165,20 +218,20 @@ def clips_of(path: str, opts: Options) -> tuple[list[dict], float]:
 
 def caption_clips(clips: list[dict], captioner, opts: Options) -> list[dict]:
   for c in clips:
-    c["caption"] = _ask(captioner, prompts.clip_caption(c["start"], c["end"]), parse_caption,
-                        [_data_url(f) for f in c["frames"]], opts.attempts)
+    c["caption"] = _ask(captioner, prompts.clip_caption(c["start"], c["end"]), parse_caption, opts,
+                        ("clip_caption", caption_schema(opts)), [_data_url(f) for f in c["frames"]])
   return clips
 
 
 def events_of(clips: list[dict], duration: float, llm, opts: Options) -> list[dict]:
-  events = _ask(llm, prompts.event_split(clips, duration),
-                lambda t: parse_events(t, duration), attempts=opts.attempts)
+  events = _ask(llm, prompts.event_split(clips, duration), lambda t: parse_events(t, duration), opts,
+                ("events", events_schema(duration, opts)))
   for i, e in enumerate(events):
     inside = [c for c in clips if c["end"] > e["start"] and c["start"] < e["end"]] or clips[:1]
     before = events[i - 1]["title"] if i else None
     after = events[i + 1]["title"] if i + 1 < len(events) else None
-    e["summary"] = _ask(llm, prompts.event_summary(e, inside, before, after), parse_summary,
-                        attempts=opts.attempts)
+    e["summary"] = _ask(llm, prompts.event_summary(e, inside, before, after), parse_summary, opts,
+                        ("event_summary", summary_schema(opts)))
   return events
 
 
@@ -222,7 +275,8 @@ def annotate_video(path: str, captioner, llm, opts: Options, root: str = "") -> 
     stats["videos_too_few_events"] += 1
     return [], stats
   try:
-    caption = _ask(llm, prompts.global_summary(events, duration), parse_summary, attempts=opts.attempts)
+    caption = _ask(llm, prompts.global_summary(events, duration), parse_summary, opts,
+                   ("global_summary", summary_schema(opts)))
   except EndpointError:
     stats["videos_dropped_invalid_answers"] += 1
     return [], stats
@@ -231,7 +285,7 @@ def annotate_video(path: str, captioner, llm, opts: Options, root: str = "") -> 
   for topic in opts.topics:
     try:
       got = _ask(llm, prompts.qa(topic, clips, caption, opts.qa_per_format),
-                 lambda t, topic=topic: parse_qa(t, topic), attempts=opts.attempts)
+                 lambda t, topic=topic: parse_qa(t, topic), opts, ("qa", qa_schema(topic, opts)))
     except EndpointError:
       stats["qa_topics_dropped"] += 1
       continue

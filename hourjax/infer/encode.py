@@ -24,13 +24,21 @@ def video_features(model: Any, params: Any, path: str, indices: np.ndarray, size
   """Frames `indices` of the video at `path` -> float32 [T, pool^2, C], `chunk` frames per call
   (the last chunk is padded, so one program serves every chunk); frames resized as training and
   the official processor do (PIL bicubic) unless `resample="swscale"`."""
-  encode = _encoder(model)
   chunk = min(chunk, len(indices))
+  return np.concatenate([frame_features(model, params, video.decode_frames(path, indices[s:s + chunk], size,
+                                                                           resample=resample), chunk)
+                         for s in range(0, len(indices), chunk)])
+
+
+def frame_features(model: Any, params: Any, frames: np.ndarray, chunk: int = 128) -> np.ndarray:
+  """uint8 frames [T, S, S, 3] (decoded, or images taken as frames) -> float32 [T, pool^2, C],
+  exactly `chunk` frames per call (the last chunk padded: one program for every chunk)."""
+  encode = _encoder(model)
   out = []
-  for start in range(0, len(indices), chunk):
-    frames = video.decode_frames(path, indices[start:start + chunk], size, resample=resample)
-    n = len(frames)
+  for start in range(0, len(frames), chunk):
+    part = frames[start:start + chunk]
+    n = len(part)
     if n < chunk:
-      frames = np.concatenate([frames, np.zeros((chunk - n, *frames.shape[1:]), frames.dtype)])
-    out.append(np.asarray(encode(params, frames[None]))[0, :n])
+      part = np.concatenate([part, np.zeros((chunk - n, *part.shape[1:]), part.dtype)])
+    out.append(np.asarray(encode(params, part[None]))[0, :n])
   return np.concatenate(out).astype(np.float32)

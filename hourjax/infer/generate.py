@@ -33,19 +33,39 @@ class Sampling:
   max_new_tokens: int = 64
 
 
+def nucleus(logits: jax.Array, top_p: jax.Array | float) -> jax.Array:
+  """logits [B, V] with every token outside the nucleus (the smallest set of tokens holding
+  `top_p` of the probability, per row when top_p is [B, 1]) at -inf; the top token always stays."""
+  order = jnp.argsort(-logits, -1)
+  sorted_logits = jnp.take_along_axis(logits, order, -1)
+  probs = jax.nn.softmax(sorted_logits, -1)
+  before = jnp.cumsum(probs, -1) - probs            # mass of the tokens ranked above
+  sorted_logits = jnp.where(before < top_p, sorted_logits, -jnp.inf)
+  return jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+
+
 def sample_token(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
   """logits [B, V] -> tokens [B]."""
   if sampling.temperature == 0:
     return jnp.argmax(logits, -1)
   logits = logits / sampling.temperature
   if sampling.top_p < 1:
-    order = jnp.argsort(-logits, -1)
-    sorted_logits = jnp.take_along_axis(logits, order, -1)
-    probs = jax.nn.softmax(sorted_logits, -1)
-    before = jnp.cumsum(probs, -1) - probs            # mass of the tokens ranked above
-    sorted_logits = jnp.where(before < sampling.top_p, sorted_logits, -jnp.inf)   # keeps the top one
-    logits = jnp.full_like(logits, -jnp.inf).at[jnp.arange(logits.shape[0])[:, None], order].set(sorted_logits)
+    logits = nucleus(logits, sampling.top_p)
   return jax.random.categorical(key, logits, -1)
+
+
+def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                allowed: jax.Array | None = None) -> jax.Array:
+  """Each row with its own settings (a server's batch of requests): logits [B, V], keys [B],
+  temperature / top_p [B] (temperature 0: greedy), `allowed` [B, V] bool (constrained decoding:
+  only these tokens) -> tokens [B]."""
+  if allowed is not None:
+    logits = jnp.where(allowed, logits, -jnp.inf)
+  greedy = jnp.argmax(logits, -1)
+  scaled = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+  scaled = jax.lax.cond(jnp.any(top_p < 1), lambda x: nucleus(x, top_p[:, None]), lambda x: x, scaled)
+  sampled = jax.vmap(lambda k, x: jax.random.categorical(k, x))(keys, scaled)
+  return jnp.where(temperature > 0, sampled, greedy)
 
 
 _PROGRAMS: dict[Any, Any] = {}
