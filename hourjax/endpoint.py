@@ -4,6 +4,7 @@ server, or `launch.serve`), for judges and annotation pipelines.
     client = ChatClient("http://localhost:8000/v1", "gpt-3.5-turbo-1106", cache="/runs/judge.jsonl")
     text = client.complete([{"role": "user", "content": "..."}], max_tokens=128, validate=parse)
 
+- At most `concurrency` requests in flight from this client, however many threads use it.
 - Timeouts, and retries with exponential backoff on connection errors, timeouts, 429 and 5xx.
 - An on-disk cache keyed by the request (endpoint model + messages + parameters): a rerun asks
   nothing twice, and every answer is appended and flushed as it arrives, so a crash loses
@@ -36,15 +37,17 @@ class Endpoint:
   model: str
   api_key_env: str = "OPENAI_API_KEY"
   cache: str | None = None
+  concurrency: int = 16
 
   def client(self) -> "ChatClient":
-    return ChatClient(self.url, self.model, os.environ.get(self.api_key_env), cache=self.cache)
+    return ChatClient(self.url, self.model, os.environ.get(self.api_key_env), cache=self.cache,
+                      concurrency=self.concurrency)
 
 
 class ChatClient:
 
   def __init__(self, url: str, model: str, api_key: str | None = None, *, cache: str | None = None,
-               timeout: float = 120.0, retries: int = 5, backoff: float = 1.0):
+               timeout: float = 120.0, retries: int = 5, backoff: float = 1.0, concurrency: int = 16):
     url = url.rstrip("/")
     self.url = url if url.endswith("/chat/completions") else f"{url}/chat/completions"
     self.model, self.api_key, self.timeout = model, api_key, timeout
@@ -52,6 +55,7 @@ class ChatClient:
     self.cache_path = cache
     self._cache: dict[str, str] = {}
     self._lock = threading.Lock()
+    self._slots = threading.BoundedSemaphore(max(1, concurrency))
     self.stats = {"requests": 0, "cached": 0, "retries": 0, "invalid": 0, "prompt_tokens": 0,
                   "completion_tokens": 0}
     if cache and os.path.exists(cache):
@@ -109,7 +113,7 @@ class ChatClient:
         self.stats["requests"] += 1
       try:
         request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
+        with self._slots, urllib.request.urlopen(request, timeout=self.timeout) as response:
           payload = json.loads(response.read().decode("utf-8"))
         usage = payload.get("usage") or {}
         with self._lock:

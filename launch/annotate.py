@@ -46,6 +46,7 @@ def main(argv=None) -> int:
   p.add_argument("--llm-model", help="default: the captioner model")
   p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
   p.add_argument("--cache", default="annotate_cache", help="folder of the request caches")
+  p.add_argument("--max-in-flight", type=int, default=16, help="requests in flight per endpoint")
   p.add_argument("--beam", action="store_true", help="run on Apache Beam; unknown arguments are Beam's options")
   for f in dataclasses.fields(vm.Options):
     if f.name != "topics":
@@ -64,9 +65,10 @@ def main(argv=None) -> int:
   if not paths:
     raise SystemExit(f"--videos {a.videos}: no videos ({', '.join(VIDEO_SUFFIXES)}) found")
   os.makedirs(a.cache, exist_ok=True)
-  captioner = Endpoint(a.captioner, a.captioner_model, a.api_key_env, os.path.join(a.cache, "captioner.jsonl"))
+  captioner = Endpoint(a.captioner, a.captioner_model, a.api_key_env, os.path.join(a.cache, "captioner.jsonl"),
+                       a.max_in_flight)
   llm = Endpoint(a.llm or a.captioner, a.llm_model or a.captioner_model, a.api_key_env,
-                 os.path.join(a.cache, "llm.jsonl"))
+                 os.path.join(a.cache, "llm.jsonl"), a.max_in_flight)
   if a.beam:
     from hourjax.annotate import beam
     stats = beam.run(paths, captioner, llm, opts, out=a.out, root=a.videos, pipeline_args=beam_args)

@@ -16,6 +16,19 @@ def siglip(path, use_head=True, layers=3, seed=0):
   return model
 
 
+def siglip_pair(path, seed=0):
+  """A SiglipModel (text and vision towers, as google/siglip-so400m-patch14-384 is released)."""
+  text = transformers.SiglipTextConfig(vocab_size=120, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+                                       num_attention_heads=4, max_position_embeddings=16, projection_size=40,
+                                       bos_token_id=None, eos_token_id=1, pad_token_id=1)
+  vision = transformers.SiglipVisionConfig(hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+                                           num_attention_heads=4, image_size=56, patch_size=14)
+  model = randomize_torch(transformers.SiglipModel(
+      transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())), seed)
+  model.save_pretrained(path)
+  return model
+
+
 def qwen2_config(tie=False, kv_heads=2, theta=1e6, layers=2):
   return transformers.Qwen2Config(vocab_size=96, hidden_size=64, intermediate_size=112,
                                   num_hidden_layers=layers, num_attention_heads=8,

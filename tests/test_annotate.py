@@ -3,11 +3,13 @@ by a real encoder -> a scripted OpenAI-compatible server on localhost (fixed ans
 them malformed on purpose, to exercise the validation paths) -> annotations the training
 pipeline reads (sources, group_qa, the real Qwen2 chat template)."""
 import collections
+import concurrent.futures
 import hashlib
 import http.server
 import json
 import re
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -216,3 +218,30 @@ def test_training_steps_on_the_generated_annotations(server, videos, tmp_path):
   summary = json.load(open(workdir / "summary.json"))
   assert summary["last_step"] == 2 and summary["data"]["skipped"] == 0 and np.isfinite(summary["last_loss"])
   assert summary["data"]["samples_video"] == 8        # 2 videos x 2 grouped samples, twice
+
+
+class Slow(ScriptedChat):
+  """Answers after a short wait, counting the requests in flight."""
+  lock, now, most = threading.Lock(), 0, 0
+
+  def do_POST(self):
+    body = self.request_body()
+    with Slow.lock:
+      Slow.now += 1
+      Slow.most = max(Slow.most, Slow.now)
+    time.sleep(0.05)
+    with Slow.lock:
+      Slow.now -= 1
+    self.send_chat(body["messages"][-1]["content"])
+
+
+def test_client_keeps_its_concurrency_limit():
+  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  try:
+    client = ChatClient(f"http://127.0.0.1:{httpd.server_port}/v1", "slow", concurrency=2)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+      replies = list(pool.map(lambda i: client.complete([{"role": "user", "content": str(i)}]), range(12)))
+  finally:
+    httpd.shutdown()
+  assert replies == [str(i) for i in range(12)] and Slow.most == 2 and client.stats["requests"] == 12

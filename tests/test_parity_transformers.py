@@ -3,6 +3,7 @@ module, < 1e-4 for whole models. Runs through the user-facing verify tool."""
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import hf_models
 from tools.convert_torch.verify import verify_hf_dir
@@ -64,3 +65,29 @@ def test_llava_onevision_vision_projector(tmp_path):
   errors = verify_hf_dir(str(tmp_path))
   assert errors["vision+projector"] < 1e-5, errors
   assert errors["text logits"] < 1e-5, errors
+
+
+def test_siglip_text_tower_and_image_text_similarity(tmp_path):
+  """SigLIP's text tower from a SiglipModel checkpoint (kind siglip_text), and the vision half
+  of the same file: transformers' text and image embeddings and its image-text logits."""
+  from hourjax.convert import import_torch
+  from hourjax.models import build
+  ref = hf_models.siglip_pair(tmp_path)
+  errors = verify_hf_dir(str(tmp_path), kind="siglip_text")
+  assert max(errors.values()) < 1e-5, errors
+  text, vision = import_torch(str(tmp_path), "siglip_text"), import_torch(str(tmp_path))
+  rng = np.random.default_rng(3)
+  ids = rng.integers(0, 120, (3, 16))
+  px = rng.uniform(-1, 1, (2, 56, 56, 3)).astype(np.float32)
+  t = jit_apply(build.build("siglip_text", text.config), text.params, ids)["pooler_output"]
+  v = jit_apply(build.build("siglip", vision.config), vision.params, px)["pooler_output"]
+  t, v = (np.asarray(x) / np.linalg.norm(x, axis=-1, keepdims=True) for x in (t, v))
+  with torch.no_grad():
+    r = ref(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(px.transpose(0, 3, 1, 2)))
+  logits = t @ v.T * ref.logit_scale.exp().item() + ref.logit_bias.item()
+  assert rel_err(logits, r.logits_per_text.numpy()) < 1e-5
+  from hourjax.convert import export_torch          # and back: transformers loads it, bit for bit
+  export_torch(str(tmp_path / "text"), "siglip_text", text.config, text.params)
+  back = transformers.SiglipTextModel.from_pretrained(str(tmp_path / "text"), dtype=torch.float32).state_dict()
+  for k, value in ref.text_model.state_dict().items():
+    assert torch.equal(value, back[k]), k

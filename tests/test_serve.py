@@ -77,6 +77,9 @@ def _text_sample(tok, question):
 
 def test_models_and_a_greedy_text_answer(served):
   assert [m.id for m in served["client"].models.list().data] == ["hj-tiny"]
+  assert served["client"].models.retrieve("hj-tiny").owned_by == "hourjax"
+  with pytest.raises(openai.NotFoundError):
+    served["client"].models.retrieve("gpt-4o")
   tok = served["loaded"].tokenizer
   r = _ask(served, "Hello, who are you?")
   sample = _text_sample(tok, "Hello, who are you?")

@@ -1,6 +1,7 @@
 """Import PyTorch checkpoints into hourjax parameters and export them back, by checkpoint kind.
 
-Kinds: "siglip" (SiglipVisionModel, or the vision half of SiglipModel), "qwen2"
+Kinds: "siglip" (SiglipVisionModel, or the vision half of SiglipModel), "siglip_text"
+(SiglipTextModel, or the text half of SiglipModel: pass kind="siglip_text"), "qwen2"
 (Qwen2ForCausalLM), "llava_onevision" (transformers' LlavaOnevisionForConditionalGeneration),
 "llava" (the original LLaVA-NeXT / OneVision layout, model_type "llava" or "llava_qwen") and
 "hour_llava" (official Hour-LLaVA, model_type "hour_llava_qwen"). The last three become an
@@ -23,10 +24,12 @@ from hourjax.models import build
 
 log = logging.getLogger("hourjax.convert")
 
-SOURCE_KINDS = ("siglip", "qwen2", "llava_onevision", "llava", "hour_llava")
-MODEL_KIND = {"siglip": "siglip", "qwen2": "qwen2", "llava_onevision": "hour_llava", "llava": "hour_llava",
+SOURCE_KINDS = ("siglip", "siglip_text", "qwen2", "llava_onevision", "llava", "hour_llava")
+MODEL_KIND = {"siglip": "siglip", "siglip_text": "siglip_text", "qwen2": "qwen2",
+              "llava_onevision": "hour_llava", "llava": "hour_llava",
               "hour_llava": "hour_llava"}
-_MODEL_TYPES = {"siglip_vision_model": "siglip", "siglip": "siglip", "qwen2": "qwen2",
+_MODEL_TYPES = {"siglip_vision_model": "siglip", "siglip": "siglip", "siglip_text_model": "siglip_text",
+                "qwen2": "qwen2",
                 "llava_onevision": "llava_onevision", "llava": "llava", "llava_qwen": "llava",
                 "hour_llava_qwen": "hour_llava"}
 NO_MEMAUG = ("llava_onevision", "llava")      # LLaVA checkpoints: MemAug is initialised
@@ -53,7 +56,8 @@ def detect_kind(hf_config: dict) -> str:
 
 
 def config_from_hf(kind: str, hf_config: dict, **overrides):
-  return {"siglip": siglip.config_from_hf, "qwen2": qwen2.config_from_hf,
+  return {"siglip": siglip.config_from_hf, "siglip_text": siglip.text_config_from_hf,
+          "qwen2": qwen2.config_from_hf,
           "llava_onevision": llava_onevision.config_from_hf, "llava": llava.config_from_hf,
           "hour_llava": hour_llava.config_from_hf}[kind](hf_config, **overrides)
 
@@ -65,6 +69,10 @@ def table(kind: str, cfg, keys=None) -> tuple[list[Rule], tuple[str, ...]]:
     prefix = "" if keys is None else find_prefix(keys, "embeddings.patch_embedding.weight")
     outside = rf"(?!{re.escape(prefix)}).*" if prefix else r"(?!)"
     return prefixed(siglip.rules(cfg), "", prefix), siglip.IGNORE + (outside,)
+  if kind == "siglip_text":
+    prefix = "" if keys is None else find_prefix(keys, "embeddings.token_embedding.weight")
+    outside = rf"(?!{re.escape(prefix)}).*" if prefix else r"(?!)"
+    return prefixed(siglip.text_rules(cfg), "", prefix), siglip.IGNORE + (outside,)
   if kind == "qwen2":
     decoder = "model." if keys is None else find_prefix(keys, "embed_tokens.weight")
     return qwen2.rules(cfg, decoder), qwen2.ignore(cfg)
@@ -140,5 +148,6 @@ def export_torch(out_dir: str, kind: str, cfg, params: dict, source_config: dict
   elif kind == "hour_llava":
     config = {**(source_config or {}), **hour_llava.config_to_hf(cfg)}
   else:
-    config = {**(source_config or {}), **{"siglip": siglip.config_to_hf, "qwen2": qwen2.config_to_hf}[kind](cfg)}
+    to_hf = {"siglip": siglip.config_to_hf, "siglip_text": siglip.text_config_to_hf, "qwen2": qwen2.config_to_hf}
+    config = {**(source_config or {}), **to_hf[kind](cfg)}
   return write_hf_dir(out_dir, to_torch(rules, params), config, dtype=dtype)

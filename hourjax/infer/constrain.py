@@ -51,7 +51,7 @@ def json_grammar(schema: dict | None) -> str:
     raise ValueError(f"invalid JSON schema: {e}") from None
   error = llguidance.LLMatcher.validate_grammar(grammar)
   if error and not error.startswith("WARNING"):
-    raise ValueError(f"invalid JSON schema: {error.splitlines()[0]}")
+    raise ValueError(f"invalid JSON schema: {' '.join(error.split())[:300]}")
   return grammar
 
 

@@ -95,6 +95,8 @@ def read_image(url: str, size: int) -> np.ndarray:
 
 
 def _parts(content: Any, i: int) -> list[dict]:
+  if content is None:                 # an assistant turn that only called tools
+    return []
   if isinstance(content, str):
     return [{"type": "text", "text": content}]
   if not isinstance(content, list) or not all(isinstance(p, dict) for p in content):

@@ -2,7 +2,7 @@
 under uvicorn).
 
     app = create_app(engine, "hourjax-hl7b")      # engine: infer.engine.Engine
-    GET  /v1/models
+    GET  /v1/models, /v1/models/{name}
     POST /v1/chat/completions   {"model", "messages", "max_tokens" | "max_completion_tokens",
                                  "temperature", "top_p", "stop", "seed", "stream",
                                  "stream_options": {"include_usage"},
@@ -37,7 +37,7 @@ from hourjax.infer.messages import RequestError, VisualOptions, read_prompt
 
 
 def _error(status: int, message: str, param: str | None = None, code: str | None = None) -> JSONResponse:
-  kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "server_error")
+  kind = "not_found_error" if status == 404 else "invalid_request_error" if status < 500 else "server_error"
   return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code}}, status)
 
 
@@ -110,10 +110,18 @@ def create_app(engine: Engine, model_name: str, visual: VisualOptions = VisualOp
   async def health():
     return {"status": "ok", "engine": dict(engine.stats)}
 
+  card = {"id": model_name, "object": "model", "created": created, "owned_by": "hourjax"}
+
   @app.get("/v1/models")
   async def models():
-    return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                        "owned_by": "hourjax"}]}
+    return {"object": "list", "data": [card]}
+
+  @app.get("/v1/models/{name:path}")
+  async def model(name: str):
+    if name != model_name:
+      return _error(404, f"The model {name!r} does not exist; this server serves {model_name!r}", "model",
+                    "model_not_found")
+    return card
 
   @app.post("/v1/chat/completions")
   async def chat_completions(http: HttpRequest):

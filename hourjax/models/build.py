@@ -12,12 +12,13 @@ from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.models.hour_llava import HourLlava, HourLlavaConfig
 from hourjax.models.memaug import MemAug, MemAugConfig
 from hourjax.models.qwen2 import Qwen2, Qwen2Config
-from hourjax.models.siglip import SiglipConfig, SiglipVision
+from hourjax.models.siglip import SiglipConfig, SiglipText, SiglipTextConfig, SiglipVision
 from hourjax.ops.attention import SEQUENCE_PARALLEL
 
-CONFIGS = {"siglip": SiglipConfig, "qwen2": Qwen2Config, "memaug": MemAugConfig,
+CONFIGS = {"siglip": SiglipConfig, "siglip_text": SiglipTextConfig, "qwen2": Qwen2Config, "memaug": MemAugConfig,
            "hour_llava": HourLlavaConfig}
-MODELS = {"siglip": SiglipVision, "qwen2": Qwen2, "memaug": MemAug, "hour_llava": HourLlava}
+MODELS = {"siglip": SiglipVision, "siglip_text": SiglipText, "qwen2": Qwen2, "memaug": MemAug,
+          "hour_llava": HourLlava}
 
 
 def config_from_dict(kind: str, d: dict[str, Any]):
@@ -41,6 +42,8 @@ def _init_args(kind: str, cfg) -> tuple[tuple, dict]:
     return (jnp.zeros((1, cfg.image_size, cfg.image_size, 3)),), {}
   if kind == "qwen2":
     return (jnp.zeros((1, 2), jnp.int32),), {}
+  if kind == "siglip_text":
+    return (jnp.zeros((1, cfg.max_positions), jnp.int32),), {}
   if kind == "memaug":
     x = jnp.zeros((1, 2, cfg.hidden_size))
     pos = jnp.zeros((1, 2), jnp.int32)

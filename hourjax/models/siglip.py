@@ -175,3 +175,55 @@ class SiglipVision(nn.Module):
     if c.use_head:
       out["pooler_output"] = SiglipMAPHead(c, name="head", **kw)(out["last_hidden_state"])
     return selected if feature_layer is not None else out
+
+
+@dataclasses.dataclass(frozen=True)
+class SiglipTextConfig:
+  """transformers' `SiglipTextConfig` (so400m's text tower: 1152 wide, 27 layers, 64 positions)."""
+  vocab_size: int = 32000
+  hidden_size: int = 1152
+  intermediate_size: int = 4304
+  num_layers: int = 27
+  num_heads: int = 16
+  max_positions: int = 64
+  projection_size: int = 1152
+  layer_norm_eps: float = 1e-6
+  init: str = "normal"
+
+  def __post_init__(self):
+    init_std(self.init)
+
+  @property
+  def encoder(self) -> SiglipConfig:
+    """The encoder layers are the vision tower's."""
+    return SiglipConfig(hidden_size=self.hidden_size, intermediate_size=self.intermediate_size,
+                        num_layers=self.num_layers, num_heads=self.num_heads,
+                        layer_norm_eps=self.layer_norm_eps, init=self.init)
+
+
+class SiglipText(nn.Module):
+  """SigLIP's text tower, numerically equal to transformers' `SiglipTextModel`: token + position
+  embeddings, the bidirectional pre-LN encoder, a final LayerNorm, and the last position's state
+  through a linear head as the text embedding (`pooler_output`). As SigLIP was trained, texts
+  are padded to `max_positions` (the processor's `padding="max_length"`) and no mask is used."""
+  cfg: SiglipTextConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array) -> dict[str, jax.Array]:
+    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if input_ids.shape[1] > c.max_positions:
+      raise ValueError(f"SigLIP text of {input_ids.shape[1]} tokens: at most {c.max_positions}")
+    tokens = nn.Embed(c.vocab_size, c.hidden_size, name="tok_embed", embedding_init=nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (ax.VOCAB, ax.EMBED)), **kw)(input_ids)
+    pos = self.param("pos_embed", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, ax.EMBED)), (c.max_positions, c.hidden_size), self.param_dtype)
+    x = tokens + pos[:input_ids.shape[1]].astype(self.dtype)[None]
+    layers = stack.make(SiglipEncoderLayer, c.num_layers, scan=False, remat="none", num_shared=0, cfg=c.encoder, **kw)
+    for layer in layers:
+      x, _ = layer(x)
+    x = layer_norm(c.layer_norm_eps, name="final_ln", **kw)(x)
+    pooled = dense(c.projection_size, (ax.EMBED, ax.EMBED), use_bias=True, name="head", init_std=init_std(c.init),
+                   **kw)(x[:, -1])
+    return {"last_hidden_state": x, "pooler_output": pooled}

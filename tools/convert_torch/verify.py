@@ -98,11 +98,12 @@ def _verify_end_to_end(f, c, sd):
   return errors
 
 
-def verify_hf_dir(path: str, seed: int = 0) -> dict[str, float]:
-  """transformers (float32) vs hourjax on the same seeded random inputs."""
+def verify_hf_dir(path: str, seed: int = 0, kind: str | None = None) -> dict[str, float]:
+  """transformers (float32) vs hourjax on the same seeded random inputs (`kind`: as
+  convert.py's, e.g. "siglip_text" for a SiglipModel's text tower)."""
   import torch
   import transformers
-  conv = api.import_torch(path, key=jax.random.key(seed))
+  conv = api.import_torch(path, kind, key=jax.random.key(seed))
   rng = np.random.default_rng(seed)
   kind, cfg = conv.source_kind, conv.config
   errors = {}
@@ -118,6 +119,13 @@ def verify_hf_dir(path: str, seed: int = 0) -> dict[str, float]:
         errors["pooler_output"] = rel_err(out["pooler_output"], r.pooler_output.numpy())
       mid = model.apply({"params": conv.params}, px.transpose(0, 2, 3, 1), feature_layer=-1)
       errors["hidden_states[-1]"] = rel_err(mid, r.hidden_states[-1].numpy())
+    elif kind == "siglip_text":
+      ref = transformers.SiglipTextModel.from_pretrained(path, dtype=torch.float32).eval()
+      ids = rng.integers(0, cfg.vocab_size, (2, cfg.max_positions))
+      r = ref(torch.from_numpy(ids))
+      out = build.build("siglip_text", cfg).apply({"params": conv.params}, ids)
+      for name in ("last_hidden_state", "pooler_output"):
+        errors[name] = rel_err(out[name], getattr(r, name).numpy())
     elif kind == "qwen2":
       ref = transformers.Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
       ids = rng.integers(0, cfg.vocab_size, (2, 24))
@@ -149,8 +157,10 @@ def main(argv=None) -> int:
   src.add_argument("--hf-dir", help="HF model directory (SigLIP, Qwen2 or LLaVA-OneVision)")
   p.add_argument("--tol", type=float, default=1e-5, help="max relative error (default 1e-5)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--kind", help="with --hf-dir: the checkpoint kind (default: from config.json; "
+                 "siglip_text for a SiglipModel's text tower)")
   a = p.parse_args(argv)
-  errors = verify_fixture(a.fixture) if a.fixture else verify_hf_dir(a.hf_dir, a.seed)
+  errors = verify_fixture(a.fixture) if a.fixture else verify_hf_dir(a.hf_dir, a.seed, a.kind)
   width = max(len(k) for k in errors)
   for name, err in errors.items():
     print(f"{name:<{width}}  rel err {err:.2e}  {'ok' if err <= a.tol else 'ABOVE TOLERANCE'}")
