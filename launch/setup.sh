@@ -8,7 +8,7 @@ WANT="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   echo "[setup] installing the pinned environment into $VENV (about a minute)" >&2
   python3.11 -m venv "$VENV" 2>/dev/null || python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[torch,test,tpu,study,serve,beam]" 2>&1 \
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[torch,test,tpu,study,serve,annotate]" 2>&1 \
     | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
   "$VENV/bin/python" -c "import hourjax, jax, flax, torch, transformers" \
     || { echo "[setup] install failed" >&2; exit 1; }
