@@ -20,6 +20,13 @@ on this machine), e.g. on Flink, with the videos and caches on a filesystem ever
   python -m launch.annotate --beam --videos /mnt/shared/videos --out /mnt/shared/vm.jsonl \\
       --captioner ... --llm ... --cache /mnt/shared/annotate_cache \\
       --runner=FlinkRunner --flink_master=flink-jobmanager:8081 --environment_type=LOOPBACK
+
+`--pipeline prolongvid` builds ProLongVid's data instead (hourjax/annotate/prolongvid.py): a
+caption per frame, semantic segments from a SigLIP checkpoint's two towers, segment captions, the
+video's dense caption and QA of four task types by three input strategies:
+
+  python -m launch.annotate --pipeline prolongvid --siglip /ckpt/siglip-so400m-patch14-384 \\
+      --videos /data/myvideos --out /data/plv.jsonl --captioner ... --llm ...
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import json
 import os
 import sys
 
+from hourjax.annotate import prolongvid as plv
 from hourjax.annotate import videomarathon as vm
 from hourjax.endpoint import Endpoint
 
@@ -48,18 +56,32 @@ def main(argv=None) -> int:
   p.add_argument("--cache", default="annotate_cache", help="folder of the request caches")
   p.add_argument("--max-in-flight", type=int, default=16, help="requests in flight per endpoint")
   p.add_argument("--beam", action="store_true", help="run on Apache Beam; unknown arguments are Beam's options")
-  for f in dataclasses.fields(vm.Options):
+  p.add_argument("--pipeline", default="videomarathon", choices=("videomarathon", "prolongvid"))
+  p.add_argument("--siglip", help="prolongvid: a SiglipModel checkpoint (transformers layout) whose two towers "
+                 "give the segmentation's features")
+  p.add_argument("--siglip-tokenizer", help="prolongvid: its tokenizer directory (default: --siglip)")
+  fields = {f.name: f for o in (vm.Options, plv.Options) for f in dataclasses.fields(o)}
+  for f in fields.values():     # each pipeline's Options; a field they share is one flag
     if f.name != "topics":
-      p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+      p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=None,
+                     help=f"default: {f.default}")
   p.add_argument("--topics", nargs="*", default=list(vm.Options.topics))
   a, beam_args = p.parse_known_args(argv)
   if beam_args and not a.beam:
     p.error(f"unrecognized arguments: {' '.join(beam_args)} (Beam's options go with --beam)")
-  opts = vm.Options(**{f.name: (tuple(a.topics) if f.name == "topics" else getattr(a, f.name))
-                       for f in dataclasses.fields(vm.Options)})
-  unknown = set(opts.topics) - set(vm.TOPICS)
-  if unknown:
-    raise SystemExit(f"--topics {sorted(unknown)}: expected some of {list(vm.TOPICS)}")
+  options = vm.Options if a.pipeline == "videomarathon" else plv.Options
+  given = {k: v for k, v in vars(a).items() if k in fields and k != "topics" and v is not None}
+  wrong = set(given) - {f.name for f in dataclasses.fields(options)}
+  if wrong:
+    p.error(f"--{', --'.join(sorted(wrong)).replace('_', '-')}: not an option of the {a.pipeline} pipeline")
+  if a.pipeline == "videomarathon":
+    given["topics"] = tuple(a.topics)
+    unknown = set(a.topics) - set(vm.TOPICS)
+    if unknown:
+      raise SystemExit(f"--topics {sorted(unknown)}: expected some of {list(vm.TOPICS)}")
+  elif a.beam or not a.siglip:
+    p.error("--pipeline prolongvid runs on one machine and needs --siglip")
+  opts = options(**given)
   paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(a.videos) for f in fs
                  if f.lower().endswith(VIDEO_SUFFIXES))
   if not paths:
@@ -76,7 +98,11 @@ def main(argv=None) -> int:
           f"dropped: {_drops(stats)}")
     return 0
   captioner, llm = captioner.client(), llm.client()
-  records, stats = vm.annotate_videos(paths, captioner, llm, opts, root=a.videos)
+  if a.pipeline == "prolongvid":
+    records, stats = plv.annotate_videos(paths, captioner, llm, siglip_features(a.siglip, a.siglip_tokenizer),
+                                         opts, root=a.videos)
+  else:
+    records, stats = vm.annotate_videos(paths, captioner, llm, opts, root=a.videos)
   tmp = a.out + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     for r in records:
@@ -85,6 +111,25 @@ def main(argv=None) -> int:
   print(f"{len(records)} QA records from {stats['videos']} of {len(paths)} videos -> {a.out}; "
         f"dropped: {_drops(stats)}; captioner {captioner.stats}; llm {llm.stats}")
   return 0
+
+
+def siglip_features(path: str, tokenizer: str | None = None):
+  """The segmentation's features from a SigLIP checkpoint's vision (MAP head) and text towers."""
+  import jax
+  import transformers
+  from hourjax.convert import import_torch
+  from hourjax.models import build
+  towers = [import_torch(path, kind) for kind in ("siglip", "siglip_text")]
+  if not towers[0].config.use_head:
+    raise SystemExit(f"--siglip {path}: the vision tower has no attention-pooling head (vision_use_head)")
+  tok = transformers.AutoTokenizer.from_pretrained(tokenizer or path)
+  length = towers[1].config.max_positions
+
+  def tokenize(texts):
+    return tok(list(texts), padding="max_length", max_length=length, truncation=True, return_tensors="np")["input_ids"]
+  vision, text = (jax.tree.map(jax.numpy.asarray, t.params) for t in towers)
+  return plv.siglip_features(build.build("siglip", towers[0].config), vision,
+                             build.build("siglip_text", towers[1].config), text, tokenize)
 
 
 def _drops(stats: dict) -> dict:

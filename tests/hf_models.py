@@ -16,9 +16,9 @@ def siglip(path, use_head=True, layers=3, seed=0):
   return model
 
 
-def siglip_pair(path, seed=0):
+def siglip_pair(path, seed=0, vocab=120):
   """A SiglipModel (text and vision towers, as google/siglip-so400m-patch14-384 is released)."""
-  text = transformers.SiglipTextConfig(vocab_size=120, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+  text = transformers.SiglipTextConfig(vocab_size=vocab, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
                                        num_attention_heads=4, max_position_embeddings=16, projection_size=40,
                                        bos_token_id=None, eos_token_id=1, pad_token_id=1)
   vision = transformers.SiglipVisionConfig(hidden_size=40, intermediate_size=72, num_hidden_layers=2,

@@ -2,6 +2,7 @@
 CPU devices, with scanned + rematerialised layers and ring attention (zig-zag decoder ring,
 LSE-merged MemAug memory), equals the plain single-device computation."""
 import dataclasses
+import functools
 
 import jax
 import pytest
@@ -29,14 +30,21 @@ def _sharded_config(attention):
 
 # The LLM sequence is text_len - 1 + 35 visual tokens: 60 splits into 2 x 2 zig-zag chunks,
 # 55 does not (the ring pads it).
-@pytest.mark.parametrize("attention,text_len", [("xla", 24), ("ring", 26), ("ring", 21)],
-                         ids=["xla", "ring-zigzag", "ring-padded"])
-def test_sharded_loss_and_grads_equal_single_device(attention, text_len):
+@functools.lru_cache(maxsize=1)
+def _single_device(text_len):
+  """(params, batch, loss, grads) of the plain computation, shared by the cases of one length."""
   params = build.init_params("hour_llava", CFG, jax.random.key(0))
   batch = synthetic_batch(CFG, jax.random.key(1), [20, 9, 31, 16], text_len, pixels=True)
-  rng = jax.random.key(2)
   model = build.build("hour_llava", CFG)
-  loss, grads = jax.jit(jax.value_and_grad(lambda p: loss_fn(model, p, batch, rng)[0]))(params)
+  loss, grads = jax.jit(jax.value_and_grad(lambda p: loss_fn(model, p, batch, jax.random.key(2))[0]))(params)
+  return params, batch, loss, grads
+
+
+@pytest.mark.parametrize("attention,text_len", [("xla", 26), ("ring", 26), ("ring", 21)],
+                         ids=["xla", "ring-zigzag", "ring-padded"])
+def test_sharded_loss_and_grads_equal_single_device(attention, text_len):
+  params, batch, loss, grads = _single_device(text_len)
+  rng = jax.random.key(2)
 
   cfg = _sharded_config(attention)
   mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 1, "sequence": 2})

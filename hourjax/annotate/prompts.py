@@ -78,3 +78,52 @@ def qa(topic: str, clips: Sequence[dict], global_caption: str, per_format: int,
           'Return {"open_ended": [{"task": string, "question": string, "answer": string}, ...], '
           '"multiple_choice": [{"task": string, "question": string, "options": [string, ...], '
           '"answer": "A"|"B"|"C"|"D"}, ...]}.')
+
+
+# -- ProLongVid (paper §3.2-3.4) ---------------------------------------------------------------
+
+# Its four QA task types (paper §3.4), with the definitions the QA prompts carry.
+PROLONGVID_TASKS = {
+    "Video Summarization": "a concise summary of the video content",
+    "General Video QA": "a question about objects, attributes, actions, trajectories or reasoning "
+                        "grounded in the video's details, and its answer",
+    "Creative Writing": "imaginative content inspired by the video (a story, a poem, an advertisement)",
+    "Temporal Understanding": "a question about the order, timing or causes of events in the video, "
+                              "and its answer",
+}
+
+
+def frame_caption() -> str:
+  """Asked with one frame (the segmentation's per-frame caption)."""
+  return 'Describe this video frame in one sentence. Return {"caption": string}.'
+
+
+def segment_caption(start: float, end: float, whole: bool) -> str:
+  """Asked with the segment's frames as images, in order."""
+  what = "a whole video" if whole else f"one segment of a video, from {_stamp(start)} to {_stamp(end)}"
+  return (f"The images are frames of {what}, in order. Describe in detail what happens: the scene, "
+          "the objects and people, their attributes and actions, and how things change over time. "
+          'Return {"caption": string}.')
+
+
+def video_caption(segments: Sequence[dict], duration: float) -> str:
+  lines = "\n".join(f"[{_stamp(s['start'])}-{_stamp(s['end'])}] {s['caption']}" for s in segments)
+  return (f"A video of {duration:.0f} seconds consists of these segments, described in order:\n{lines}\n"
+          "Write one dense caption of the whole video that follows the segments in order and connects "
+          'them. Return {"caption": string}.')
+
+
+def prolongvid_qa(strategy: str, tasks: Sequence[str], global_caption: str, segments: Sequence[dict],
+                  count: int) -> str:
+  """QA generation by one of the paper's input strategies: "global" (the video's description),
+  "segments" (several segments' descriptions with their times: temporal relations across them)
+  or "segment" (one segment's description, with the global one as background)."""
+  defs = "\n".join(f'- "{t}": {PROLONGVID_TASKS[t]}' for t in tasks)
+  local = "\n".join(f"[{_stamp(s['start'])}-{_stamp(s['end'])}] {s['caption']}" for s in segments)
+  source = {"global": f"The video's description:\n{global_caption}",
+            "segments": f"Descriptions of the video's segments, in order:\n{local}",
+            "segment": f"The whole video, as background: {global_caption}\nOne of its segments, in "
+                       f"detail:\n{local}\nAsk about the details of this segment."}[strategy]
+  return (f"{source}\nWrite {count} question-answer pairs about the video, each of one of these task "
+          f"types:\n{defs}\nQuestions must be answerable from the video alone; refer to moments by what "
+          'happens. Return {"qa": [{"task": string, "question": string, "answer": string}, ...]}.')

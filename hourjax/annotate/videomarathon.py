@@ -63,35 +63,35 @@ class Options:
 
 # -- schemas: what each stage's answer must look like, as response_format ---------------------
 
-def _string(opts: Options) -> dict:
+def string_schema(opts: Options) -> dict:
   return {"type": "string", "minLength": 1, **({"maxLength": opts.max_text_chars} if opts.max_text_chars else {})}
 
 
-def _object(properties: dict) -> dict:
+def object_schema(properties: dict) -> dict:
   return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
 def caption_schema(opts: Options) -> dict:
-  return _object({k: _string(opts) for k in PERSPECTIVES})
+  return object_schema({k: string_schema(opts) for k in PERSPECTIVES})
 
 
 def events_schema(duration: float, opts: Options) -> dict:
   seconds = {"type": "number", "minimum": 0, "maximum": round(duration, 3)}
-  event = _object({"start": seconds, "end": seconds, "title": _string(opts)})
-  return _object({"events": {"type": "array", "items": event, "minItems": 1}})
+  event = object_schema({"start": seconds, "end": seconds, "title": string_schema(opts)})
+  return object_schema({"events": {"type": "array", "items": event, "minItems": 1}})
 
 
 def summary_schema(opts: Options) -> dict:
-  return _object({"summary": _string(opts)})
+  return object_schema({"summary": string_schema(opts)})
 
 
 def qa_schema(topic: str, opts: Options) -> dict:
   task = {"enum": sorted(set(TOPICS[topic]) - {SUMMARY_TASK})}
-  open_ended = _object({"task": task, "question": _string(opts), "answer": _string(opts)})
-  choice = _object({"task": task, "question": _string(opts),
-                    "options": {"type": "array", "items": _string(opts), "minItems": 4, "maxItems": 4},
+  open_ended = object_schema({"task": task, "question": string_schema(opts), "answer": string_schema(opts)})
+  choice = object_schema({"task": task, "question": string_schema(opts),
+                    "options": {"type": "array", "items": string_schema(opts), "minItems": 4, "maxItems": 4},
                     "answer": {"enum": list(LETTERS[:4])}})
-  return _object({"open_ended": {"type": "array", "items": open_ended, "maxItems": opts.qa_per_format},
+  return object_schema({"open_ended": {"type": "array", "items": open_ended, "maxItems": opts.qa_per_format},
                   "multiple_choice": {"type": "array", "items": choice, "maxItems": opts.qa_per_format}})
 
 
@@ -106,7 +106,7 @@ def response_format(name: str, schema: dict, opts: Options) -> dict:
 
 # -- validators: text -> value, or ValueError (the client re-asks) ---------------------------
 
-def _json(text: str) -> dict:
+def parse_json(text: str) -> dict:
   m = re.search(r"\{.*\}", text, re.S)              # tolerate ```json fences and a preamble
   if not m:
     raise ValueError("no JSON object in the answer")
@@ -119,23 +119,23 @@ def _json(text: str) -> dict:
   return value
 
 
-def _text(value: Any, name: str) -> str:
+def text_field(value: Any, name: str) -> str:
   if not isinstance(value, str) or not value.strip():
     raise ValueError(f"{name}: expected a non-empty string, got {value!r:.60}")
   return value.strip()
 
 
 def parse_caption(text: str) -> dict[str, str]:
-  d = _json(text)
-  return {k: _text(d.get(k), k) for k in PERSPECTIVES}
+  d = parse_json(text)
+  return {k: text_field(d.get(k), k) for k in PERSPECTIVES}
 
 
 def parse_summary(text: str) -> str:
-  return _text(_json(text).get("summary"), "summary")
+  return text_field(parse_json(text).get("summary"), "summary")
 
 
 def parse_events(text: str, duration: float, tolerance: float = 1.0) -> list[dict]:
-  events = _json(text).get("events")
+  events = parse_json(text).get("events")
   if not isinstance(events, list) or not events:
     raise ValueError("events: expected a non-empty list")
   out, last = [], 0.0
@@ -149,13 +149,13 @@ def parse_events(text: str, duration: float, tolerance: float = 1.0) -> list[dic
       raise ValueError(f"events[{i}]: [{start}, {end}] s outside the {duration:.0f} s video or "
                        "overlapping the previous event")
     out.append({"start": float(start), "end": float(min(end, duration)),
-                "title": _text(e.get("title"), f"events[{i}].title")})
+                "title": text_field(e.get("title"), f"events[{i}].title")})
     last = end
   return out
 
 
 def parse_qa(text: str, topic: str) -> dict[str, list[dict]]:
-  d = _json(text)
+  d = parse_json(text)
   tasks = set(TOPICS[topic]) - {SUMMARY_TASK}
   out: dict[str, list[dict]] = {"open_ended": [], "multiple_choice": []}
   for fmt in out:
@@ -165,14 +165,14 @@ def parse_qa(text: str, topic: str) -> dict[str, list[dict]]:
     for i, q in enumerate(items):
       if not isinstance(q, dict) or q.get("task") not in tasks:
         raise ValueError(f"{fmt}[{i}].task: expected one of {sorted(tasks)}")
-      item = {"task": q["task"], "question": _text(q.get("question"), f"{fmt}[{i}].question")}
+      item = {"task": q["task"], "question": text_field(q.get("question"), f"{fmt}[{i}].question")}
       if fmt == "open_ended":
-        item["answer"] = _text(q.get("answer"), f"{fmt}[{i}].answer")
+        item["answer"] = text_field(q.get("answer"), f"{fmt}[{i}].answer")
       else:
         options = q.get("options")
         if not isinstance(options, list) or not 2 <= len(options) <= len(LETTERS):
           raise ValueError(f"{fmt}[{i}].options: expected 2-{len(LETTERS)} options")
-        item["options"] = [_text(o, f"{fmt}[{i}].options") for o in options]
+        item["options"] = [text_field(o, f"{fmt}[{i}].options") for o in options]
         answer = q.get("answer")
         if not isinstance(answer, str) or answer.strip().upper() not in LETTERS[:len(options)]:
           raise ValueError(f"{fmt}[{i}].answer={answer!r}: not a letter among the "
@@ -186,14 +186,14 @@ def parse_qa(text: str, topic: str) -> dict[str, list[dict]]:
 
 # -- stages -----------------------------------------------------------------------------------
 
-def _data_url(frame: np.ndarray) -> str:
+def data_url(frame: np.ndarray) -> str:
   from PIL import Image
   buf = io.BytesIO()
   Image.fromarray(frame).save(buf, format="JPEG", quality=90)
   return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _ask(client, prompt: str, parse, opts: Options, schema: tuple[str, dict], images: Sequence[str] = ()):
+def ask(client, prompt: str, parse, opts: Options, schema: tuple[str, dict], images: Sequence[str] = ()):
   content: Any = prompt if not images else (
       [{"type": "image_url", "image_url": {"url": u}} for u in images] + [{"type": "text", "text": prompt}])
   messages = [{"role": "system", "content": prompts.SYSTEM}, {"role": "user", "content": content}]
@@ -218,19 +218,19 @@ def clips_of(path: str, opts: Options) -> tuple[list[dict], float]:
 
 def caption_clips(clips: list[dict], captioner, opts: Options) -> list[dict]:
   for c in clips:
-    c["caption"] = _ask(captioner, prompts.clip_caption(c["start"], c["end"]), parse_caption, opts,
-                        ("clip_caption", caption_schema(opts)), [_data_url(f) for f in c["frames"]])
+    c["caption"] = ask(captioner, prompts.clip_caption(c["start"], c["end"]), parse_caption, opts,
+                        ("clip_caption", caption_schema(opts)), [data_url(f) for f in c["frames"]])
   return clips
 
 
 def events_of(clips: list[dict], duration: float, llm, opts: Options) -> list[dict]:
-  events = _ask(llm, prompts.event_split(clips, duration), lambda t: parse_events(t, duration), opts,
+  events = ask(llm, prompts.event_split(clips, duration), lambda t: parse_events(t, duration), opts,
                 ("events", events_schema(duration, opts)))
   for i, e in enumerate(events):
     inside = [c for c in clips if c["end"] > e["start"] and c["start"] < e["end"]] or clips[:1]
     before = events[i - 1]["title"] if i else None
     after = events[i + 1]["title"] if i + 1 < len(events) else None
-    e["summary"] = _ask(llm, prompts.event_summary(e, inside, before, after), parse_summary, opts,
+    e["summary"] = ask(llm, prompts.event_summary(e, inside, before, after), parse_summary, opts,
                         ("event_summary", summary_schema(opts)))
   return events
 
@@ -275,7 +275,7 @@ def annotate_video(path: str, captioner, llm, opts: Options, root: str = "") -> 
     stats["videos_too_few_events"] += 1
     return [], stats
   try:
-    caption = _ask(llm, prompts.global_summary(events, duration), parse_summary, opts,
+    caption = ask(llm, prompts.global_summary(events, duration), parse_summary, opts,
                    ("global_summary", summary_schema(opts)))
   except EndpointError:
     stats["videos_dropped_invalid_answers"] += 1
@@ -284,7 +284,7 @@ def annotate_video(path: str, captioner, llm, opts: Options, root: str = "") -> 
           "answer": caption}]                        # answered by the global caption (paper §3)
   for topic in opts.topics:
     try:
-      got = _ask(llm, prompts.qa(topic, clips, caption, opts.qa_per_format),
+      got = ask(llm, prompts.qa(topic, clips, caption, opts.qa_per_format),
                  lambda t, topic=topic: parse_qa(t, topic), opts, ("qa", qa_schema(topic, opts)))
     except EndpointError:
       stats["qa_topics_dropped"] += 1

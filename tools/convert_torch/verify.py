@@ -56,7 +56,7 @@ def load_memaug_fixture(path: str):
 
 def _verify_memaug(path):
   cfg, params, inputs, ref = load_memaug_fixture(path)
-  y = build.build("memaug", cfg).apply({"params": params}, *inputs)
+  y = _apply(build.build("memaug", cfg), params, *inputs)
   return {"outputs.y": rel_err(y[0], ref)}
 
 
@@ -98,6 +98,11 @@ def _verify_end_to_end(f, c, sd):
   return errors
 
 
+def _apply(model, params, *args, **static):
+  """`model.apply` under jit: run eagerly, a model dispatches thousands of small ops one by one."""
+  return jax.jit(lambda p, a: model.apply({"params": p}, *a, **static))(params, args)
+
+
 def verify_hf_dir(path: str, seed: int = 0, kind: str | None = None) -> dict[str, float]:
   """transformers (float32) vs hourjax on the same seeded random inputs (`kind`: as
   convert.py's, e.g. "siglip_text" for a SiglipModel's text tower)."""
@@ -113,23 +118,23 @@ def verify_hf_dir(path: str, seed: int = 0, kind: str | None = None) -> dict[str
       px = rng.uniform(-1, 1, (2, 3, cfg.image_size, cfg.image_size)).astype(np.float32)
       r = ref(torch.from_numpy(px), output_hidden_states=True)
       model = build.build("siglip", cfg)
-      out = model.apply({"params": conv.params}, px.transpose(0, 2, 3, 1))
+      out = _apply(model, conv.params, px.transpose(0, 2, 3, 1))
       errors["last_hidden_state"] = rel_err(out["last_hidden_state"], r.last_hidden_state.numpy())
       if cfg.use_head:
         errors["pooler_output"] = rel_err(out["pooler_output"], r.pooler_output.numpy())
-      mid = model.apply({"params": conv.params}, px.transpose(0, 2, 3, 1), feature_layer=-1)
+      mid = _apply(model, conv.params, px.transpose(0, 2, 3, 1), feature_layer=-1)
       errors["hidden_states[-1]"] = rel_err(mid, r.hidden_states[-1].numpy())
     elif kind == "siglip_text":
       ref = transformers.SiglipTextModel.from_pretrained(path, dtype=torch.float32).eval()
       ids = rng.integers(0, cfg.vocab_size, (2, cfg.max_positions))
       r = ref(torch.from_numpy(ids))
-      out = build.build("siglip_text", cfg).apply({"params": conv.params}, ids)
+      out = _apply(build.build("siglip_text", cfg), conv.params, ids)
       for name in ("last_hidden_state", "pooler_output"):
         errors[name] = rel_err(out[name], getattr(r, name).numpy())
     elif kind == "qwen2":
       ref = transformers.Qwen2ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
       ids = rng.integers(0, cfg.vocab_size, (2, 24))
-      logits, _ = build.build("qwen2", cfg).apply({"params": conv.params}, ids)
+      logits, _ = _apply(build.build("qwen2", cfg), conv.params, ids)
       errors["logits"] = rel_err(logits, ref(torch.from_numpy(ids)).logits.numpy())
     elif kind == "llava_onevision":
       ref = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(path, dtype=torch.float32).eval()
@@ -138,11 +143,11 @@ def verify_hf_dir(path: str, seed: int = 0, kind: str | None = None) -> dict[str
       hs = ref.model.vision_tower(torch.from_numpy(px), output_hidden_states=True).hidden_states
       ref_tokens = ref.model.multi_modal_projector(hs[cfg.feature_layer]).numpy()
       model = build.build("hour_llava", cfg)
-      tokens = model.apply({"params": conv.params}, px.transpose(0, 2, 3, 1)[:, None], False,
-                           method=lambda m, p, pool: m.projector(m.encode_frames(p, pool)))
+      tokens = _apply(model, conv.params, px.transpose(0, 2, 3, 1)[:, None],
+                      method=lambda m, p: m.projector(m.encode_frames(p, False)))
       errors["vision+projector"] = rel_err(tokens[:, 0], ref_tokens)
       ids = rng.integers(0, cfg.llm.vocab_size, (2, 24))
-      logits = model.apply({"params": conv.params}, ids, np.ones_like(ids))["logits"]
+      logits = _apply(model, conv.params, ids, np.ones_like(ids))["logits"]
       errors["text logits"] = rel_err(logits, ref.model.language_model(torch.from_numpy(ids)).last_hidden_state
                                       .matmul(ref.lm_head.weight.T).numpy())
     else:
