@@ -20,6 +20,17 @@ frames of 5-20 minute videos (ProLongVid's README; its stage-2 script: lr 1e-5, 
 warmup, one epoch, projector and LLM trained, vision frozen, no time instruction). The model
 is Hour-LLaVA's (configs/hour_llava.py) with the decoder's rope_theta raised from 1e6 to 1e9;
 MemAug trains with the LLM. Annotations need a `duration` (seconds) per video for the filters.
+
+What a stage's frame count means here (`token_budget`): the input frames fill Hour-LLaVA's
+memory repository, which holds at least 128 frames (shorter inputs are padded); a quarter of it
+is retained as decayed queries, 17 LLM tokens each (16 spatially kept + the newline). So the
+progressive stages grow the memory, not the LLM's context, as ProLongVid's own model would
+(12 x 13 = 156 tokens per frame):
+
+  stage | input frames | memory frames | retained frames | LLM visual tokens | ProLongVid's model
+  1     | 32           | 128           | 32              | 544               | 4,992
+  2     | 128          | 128           | 32              | 544               | 19,968
+  3     | 192          | 192           | 48              | 816               | 29,952
 """
 from __future__ import annotations
 
@@ -93,3 +104,18 @@ def get_config(arg: str = "7b,stage=1") -> ml_collections.ConfigDict:
     cfg.data.batch_size = 128
   cfg.data.buckets.frames = (st["frames"],)
   return cfg
+
+
+def token_budget(arg: str) -> dict[str, int]:
+  """A stage's frame count in Hour-LLaVA's terms (the table in this module's docstring), from the
+  model's own forgetting layout: input, memory and retained frames and the LLM's visual tokens."""
+  from hourjax.config import model_config
+  from hourjax.models.forgetting import video_layout
+  cfg = get_config(arg)
+  frames = int(cfg.data.read.frames.split(":")[1])
+  model = model_config(cfg.model)
+  layout = video_layout([frames], model.forgetting)
+  retained = int(layout.num_retained[0])
+  per_frame = model.forgetting.spatial_count(model.pool_size ** 2) + 1
+  return {"input frames": frames, "memory frames": int(layout.memory_frames.shape[1]),
+          "retained frames": retained, "LLM visual tokens": retained * per_frame}

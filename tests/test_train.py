@@ -208,6 +208,13 @@ def test_prolongvid_stages(synth, tmp_path):
   assert kept and all(r["duration"] < 30 for r in kept)
   with pytest.raises(ValueError, match="stage"):
     prolongvid.get_config("7b,stage=5")
+  # The docstring's table of what the frame counts mean is the model's own layout.
+  rows = [line.split("|") for line in prolongvid.__doc__.splitlines() if line.strip()[:1].isdigit()]
+  for row in rows:
+    stage, *numbers = (int(x.replace(",", "")) for x in row)
+    budget = prolongvid.token_budget(f"7b,stage={stage}")
+    assert list(budget.values()) == numbers[:4] and numbers[4] == budget["input frames"] * 12 * 13
+  assert len(rows) == len(prolongvid.STAGES)
 
 
 def test_resume_onto_another_mesh(synth, tmp_path):

@@ -188,11 +188,11 @@ def siglip_features(vision: Any, vision_params: Any, text: Any, text_params: Any
   """`features` from SigLIP's two towers (hourjax modules and their params, passed in: this layer
   builds no model) and a tokenizer giving [N, max_positions] ids, as SigLIP's processor pads."""
   import jax
-  encode_image = jax.jit(lambda p, x: vision.apply({"params": p}, x.astype("float32") / 127.5 - 1)["pooler_output"])
+  encode_image = jax.jit(lambda p, x: vision.apply({"params": p}, x)["pooler_output"])
   encode_text = jax.jit(lambda p, ids: text.apply({"params": p}, ids)["pooler_output"])
 
   def features(frames: np.ndarray, captions: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    image = np.concatenate([np.asarray(encode_image(vision_params, frames[i:i + chunk]))
+    image = np.concatenate([np.asarray(encode_image(vision_params, video_lib.to_siglip(frames[i:i + chunk])))
                             for i in range(0, len(frames), chunk)])
     return image, np.asarray(encode_text(text_params, tokenize(captions)))
   return features
