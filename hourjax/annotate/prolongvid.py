@@ -20,7 +20,6 @@ description as background for its details. Every answer is validated as in `vide
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import dataclasses
 import os
 import random
@@ -29,8 +28,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hourjax.annotate import prompts, segments as seg
-from hourjax.annotate.videomarathon import (ask, data_url, object_schema, parse_json, string_schema,
-                                            text_field)
+from hourjax.annotate.videomarathon import (ask, check_response_format, data_url, object_schema, parse_json,
+                                            run_videos, string_schema, text_field)
 from hourjax.data import video as video_lib
 from hourjax.endpoint import EndpointError
 
@@ -56,8 +55,7 @@ class Options:
   max_text_chars: int = 0
 
   def __post_init__(self):
-    if self.response_format not in ("json_schema", "json_object", "none"):
-      raise ValueError(f"response_format={self.response_format!r}: expected json_schema, json_object or none")
+    check_response_format(self.response_format)
 
 
 def parse_caption(text: str) -> str:
@@ -170,17 +168,8 @@ def annotate_video(path: str, captioner, llm, features: Features, opts: Options,
 def annotate_videos(paths: Sequence[str], captioner, llm, features: Features, opts: Options = Options(),
                     root: str = "", progress: bool = True) -> tuple[list[dict], collections.Counter]:
   """All videos, `opts.concurrency` at a time; records in the order of `paths`."""
-  from tqdm import tqdm
-  stats: collections.Counter = collections.Counter()
-  results: dict[int, list[dict]] = {}
-  with concurrent.futures.ThreadPoolExecutor(max(1, opts.concurrency)) as pool:
-    futures = {pool.submit(annotate_video, p, captioner, llm, features, opts, root): i for i, p in enumerate(paths)}
-    for f in tqdm(concurrent.futures.as_completed(futures), total=len(futures), disable=not progress,
-                  desc="videos"):
-      records, counts = f.result()
-      results[futures[f]] = records
-      stats.update(counts)
-  return [r for i in sorted(results) for r in results[i]], stats
+  return run_videos(paths, lambda p: annotate_video(p, captioner, llm, features, opts, root), opts.concurrency,
+                    progress)
 
 
 def siglip_features(vision: Any, vision_params: Any, text: Any, text_params: Any,

@@ -29,6 +29,11 @@ def clip_caption(start: float, end: float) -> str:
           "Describe only what the frames show.")
 
 
+def _timed(items: Sequence[dict], key: str) -> str:
+  """One "[start-end] text" line per item, in order."""
+  return "\n".join(f"[{_stamp(x['start'])}-{_stamp(x['end'])}] {x[key]}" for x in items)
+
+
 def _clips_text(clips: Sequence[dict], keys: Sequence[str] = tuple(PERSPECTIVES)) -> str:
   return "\n".join(f"[{_stamp(c['start'])}-{_stamp(c['end'])}] "
                    + " ".join(f"{k}: {c['caption'][k]}" for k in keys) for c in clips)
@@ -54,7 +59,7 @@ def event_summary(event: dict, clips: Sequence[dict], before: str | None, after:
 
 
 def global_summary(events: Sequence[dict], duration: float) -> str:
-  lines = "\n".join(f"[{_stamp(e['start'])}-{_stamp(e['end'])}] {e['summary']}" for e in events)
+  lines = _timed(events, "summary")
   return (f"A video of {duration:.0f} seconds consists of these events, in order:\n{lines}\n"
           'Return {"summary": string}: a description of the whole video that follows its events '
           "in order.")
@@ -107,7 +112,7 @@ def segment_caption(start: float, end: float, whole: bool) -> str:
 
 
 def video_caption(segments: Sequence[dict], duration: float) -> str:
-  lines = "\n".join(f"[{_stamp(s['start'])}-{_stamp(s['end'])}] {s['caption']}" for s in segments)
+  lines = _timed(segments, "caption")
   return (f"A video of {duration:.0f} seconds consists of these segments, described in order:\n{lines}\n"
           "Write one dense caption of the whole video that follows the segments in order and connects "
           'them. Return {"caption": string}.')
@@ -119,7 +124,7 @@ def prolongvid_qa(strategy: str, tasks: Sequence[str], global_caption: str, segm
   "segments" (several segments' descriptions with their times: temporal relations across them)
   or "segment" (one segment's description, with the global one as background)."""
   defs = "\n".join(f'- "{t}": {PROLONGVID_TASKS[t]}' for t in tasks)
-  local = "\n".join(f"[{_stamp(s['start'])}-{_stamp(s['end'])}] {s['caption']}" for s in segments)
+  local = _timed(segments, "caption")
   source = {"global": f"The video's description:\n{global_caption}",
             "segments": f"Descriptions of the video's segments, in order:\n{local}",
             "segment": f"The whole video, as background: {global_caption}\nOne of its segments, in "

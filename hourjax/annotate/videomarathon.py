@@ -57,8 +57,7 @@ class Options:
   max_text_chars: int = 0         # > 0: every free-text field's maxLength in the schemas (small models)
 
   def __post_init__(self):
-    if self.response_format not in ("json_schema", "json_object", "none"):
-      raise ValueError(f"response_format={self.response_format!r}: expected json_schema, json_object or none")
+    check_response_format(self.response_format)
 
 
 # -- schemas: what each stage's answer must look like, as response_format ---------------------
@@ -93,6 +92,11 @@ def qa_schema(topic: str, opts: Options) -> dict:
                     "answer": {"enum": list(LETTERS[:4])}})
   return object_schema({"open_ended": {"type": "array", "items": open_ended, "maxItems": opts.qa_per_format},
                   "multiple_choice": {"type": "array", "items": choice, "maxItems": opts.qa_per_format}})
+
+
+def check_response_format(value: str) -> None:
+  if value not in ("json_schema", "json_object", "none"):
+    raise ValueError(f"response_format={value!r}: expected json_schema, json_object or none")
 
 
 def response_format(name: str, schema: dict, opts: Options) -> dict:
@@ -298,11 +302,18 @@ def annotate_video(path: str, captioner, llm, opts: Options, root: str = "") -> 
 def annotate_videos(paths: Sequence[str], captioner, llm, opts: Options = Options(),
                     root: str = "", progress: bool = True) -> tuple[list[dict], collections.Counter]:
   """All videos, `opts.concurrency` at a time; records in the order of `paths`."""
+  return run_videos(paths, lambda p: annotate_video(p, captioner, llm, opts, root), opts.concurrency, progress)
+
+
+def run_videos(paths: Sequence[str], annotate, concurrency: int,
+               progress: bool = True) -> tuple[list[dict], collections.Counter]:
+  """`annotate(path) -> (records, counts)` over every video, `concurrency` at a time, with a
+  progress bar; the records in the order of `paths`, the counts summed."""
   from tqdm import tqdm
   stats: collections.Counter = collections.Counter()
   results: dict[int, list[dict]] = {}
-  with concurrent.futures.ThreadPoolExecutor(max(1, opts.concurrency)) as pool:
-    futures = {pool.submit(annotate_video, p, captioner, llm, opts, root): i for i, p in enumerate(paths)}
+  with concurrent.futures.ThreadPoolExecutor(max(1, concurrency)) as pool:
+    futures = {pool.submit(annotate, p): i for i, p in enumerate(paths)}
     for f in tqdm(concurrent.futures.as_completed(futures), total=len(futures), disable=not progress,
                   desc="videos"):
       records, counts = f.result()

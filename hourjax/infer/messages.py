@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hourjax.constants import IMAGE
-from hourjax.data import chat, video
+from hourjax.data import chat, samples, video
 from hourjax.infer.encode import frame_features, video_features
 
 
@@ -76,7 +76,7 @@ def local_path(url: str, what: str) -> str:
 
 def read_image(url: str, size: int) -> np.ndarray:
   """An image part's URL -> uint8 [size, size, 3] by the official plain resize (PIL bicubic)."""
-  from PIL import Image, UnidentifiedImageError
+  from PIL import UnidentifiedImageError
   if isinstance(url, str) and url.startswith("data:"):
     header, _, payload = url.partition(",")
     if ";base64" not in header or not header[5:].startswith("image/"):
@@ -88,8 +88,7 @@ def read_image(url: str, size: int) -> np.ndarray:
   else:
     source = local_path(url, "image")
   try:
-    with Image.open(source) as im:
-      return np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC))
+    return samples.read_image(source, size)[0]       # the training pipeline's own image rule
   except (UnidentifiedImageError, OSError) as e:
     raise RequestError(f"image: cannot decode it ({e})", "messages") from None
 
