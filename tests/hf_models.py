@@ -43,13 +43,15 @@ def qwen2(path, tie=False, kv_heads=2, theta=1e6, seed=0, dtype=torch.float32):
   return model.float()
 
 
-def llava_onevision(path, seed=0):
+def llava_onevision(path, seed=0, pinpoints=None):
+  """`pinpoints`: anyres grid resolutions in the tiny tower's 56px crops (default: transformers')."""
   vision = transformers.SiglipVisionConfig(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                                            num_attention_heads=4, image_size=56, patch_size=14)
   cfg = transformers.LlavaOnevisionConfig(vision_config=vision.to_dict(),
                                           text_config=qwen2_config().to_dict(),
                                           vision_feature_layer=-1, vision_feature_select_strategy="full",
-                                          image_token_index=95, video_token_index=94)
+                                          image_token_index=95, video_token_index=94,
+                                          **({"image_grid_pinpoints": pinpoints} if pinpoints else {}))
   model = randomize_torch(transformers.LlavaOnevisionForConditionalGeneration(cfg), seed)
   model.save_pretrained(path)
   return model

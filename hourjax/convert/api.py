@@ -5,7 +5,8 @@ Kinds: "siglip" (SiglipVisionModel, or the vision half of SiglipModel), "siglip_
 (Qwen2ForCausalLM), "llava_onevision" (transformers' LlavaOnevisionForConditionalGeneration),
 "llava" (the original LLaVA-NeXT / OneVision layout, model_type "llava" or "llava_qwen") and
 "hour_llava" (official Hour-LLaVA, model_type "hour_llava_qwen"). The last three become an
-hourjax `HourLlava`.
+hourjax `HourLlava`, or, for the two LLaVA layouts, a `ProLongVid` (`model="prolongvid"`; the
+default for checkpoints that record ProLongVid's `mm_fixed_patch_length`, as `prolongvid/*` do).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ _MODEL_TYPES = {"siglip_vision_model": "siglip", "siglip": "siglip", "siglip_tex
                 "llava_onevision": "llava_onevision", "llava": "llava", "llava_qwen": "llava",
                 "hour_llava_qwen": "hour_llava"}
 NO_MEMAUG = ("llava_onevision", "llava")      # LLaVA checkpoints: MemAug is initialised
+MODEL_KINDS = ("hour_llava", "prolongvid")    # what a LLaVA checkpoint can become
 
 
 @dataclasses.dataclass
@@ -42,10 +44,10 @@ class Converted:
   params: dict
   source_config: dict          # the checkpoint's config.json
   initialised: list[str]       # parameters the checkpoint did not have, initialised at random
+  kind: str = ""               # the hourjax model kind (build.MODELS)
 
-  @property
-  def kind(self) -> str:
-    return MODEL_KIND[self.source_kind]
+  def __post_init__(self):
+    self.kind = self.kind or MODEL_KIND[self.source_kind]
 
 
 def detect_kind(hf_config: dict) -> str:
@@ -55,7 +57,24 @@ def detect_kind(hf_config: dict) -> str:
   return _MODEL_TYPES[mt]
 
 
-def config_from_hf(kind: str, hf_config: dict, **overrides):
+def model_kind(kind: str, hf_config: dict, model: str | None = None) -> str:
+  """The hourjax model a checkpoint kind becomes: `model` for the LLaVA layouts (default:
+  prolongvid if the config records ProLongVid's pooling, else hour_llava)."""
+  if kind not in NO_MEMAUG:
+    if model not in (None, MODEL_KIND.get(kind)):
+      raise ValueError(f"a {kind} checkpoint becomes a {MODEL_KIND.get(kind)} model, not {model!r}")
+    return MODEL_KIND.get(kind, kind)
+  if model is None:
+    return "prolongvid" if llava.is_prolongvid(hf_config) else "hour_llava"
+  if model not in MODEL_KINDS:
+    raise ValueError(f"model={model!r}: a {kind} checkpoint becomes one of {MODEL_KINDS}")
+  return model
+
+
+def config_from_hf(kind: str, hf_config: dict, model: str | None = None, **overrides):
+  if model_kind(kind, hf_config, model) == "prolongvid":
+    to_cfg = llava_onevision.prolongvid_config_from_hf if kind == "llava_onevision" else llava.prolongvid_config_from_hf
+    return to_cfg(hf_config, **overrides)
   return {"siglip": siglip.config_from_hf, "siglip_text": siglip.text_config_from_hf,
           "qwen2": qwen2.config_from_hf,
           "llava_onevision": llava_onevision.config_from_hf, "llava": llava.config_from_hf,
@@ -86,10 +105,11 @@ def table(kind: str, cfg, keys=None) -> tuple[list[Rule], tuple[str, ...]]:
   raise ValueError(f"unknown checkpoint kind {kind!r}; expected one of {SOURCE_KINDS}")
 
 
-def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = None,
+def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = None, model: str | None = None,
                  scan_layers: bool = False, allow_nonfinite: bool = False, **config_overrides) -> Converted:
   """Convert a local PyTorch checkpoint (directory with config.json, or a weights file plus
-  `kind`) into hourjax params, one tensor at a time; `scan_layers` gives the scanned layout.
+  `kind`) into hourjax params, one tensor at a time; `scan_layers` gives the scanned layout;
+  `model` picks what a LLaVA checkpoint becomes (`model_kind`).
 
   From LLaVA checkpoints, MemAug has no weights: it is initialised from `key` (required) as the
   official stage 1 does (normal(0.02) weights, zero biases, unit LayerNorms), and logged. A tied
@@ -100,16 +120,17 @@ def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = 
   if not ckpt.config:
     raise ConversionError(f"{path}: no config.json beside the weights (needed for the model's sizes)")
   kind = kind or detect_kind(ckpt.config)
-  cfg = config_from_hf(kind, ckpt.config, **config_overrides)
+  target = model_kind(kind, ckpt.config, model)
+  cfg = config_from_hf(kind, ckpt.config, target, **config_overrides)
   keys = ckpt.keys()
   rules, ignore = table(kind, cfg, keys)
-  expected = build.abstract_params(MODEL_KIND[kind], cfg)
+  expected = build.abstract_params(target, cfg)
   if kind in NO_MEMAUG:
     expected = {k: v for k, v in expected.items() if k != "memaug"}
   params = to_params(rules, keys, ckpt.get, expected, ignore=ignore, allow_nonfinite=allow_nonfinite)
   _check_tied_head(kind, cfg, keys, ckpt.get, params, path)
   initialised = []
-  if kind in NO_MEMAUG and cfg.use_memaug:
+  if target == "hour_llava" and kind in NO_MEMAUG and cfg.use_memaug:
     if key is None:
       raise ConversionError(f"{kind} checkpoints have no MemAug weights: pass key= to initialise them")
     params["memaug"] = jax.tree.map(np.asarray, build.init_params("memaug", cfg.memaug, key))
@@ -118,7 +139,7 @@ def import_torch(path: str, kind: str | None = None, *, key: jax.Array | None = 
                 "official stage 1 does", kind, path, cfg.memaug.depth)
   if scan_layers:
     cfg, params = layout.with_scan(cfg, True), layout.stack_layers(params)
-  return Converted(kind, cfg, params, ckpt.config, initialised)
+  return Converted(kind, cfg, params, ckpt.config, initialised, target)
 
 
 def _check_tied_head(kind: str, cfg, keys, get, params: dict, path: str) -> None:
@@ -138,6 +159,9 @@ def export_torch(out_dir: str, kind: str, cfg, params: dict, source_config: dict
   """Write params as a directory that transformers' from_pretrained (HF kinds) or the official
   Hour-LLaVA code loads: safetensors shards + config.json. Returns the weight file names.
   Scanned or unrolled params both work."""
+  if not hasattr(cfg, "memaug") and kind == "hour_llava":
+    raise ValueError("a ProLongVid model has no MemAug: export it as kind 'llava' (the LLaVA-NeXT layout "
+                     "of prolongvid/* checkpoints) or 'llava_onevision'")
   cfg, params = layout.with_scan(cfg, False), layout.unstack_layers(params)
   rules, _ = table(kind, cfg)
   if kind in NO_MEMAUG:

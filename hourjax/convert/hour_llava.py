@@ -24,17 +24,22 @@ def projector_rules(vision_width: int, hidden: int, first: str, second: str) -> 
           copy("projector/linear_2/bias", f"{second}.bias")]
 
 
-def rules(c: HourLlavaConfig) -> list[Rule]:
+def llava_rules(c: Any) -> list[Rule]:
+  """The LLaVA-NeXT keys every model of the family has (SigLIP, projector, newline, Qwen2)."""
   r = prefixed(qwen2.rules(c.llm, "model.", "lm_head.weight"), "llm", "")
   r += prefixed(siglip.rules(c.vision), "vision", VISION_PREFIX)
   r += projector_rules(c.vision.hidden_size, c.llm.hidden_size, "model.mm_projector.0", "model.mm_projector.2")
-  r.append(copy("image_newline", "model.image_newline"))
+  return r + [copy("image_newline", "model.image_newline")]
+
+
+def rules(c: HourLlavaConfig) -> list[Rule]:
+  r = llava_rules(c)
   if c.use_memaug:
     r += prefixed(memaug.rules(c.memaug), "memaug", MEMAUG_PREFIX)
   return r
 
 
-def ignore(c: HourLlavaConfig) -> tuple[str, ...]:
+def ignore(c: Any) -> tuple[str, ...]:
   return qwen2.ignore(c.llm) + siglip.IGNORE
 
 

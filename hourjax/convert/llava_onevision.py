@@ -9,13 +9,15 @@ weights fill an Hour-LLaVA model; MemAug has no weights there and is initialised
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Iterable
 
-from hourjax.convert import qwen2, siglip
+from hourjax.convert import llava, qwen2, siglip
 from hourjax.convert.hour_llava import projector_rules
 from hourjax.convert.rules import Rule, copy, find_prefix, prefixed
 from hourjax.models.hour_llava import HourLlavaConfig
 from hourjax.models.memaug import MemAugConfig
+from hourjax.models.prolongvid import ProLongVidConfig
 
 # What transformers 5 writes with save_pretrained (and loads back).
 EXPORT_PREFIXES = dict(vision="vision_tower.", decoder="language_model.model.",
@@ -33,7 +35,7 @@ def prefixes(keys: Iterable[str]) -> dict[str, str]:
               newline=find_prefix(keys, "image_newline") + "image_newline")
 
 
-def rules(c: HourLlavaConfig, p: dict[str, str]) -> list[Rule]:
+def rules(c: HourLlavaConfig | ProLongVidConfig, p: dict[str, str]) -> list[Rule]:
   r = prefixed(qwen2.rules(c.llm, p["decoder"], p["head"]), "llm", "")
   r += prefixed(siglip.rules(c.vision), "vision", p["vision"])
   r += projector_rules(c.vision.hidden_size, c.llm.hidden_size, p["projector"] + "linear_1",
@@ -41,9 +43,19 @@ def rules(c: HourLlavaConfig, p: dict[str, str]) -> list[Rule]:
   return r + [copy("image_newline", p["newline"])]
 
 
-def ignore(c: HourLlavaConfig, p: dict[str, str]) -> tuple[str, ...]:
+def ignore(c: HourLlavaConfig | ProLongVidConfig, p: dict[str, str]) -> tuple[str, ...]:
   """The MAP head is not on Hour-LLaVA's feature path; the official model drops it too."""
   return qwen2.ignore(c.llm, p["head"]) + siglip.IGNORE + (p["vision"].replace(".", r"\.") + r"head\..*",)
+
+
+def prolongvid_config_from_hf(d: dict[str, Any], **overrides) -> ProLongVidConfig:
+  """The same checkpoint as ProLongVid's model with transformers' own video rule: pooled to
+  ceil(27 / 2) after the projector, one newline after the whole video."""
+  c = config_from_hf(d)
+  return dataclasses.replace(
+      ProLongVidConfig(vision=c.vision, llm=c.llm, feature_layer=c.feature_layer,
+                       pool_size=math.ceil(c.vision.patches_per_side / 2), newline="video",
+                       max_crops=llava.max_crops(d.get("vision_aspect_ratio"), "vision_aspect_ratio")), **overrides)
 
 
 def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
@@ -63,9 +75,15 @@ def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
                              **overrides)
 
 
-def config_to_hf(c: HourLlavaConfig, source: dict[str, Any] | None = None) -> dict[str, Any]:
+def config_to_hf(c: HourLlavaConfig | ProLongVidConfig, source: dict[str, Any] | None = None) -> dict[str, Any]:
   """The source LLaVA-OV config with the sizes replaced by ours (so pinpoints etc. survive)."""
+  if isinstance(c, ProLongVidConfig) and (c.newline, c.pool_size) != ("video", math.ceil(c.vision.patches_per_side / 2)):
+    raise ValueError(f"transformers' LLaVA-OneVision pools video frames to ceil(side / 2) with one newline per "
+                     f"video; this model pools to {c.pool_size} with newline={c.newline!r}: export it as kind "
+                     "'llava' (the LLaVA-NeXT layout ProLongVid's checkpoints use)")
   d = dict(source or {})
+  if isinstance(c, ProLongVidConfig):
+    d["vision_aspect_ratio"] = f"anyres_max_{c.max_crops}"
   vision = {**d.get("vision_config", {}), **siglip.config_to_hf(c.vision)}
   text = {**d.get("text_config", {}), **qwen2.config_to_hf(c.llm)}
   d.update(model_type="llava_onevision", architectures=["LlavaOnevisionForConditionalGeneration"],

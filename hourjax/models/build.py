@@ -7,22 +7,27 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hourjax.models.forgetting import ForgettingConfig, image_layout
+from hourjax.models.forgetting import ForgettingConfig, image_layout, video_layout
 from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.models.hour_llava import HourLlava, HourLlavaConfig
 from hourjax.models.memaug import MemAug, MemAugConfig
+from hourjax.models.prolongvid import ProLongVid, ProLongVidConfig
 from hourjax.models.qwen2 import Qwen2, Qwen2Config
 from hourjax.models.siglip import SiglipConfig, SiglipText, SiglipTextConfig, SiglipVision
 from hourjax.ops.attention import SEQUENCE_PARALLEL
 
 CONFIGS = {"siglip": SiglipConfig, "siglip_text": SiglipTextConfig, "qwen2": Qwen2Config, "memaug": MemAugConfig,
-           "hour_llava": HourLlavaConfig}
+           "hour_llava": HourLlavaConfig, "prolongvid": ProLongVidConfig}
 MODELS = {"siglip": SiglipVision, "siglip_text": SiglipText, "qwen2": Qwen2, "memaug": MemAug,
-          "hour_llava": HourLlava}
+          "hour_llava": HourLlava, "prolongvid": ProLongVid}
+VISUAL_KINDS = ("hour_llava", "prolongvid")     # video language models (the rest are their parts)
 
 
 def config_from_dict(kind: str, d: dict[str, Any]):
-  """Inverse of dataclasses.asdict for the model configs (nested for Hour-LLaVA)."""
+  """Inverse of dataclasses.asdict for the model configs (nested for the video models)."""
+  if kind == "prolongvid":
+    return ProLongVidConfig(vision=SiglipConfig(**d["vision"]), llm=Qwen2Config(**d["llm"]),
+                            **{k: v for k, v in d.items() if k not in ("vision", "llm")})
   if kind == "hour_llava":
     return HourLlavaConfig(
         vision=SiglipConfig(**d["vision"]), llm=Qwen2Config(**d["llm"]), memaug=MemAugConfig(**d["memaug"]),
@@ -50,6 +55,9 @@ def _init_args(kind: str, cfg) -> tuple[tuple, dict]:
     return (x, x, pos, pos), {}
   size = cfg.vision.image_size
   ids = jnp.array([[1, IMAGE_TOKEN_INDEX, 2]], jnp.int32)
+  if kind == "prolongvid":
+    return (ids, jnp.ones_like(ids)), dict(layout=video_layout([1], cfg.forgetting),
+                                           pixels=jnp.zeros((1, 1, size, size, 3)))
   return (ids, jnp.ones_like(ids)), dict(layout=image_layout([True]),
                                          pixels=jnp.zeros((1, 1, size, size, 3)), modality="image")
 
@@ -61,6 +69,8 @@ def _dense_attention(kind: str, cfg):
   if kind == "hour_llava":
     return dataclasses.replace(cfg, llm=_dense_attention("qwen2", cfg.llm),
                                memaug=_dense_attention("memaug", cfg.memaug))
+  if kind == "prolongvid":
+    return dataclasses.replace(cfg, llm=_dense_attention("qwen2", cfg.llm))
   if getattr(cfg, "attention", None) in SEQUENCE_PARALLEL:
     return dataclasses.replace(cfg, attention="xla")
   return cfg

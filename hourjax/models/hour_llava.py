@@ -275,21 +275,39 @@ class HourLlava(nn.Module):
     return visual_out
 
   # -- 6. splice and decode ----------------------------------------------------------------------
-  def _decode(self, text, valid, split, labels, visual, visual_mask, head=True, cache_len=None):
-    """Text tokens keep their order; the visual tokens take the placeholder's place."""
+  def _decode(self, text, valid, split, labels, visual, visual_mask, head=True, cache_len=None,
+              visual_image=None, placeholders=None):
+    """Text tokens keep their order; the visual tokens take their placeholder's place. One
+    placeholder per sample at `split`, or (multi-image) `placeholders` [B, L] marking them and
+    `visual_image` [B, N] naming each visual token's placeholder (in order; tokens image-major)."""
     b, length = valid.shape
     labels = jnp.full((b, length), IGNORE_INDEX) if labels is None else jnp.asarray(labels)
     labels = jnp.where(valid, labels, IGNORE_INDEX)
     pos = jnp.arange(length)[None]
     n_vis = 0 if visual is None else visual.shape[1]
     out_len = min(length if visual is None else length - 1 + n_vis, self.cfg.max_length)   # cut, as official
-    n_visual = jnp.zeros((b, 1), jnp.int32) if visual is None else visual_mask.sum(1, keepdims=True)
+    if placeholders is None:
+      placeholders = pos == split
+    if visual_image is None:
+      visual_image = jnp.zeros((b, n_vis), jnp.int32)
+    # per placeholder (ordinal k): the valid text before it and its visual token count
+    ordinal = jnp.where(placeholders, jnp.cumsum(placeholders, 1) - 1, length)
+    text_before = _scatter(length + 1, ordinal, jnp.cumsum(valid, 1) - valid)[:, :length]
+    if visual is None:
+      per_image = jnp.zeros((b, length), jnp.int32)
+    else:
+      image_slot = jnp.where(visual_mask, visual_image, length)
+      per_image = jax.vmap(lambda s, v: jnp.zeros(length + 1, jnp.int32).at[s].add(v))(
+          image_slot, visual_mask.astype(jnp.int32))[:, :length]
+    own = jnp.take_along_axis(per_image, jnp.minimum(ordinal, length - 1), 1)
+    vis_before = jnp.cumsum(jnp.where(placeholders, own, 0), 1)
+    n_visual = per_image.sum(1, keepdims=True)
     rank = jnp.cumsum(valid, 1) - 1
-    slots = jnp.where(valid, rank + jnp.where(pos > split, n_visual, 0), out_len)
+    slots = jnp.where(valid, rank + vis_before, out_len)
     embeds = _scatter(out_len, slots, text)
     if visual is not None:
-      n_before = (valid & (pos < split)).sum(1, keepdims=True)
-      vis_slots = jnp.where(visual_mask, n_before + jnp.arange(n_vis)[None], out_len)
+      vis_rank = jnp.cumsum(visual_mask, 1) - 1
+      vis_slots = jnp.where(visual_mask, jnp.take_along_axis(text_before, visual_image, 1) + vis_rank, out_len)
       embeds = embeds + _scatter(out_len, vis_slots, visual.astype(text.dtype))
     llm_labels = jnp.full((b, out_len), IGNORE_INDEX).at[jnp.arange(b)[:, None], slots].set(
         labels, mode="drop")

@@ -4,6 +4,8 @@
   # (LLaVA-NeXT / OneVision originals: model_type llava or llava_qwen), hour_llava);
   # --scan-layers stores the layers stacked for nn.scan (the training layout)
   python -m tools.convert_torch.convert to-jax /ckpt/llava-onevision-qwen2-7b-si /ckpt/hj-ov7b --scan-layers
+  # ProLongVid's model (prolongvid/* checkpoints are detected; --model prolongvid for any LLaVA one)
+  python -m tools.convert_torch.convert to-jax /ckpt/prolongvid_7B /ckpt/hj-plv7b --scan-layers
   # hourjax -> PyTorch (the kind it came from, or --kind llava_onevision / hour_llava / ...)
   python -m tools.convert_torch.convert to-torch /ckpt/hj-ov7b /ckpt/back --dtype bfloat16
 
@@ -34,6 +36,8 @@ def main(argv=None) -> int:
   a.add_argument("src")
   a.add_argument("out")
   a.add_argument("--kind", choices=api.SOURCE_KINDS, help="default: from config.json model_type")
+  a.add_argument("--model", choices=api.MODEL_KINDS, help="what a LLaVA checkpoint becomes; default: prolongvid "
+                 "if its config records mm_fixed_patch_length (prolongvid/*), else hour_llava")
   a.add_argument("--seed", type=int, default=0, help="PRNG seed for weights the source lacks (MemAug)")
   a.add_argument("--scan-layers", action="store_true", help="store layers stacked (nn.scan layout)")
   a.add_argument("--allow-nonfinite", action="store_true", help="convert NaN / inf weights instead of failing")
@@ -47,7 +51,7 @@ def main(argv=None) -> int:
   writable_dir(os.path.dirname(os.path.abspath(args.out)), "out")      # before minutes of conversion
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   if args.direction == "to-jax":
-    conv = api.import_torch(args.src, args.kind, key=jax.random.key(args.seed),
+    conv = api.import_torch(args.src, args.kind, key=jax.random.key(args.seed), model=args.model,
                             scan_layers=args.scan_layers, allow_nonfinite=args.allow_nonfinite)
     io.save_params(args.out, conv.params, conv.kind, conv.config, conv.source_config, conv.source_kind)
     n = build.count_params(conv.params)
