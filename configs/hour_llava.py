@@ -126,7 +126,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                 max_text_len=512 if tiny else 32768, resample="pil",
                 # a video with more frames than the largest bucket: spread max_frames (0: that
                 # bucket) over it, as the official frames_upbound does, or "skip" it; counted either way
-                max_frames=0, too_long="subsample")))
+                max_frames=0, too_long="subsample",
+                images="resize")))      # one plain 384px image per sample (anyres: ProLongVid's crops)
   cfg.train = ml_collections.ConfigDict(dict(
       stage=stage, steps=0, seed=0, init="", init_llm="", dtype="float32" if tiny else "bfloat16",
       optimizer=dict(lr=dict(vision=0.0, projector=0.0, memaug=0.0, llm=0.0), warmup_ratio=0.03,

@@ -9,6 +9,7 @@ import ml_collections
 
 from hourjax.models import build
 from hourjax.models.hour_llava import HourLlavaConfig
+from hourjax.models.prolongvid import ProLongVidConfig
 
 
 def load(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -73,10 +74,21 @@ def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return own, overrides
 
 
-def model_config(model: Mapping[str, Any]) -> HourLlavaConfig:
-  """`cfg.model` (ConfigDict or dict) -> HourLlavaConfig; unknown or inconsistent fields fail here."""
+def model_kind(model: Mapping[str, Any]) -> str:
+  """The run's model: `cfg.model.kind` ("hour_llava" when absent, or "prolongvid")."""
+  kind = model.get("kind", "hour_llava")
+  if kind not in build.VISUAL_KINDS:
+    raise ValueError(f"model.kind={kind!r}: expected one of {build.VISUAL_KINDS}")
+  return kind
+
+
+def model_config(model: Mapping[str, Any]) -> HourLlavaConfig | ProLongVidConfig:
+  """`cfg.model` (ConfigDict or dict) -> the model config of its `kind`; unknown or inconsistent
+  fields fail here."""
   d = model.to_dict() if hasattr(model, "to_dict") else dict(model)
+  kind = model_kind(d)
+  d.pop("kind", None)
   try:
-    return build.config_from_dict("hour_llava", d)
+    return build.config_from_dict(kind, d)
   except TypeError as e:  # an unknown field name
     raise ValueError(f"bad model config: {e}") from None

@@ -213,3 +213,43 @@ def test_context_extension_stage_schedule_and_init_llm(corpus, tmp_path):
     params = program.initial_params(video)
   assert tree_rel_err(params["llm"], final) == 0
   assert set(params) == {"vision", "projector", "image_newline", "memaug", "llm"}
+
+
+def test_per_source_length_upsampling_keeps_each_sources_share(tmp_path):
+  """Fu et al. 2024: within a source, long documents are drawn `factor` times as often as short
+  ones; across sources, each keeps its share of the corpus' bytes."""
+  from hourjax.data.text import document_stream
+  rng = np.random.default_rng(0)
+  books = [("long " * 400 + f"b{i}") if i % 2 else f"short b{i}" for i in range(10)]      # 5 long, 5 short
+  web = [f"w{i} " + "x" * int(rng.integers(5, 60)) for i in range(30)]                   # all short
+  for name, docs in (("books", books), ("web", web)):
+    with open(tmp_path / f"{name}.jsonl", "w") as f:
+      f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+  patterns = [str(tmp_path / "books.jsonl"), str(tmp_path / "web.jsonl")]
+  size = {d: len(json.dumps({"text": d})) + 1 for d in books + web}      # a JSONL line's bytes
+  stream = document_stream(patterns, seed=0, long_bytes=1000, factor=3)
+  drawn = [stream[i] for i in range(40 * 60)]
+  counts = {d: drawn.count(d) for d in books + web}
+  long_rate = np.mean([counts[d] for d in books if size[d] >= 1000])
+  short_rate = np.mean([counts[d] for d in books if size[d] < 1000])
+  assert abs(long_rate / short_rate - 3) < 0.1
+  share = lambda docs, weights: sum(weights[d] * size[d] for d in docs) / sum(weights[d] * size[d] for d in books + web)
+  original = share(books, dict.fromkeys(books + web, 1))
+  assert abs(share(books, counts) / original - 1) < 0.02
+  # factor 1 (the tiny preset's default) is the plain shuffled stream: every document once per epoch
+  plain = document_stream(patterns, seed=0, epochs=1)
+  assert sorted(plain[i] for i in range(len(plain))) == sorted(books + web)
+
+
+def test_continuous_packing_positions_continue_across_documents(corpus):
+  """EasyContext's packing: one segment per row, positions 0..L-1, only the row's first token
+  unpredicted (documents are separated by their EOS alone)."""
+  from hourjax.data.text import dataset
+  ds = dataset(corpus["patterns"], corpus["tok"], seq_len=64, batch_size=2, seed=0, packing="continuous")
+  batch, _ = next(iter(ds))
+  assert (np.asarray(batch.positions) == np.arange(64)).all()
+  assert (np.asarray(batch.segment_ids) == 1).all()
+  labels = np.asarray(batch.labels)
+  assert (labels[:, 0] == IGNORE_INDEX).all() and (labels[:, 1:] == np.asarray(batch.input_ids)[:, 1:]).all()
+  with pytest.raises(ValueError, match="packing="):
+    dataset(corpus["patterns"], corpus["tok"], seq_len=64, batch_size=2, seed=0, packing="ragged")

@@ -168,3 +168,33 @@ def test_anyres_grid_and_unpad_follow_transformers(hw):
   top, bottom, left, right = anyres.unpadded(h, w, rows * SIDE, cols * SIDE)
   want = m.unpad_image(torch.zeros(1, rows * SIDE, cols * SIDE), torch.tensor([h, w])).shape[1:]
   assert (bottom - top, right - left) == tuple(want)
+
+
+def test_prolongvid_checkpoint_layout_round_trip(fixture_path, tmp_path):
+  """A `prolongvid/*` checkpoint: the LLaVA-NeXT layout whose config records ProLongVid's pooling.
+  It imports as ProLongVid's model (no MemAug initialised) with the recorded rule, exports back to
+  exactly its keys, tensors and config, and refuses layouts that cannot hold it."""
+  import json
+  from test_convert import _fixture_state_dict, _tensors, llava_config
+  from hourjax.convert.io import write_safetensors
+  sd, official = _fixture_state_dict(fixture_path)
+  sd = {k: v for k, v in sd.items() if not k.startswith("model.vision_resampler.")}
+  cfg = {**llava_config(official, "llava_qwen"), "mm_fixed_patch_length": 3}
+  write_safetensors(str(tmp_path / "model.safetensors"), sd)
+  (tmp_path / "config.json").write_text(json.dumps(cfg))
+  conv = api.import_torch(str(tmp_path))
+  assert conv.kind == "prolongvid" and conv.initialised == [] and "memaug" not in conv.params
+  assert (conv.config.pool_size, conv.config.newline, conv.config.max_crops) == (3, "grid", 9)
+  as_hour_llava = api.import_torch(str(tmp_path), model="hour_llava", key=jax.random.key(0))
+  jax.tree.map(np.testing.assert_array_equal, conv.params,
+               {k: v for k, v in as_hour_llava.params.items() if k != "memaug"})
+  api.export_torch(str(tmp_path / "out"), "llava", conv.config, conv.params, conv.source_config)
+  out = _tensors(tmp_path / "out")
+  assert set(out) == set(sd) - {"lm_head.weight"}       # tied: the head is the embedding
+  for k in out:
+    np.testing.assert_array_equal(out[k], sd[k], err_msg=k)
+  back = json.loads((tmp_path / "out" / "config.json").read_text())
+  assert {k: back[k] for k in cfg if k != "vision_config"} == {k: cfg[k] for k in cfg if k != "vision_config"}
+  for kind in ("hour_llava", "llava_onevision"):
+    with pytest.raises(ValueError, match="export it as kind 'llava'"):
+      api.export_torch(str(tmp_path / kind), kind, conv.config, conv.params)

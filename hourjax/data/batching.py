@@ -17,8 +17,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from hourjax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from hourjax.data import anyres
 from hourjax.data.batch import ImageBatch, TextBatch, VideoBatch
+from hourjax.models import anyres as anyres_layout
 from hourjax.models.forgetting import ForgettingConfig, VideoLayout, image_layout, video_layout
+
+# Crop counts of anyres image batches (1 + rows * cols, or one per image of a multi-image sample).
+CROP_EDGES = (1, 2, 5, 10, 17, 26, 37)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +49,23 @@ class Buckets:
 @dataclasses.dataclass(frozen=True)
 class BatchSpec:
   """The model's input shapes that batching needs (`BatchSpec.of(model_config)`)."""
-  tokens_per_frame: int       # cached features: pool_size ** 2
+  tokens_per_frame: int       # cached features: the model config's feature_tokens
   feature_width: int          # cached features: SigLIP width
   image_size: int             # decoded frames and images
   forgetting: ForgettingConfig
+  anyres_side: int = 0        # > 0: image samples are anyres crops of this many patches a side
+                              # (ProLongVid); 0: one plain 384px image (Hour-LLaVA)
+  max_crops: int = anyres_layout.MAX_CROPS    # anyres_max_N
 
   @classmethod
   def of(cls, cfg: Any) -> "BatchSpec":
-    """From an HourLlavaConfig (or anything with its pool_size, vision, forgetting)."""
+    """From a model config (HourLlavaConfig, ProLongVidConfig: feature_tokens, vision, forgetting,
+    and max_crops for a model that reads anyres crops)."""
     if isinstance(cfg, BatchSpec):
       return cfg
-    return cls(cfg.pool_size ** 2, cfg.vision.hidden_size, cfg.vision.image_size, cfg.forgetting)
+    side = cfg.vision.patches_per_side if hasattr(cfg, "max_crops") else 0
+    return cls(cfg.feature_tokens, cfg.vision.hidden_size, cfg.vision.image_size, cfg.forgetting,
+               side, getattr(cfg, "max_crops", anyres_layout.MAX_CROPS))
 
   def layout(self, frames: Sequence[int], frame_edge: int) -> VideoLayout:
     """The batch's layout, as wide as a sample of `frame_edge` frames needs: every batch of a
@@ -71,8 +82,15 @@ def check_sample(sample: dict, spec: Any, buckets: Buckets, modality: str = "vid
   spec = BatchSpec.of(spec)
   visual = next((k for k in ("features", "pixels") if sample.get(k) is not None), None)
   frames = 0 if visual is None else len(sample[visual])
-  if modality == "image" and frames > 1:
-    raise ValueError(f"an image sample holds one image, not {frames}")
+  images = sample.get("images")
+  if modality == "image" and spec.anyres_side:
+    if images is None or visual != "pixels":
+      raise ValueError("this model reads anyres image crops (data.read.images='anyres')")
+    if frames > CROP_EDGES[-1]:
+      raise ValueError(f"{frames} image crops exceed the largest crop bucket ({CROP_EDGES[-1]})")
+  elif modality == "image" and (frames > 1 or images is not None):
+    raise ValueError(f"this model takes one 384px image per sample, not {frames} crops "
+                     "(data.read.images='resize')")
   if visual is not None:
     want = ((spec.tokens_per_frame, spec.feature_width) if visual == "features"
             else (spec.image_size, spec.image_size, 3))
@@ -80,9 +98,13 @@ def check_sample(sample: dict, spec: Any, buckets: Buckets, modality: str = "vid
       raise ValueError(f"{visual} of shape {tuple(np.shape(sample[visual]))}: expected (frames, "
                        f"{', '.join(map(str, want))}) for this model")
   placeholders = int(np.sum(np.asarray(sample["input_ids"]) == IMAGE_TOKEN_INDEX))
-  if placeholders != (1 if frames else 0):     # else the visual tokens would land after the text
-    raise ValueError(f"{placeholders} <image> placeholders for {'one' if frames else 'no'} visual "
-                     "input (is the prompt tokenized with has_image?)")
+  inputs = len(images) if images is not None else int(bool(frames))
+  if placeholders != inputs:     # else the visual tokens would land after the text
+    raise ValueError(f"{placeholders} <image> placeholders for {inputs} visual inputs (is the prompt "
+                     "tokenized with has_image?)")
+  if images is not None:
+    crops = bisect.bisect_left(CROP_EDGES, frames)
+    return CROP_EDGES[crops], buckets.of(0, len(sample["input_ids"]))[1]
   return buckets.of(frames, len(sample["input_ids"]))
 
 
@@ -100,7 +122,9 @@ def collate(samples: Sequence[dict], spec: Any, buckets: Buckets, pad_id: int = 
       shapes.append(check_sample(s, spec, buckets, modality))
     except ValueError as e:
       raise ValueError(f"sample {s.get('id', '?')}: {e}") from None
-  frame_edge, text_edge = (1 if modality == "image" else max(f for f, _ in shapes)), max(t for _, t in shapes)
+  anyres_images = modality == "image" and spec.anyres_side
+  frame_edge = max(f for f, _ in shapes) if anyres_images or modality != "image" else 1
+  text_edge = max(t for _, t in shapes)
   b = len(samples)
   ids = np.full((b, text_edge), pad_id, np.int32)
   labels = np.full((b, text_edge), IGNORE_INDEX, np.int32)
@@ -117,6 +141,11 @@ def collate(samples: Sequence[dict], spec: Any, buckets: Buckets, pad_id: int = 
   for i, s in enumerate(samples):
     if frames[i]:
       out[i, :frames[i]] = s[visual]
+  if anyres_images:
+    layout = anyres_layout.image_layout(
+        [anyres.layout_images(s["images"]) for s in samples], spec.anyres_side,
+        width=anyres.token_width(frame_edge, spec.anyres_side, spec.max_crops), max_crops=spec.max_crops)
+    return ImageBatch(ids, mask, labels, layout, pixels=out)
   if modality == "image":
     return ImageBatch(ids, mask, labels, image_layout([f > 0 for f in frames]), pixels=out)
   return VideoBatch(ids, mask, labels, spec.layout(frames, frame_edge), **{visual: out})

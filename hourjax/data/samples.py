@@ -5,7 +5,8 @@ a bad record never raises: it becomes {"id", "skipped": reason}, which the batch
 
 A sample: id, input_ids and labels int32 [L] (`chat.tokenize_conversation`), truncated (bool),
 and its visual input: `features` [T, 64, C] float32 (cached features), `pixels` uint8
-[T, S, S, 3] (decoded video frames, or one image), or neither (text-only).
+[T, S, S, 3] (decoded video frames, one image, or with `images="anyres"` an image sample's crops
+plus `images` [n, 4], `data.anyres`), or neither (text-only).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from hourjax.data import chat, video
+from hourjax.data import anyres, chat, video
 from hourjax.models.forgetting import official_linspace
 from hourjax.constants import IMAGE, IMAGE_TOKEN_INDEX
 
@@ -36,6 +37,8 @@ class ReadOptions:
   resample: str = "pil"                # "pil": the official processor's PIL bicubic; "swscale": faster
   max_frames: int = 0                  # frames a sample may have (the pipeline: the largest frame bucket)
   too_long: str = "subsample"          # more frames: "subsample" (official frames_upbound) or "skip"
+  images: str = "resize"               # "resize": one plain 384px image (Hour-LLaVA); "anyres": crops
+                                       # (LLaVA-OneVision / ProLongVid), several images per sample allowed
 
   def __post_init__(self):
     if self.frames != "official" and not (self.frames.startswith("fixed:") and self.frames[6:].isdigit()):
@@ -44,6 +47,8 @@ class ReadOptions:
       raise ValueError(f"resample={self.resample!r}: expected one of {video.RESAMPLE}")
     if self.too_long not in ("subsample", "skip"):
       raise ValueError(f"too_long={self.too_long!r}: expected 'subsample' or 'skip'")
+    if self.images not in ("resize", "anyres"):
+      raise ValueError(f"images={self.images!r}: expected 'resize' or 'anyres'")
 
   def cap(self, count: int, what: str) -> np.ndarray | None:
     """None if `count` frames fit; else the frames to keep, spread uniformly over them (the
@@ -69,8 +74,14 @@ def read_features(path: str) -> tuple[np.ndarray, float]:
 def read_image(path: str, size: int) -> np.ndarray:
   """One image as uint8 [1, size, size, 3]: the official plain 384px resize (PIL bicubic)."""
   from PIL import Image
+  return np.asarray(_open_image(path).resize((size, size), Image.BICUBIC))[None]
+
+
+def _open_image(path: str):
+  """The decoded RGB image (PIL), file closed."""
+  from PIL import Image
   with Image.open(path) as im:
-    return np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC))[None]
+    return im.convert("RGB")
 
 
 class ReadSample(grain.transforms.Map):
@@ -128,10 +139,15 @@ class ReadSample(grain.transforms.Map):
         turns = chat.with_time_instruction(turns, duration, num_frames)
       turns = chat.normalise_placeholders(turns)
     elif "image" in record:
-      if not isinstance(record["_path"], str):
-        raise ValueError(f"{len(record['_path'])} images: multi-image samples are not supported")
-      visual["pixels"] = read_image(record["_path"], o.image_size)
-      if turns and not any(IMAGE in chat.turn_text(t) for t in turns):
+      paths = [record["_path"]] if isinstance(record["_path"], str) else list(record["_path"])
+      if o.images == "anyres":
+        visual["pixels"], visual["images"] = anyres.crops([_open_image(p) for p in paths], o.image_size)
+      elif len(paths) > 1:
+        raise ValueError(f"{len(paths)} images: multi-image samples need data.read.images='anyres' "
+                         "(a model that takes them: ProLongVid)")
+      else:
+        visual["pixels"] = read_image(paths[0], o.image_size)
+      if turns and len(paths) == 1 and not any(IMAGE in chat.turn_text(t) for t in turns):
         turns = chat.with_placeholder(turns)    # the official image sharding adds it
       turns = chat.normalise_placeholders(turns)
     elif any(IMAGE in chat.turn_text(t) for t in turns):   # stricter than the official code, which
@@ -139,8 +155,9 @@ class ReadSample(grain.transforms.Map):
     ids, labels = chat.tokenize_conversation(self.tokenizer, turns, has_image=bool(visual),
                                              label_separators=o.label_separators)
     placeholders = int((ids == IMAGE_TOKEN_INDEX).sum())
-    if placeholders != (1 if visual else 0):
-      raise ValueError(f"{placeholders} <image> placeholders for {'one' if visual else 'no'} visual input")
+    inputs = len(visual["images"]) if "images" in visual else int(bool(visual))
+    if placeholders != inputs:
+      raise ValueError(f"{placeholders} <image> placeholders for {inputs} visual inputs")
     truncated = len(ids) > o.max_text_len
     if truncated:
       ids, labels = ids[:o.max_text_len], labels[:o.max_text_len]

@@ -13,9 +13,18 @@ documents are concatenated in shuffled order and cut every `seq_len` tokens (con
 a long document continues in the next sequence, where its positions restart at 0). In a
 sequence, segment k+1 is the k-th document piece, 0 is padding; positions count from 0 in each
 piece; the first token of a piece is not a target, so no token is predicted across documents.
+`packing="continuous"` is EasyContext's variant instead: one segment per sequence, positions
+0..seq_len-1 continuing across documents, every token after the first a target (the EOS
+between documents is all that separates them).
+
+Per-source length upsampling (Fu et al. 2024, which ProLongVid follows; `upsample_long`): each
+pattern of `patterns` is a source (e.g. one SlimPajama subset); within a source, documents of at
+least `long_bytes` bytes are drawn `factor` times as often, and the sources are mixed so that
+each keeps its share of the corpus' bytes (the domain mixture of the original data).
 """
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import os
@@ -43,26 +52,33 @@ class Documents(grain.sources.RandomAccessDataSource):
   line offsets once, at start-up; blank lines are skipped)."""
 
   def __init__(self, patterns: Sequence[str], field: str = "text"):
-    self.paths, self.field = _expand(patterns), field
+    self.patterns, self.field = list(patterns), field
+    self.paths = _expand(patterns)
     self._files: list[tuple[str, Any]] = []      # (path, line offsets | ArrayRecord source)
-    counts = []
-    for path in self.paths:
-      if path.endswith(".jsonl") or path.endswith(".json"):
-        offsets, at = [], 0
-        with open(path, "rb") as f:
-          for line in f:
-            if line.strip():
-              offsets.append(at)
-            at += len(line)
-        self._files.append((path, np.asarray(offsets, np.int64)))
-        counts.append(len(offsets))
-      elif ".array_record" in os.path.basename(path):
-        source = grain.sources.ArrayRecordDataSource([path])
-        self._files.append((path, source))
-        counts.append(len(source))
-      else:
-        raise ValueError(f"text documents {path!r}: expected .jsonl or .array_record files")
+    self._sizes: list[np.ndarray] = []           # bytes per document, by file
+    counts, sources = [], []
+    for pattern_index, pattern in enumerate(self.patterns):
+      for path in _expand([pattern]):
+        if path.endswith(".jsonl") or path.endswith(".json"):
+          offsets, sizes, at = [], [], 0
+          with open(path, "rb") as f:
+            for line in f:
+              if line.strip():
+                offsets.append(at)
+                sizes.append(len(line))
+              at += len(line)
+          self._files.append((path, np.asarray(offsets, np.int64)))
+          self._sizes.append(np.asarray(sizes, np.int64))
+        elif ".array_record" in os.path.basename(path):
+          source = grain.sources.ArrayRecordDataSource([path])
+          self._files.append((path, source))
+          self._sizes.append(np.zeros(len(source), np.int64) - 1)       # read when asked (`sizes`)
+        else:
+          raise ValueError(f"text documents {path!r}: expected .jsonl or .array_record files")
+        counts.append(len(self._sizes[-1]))
+        sources.append(np.full(counts[-1], pattern_index))
     self._ends = np.cumsum(counts)
+    self.source = np.concatenate(sources) if sources else np.zeros(0, np.int64)   # pattern of each document
     if not len(self):
       raise ValueError(f"text documents {list(patterns)}: no documents")
 
@@ -86,11 +102,47 @@ class Documents(grain.sources.RandomAccessDataSource):
     except (json.JSONDecodeError, KeyError) as e:
       raise ValueError(f"{path} document {i}: expected JSON with a {self.field!r} field ({e})") from None
 
+  def sizes(self) -> np.ndarray:
+    """Bytes of every document (ArrayRecord records are read once for it)."""
+    for (path, where), size in zip(self._files, self._sizes):
+      if len(size) and size[0] < 0:
+        size[:] = [len(where[i]) for i in range(len(size))]
+    return np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
+
   def __getstate__(self):     # worker processes reopen ArrayRecord files
-    return {"paths": self.paths, "field": self.field}
+    return {"patterns": self.patterns, "field": self.field}
 
   def __setstate__(self, state):
-    self.__init__(state["paths"], state["field"])
+    self.__init__(state["patterns"], state["field"])
+
+
+class Subset(grain.sources.RandomAccessDataSource):
+  """Documents at the given indices (repeats allowed)."""
+
+  def __init__(self, documents: Documents, indices: np.ndarray):
+    self.documents, self.indices = documents, np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> str:
+    return self.documents[int(self.indices[index])]
+
+
+def upsampled(documents: Documents, indices: np.ndarray, long_bytes: int, factor: int
+              ) -> tuple[list[np.ndarray], list[float]]:
+  """Per source: its documents among `indices` with the long ones repeated `factor` times, and
+  its mixing weight (documents drawn per step) that keeps its original share of bytes."""
+  sizes = documents.sizes()[indices]
+  sources = documents.source[indices]
+  lists, weights = [], []
+  for s in np.unique(sources):
+    mine, size = indices[sources == s], sizes[sources == s]
+    repeats = np.where(size >= long_bytes, factor, 1)
+    lists.append(np.repeat(mine, repeats))
+    # bytes per drawn document after upsampling; the source's share of draws keeps its bytes' share
+    weights.append(float(size.sum()) / float((size * repeats).sum() / repeats.sum()))
+  return lists, weights
 
 
 class Tokenize(grain.transforms.Map):
@@ -111,10 +163,15 @@ class Tokenize(grain.transforms.Map):
     return {"tokens": np.asarray(ids, np.int32)}
 
 
-def training_example(packed: dict) -> dict:
+PACKING = ("documents", "continuous")
+
+
+def training_example(packed: dict, packing: str = "documents") -> dict:
   """ConcatThenSplit's {tokens, tokens_segment_ids} -> the decoder batch format (one row)."""
   tokens = packed["tokens"].astype(np.int32)
   segments = packed["tokens_segment_ids"].astype(np.int32)
+  if packing == "continuous":      # EasyContext: one segment, positions continue over documents
+    segments = np.where(segments > 0, 1, 0).astype(np.int32)
   index = np.arange(len(tokens))
   starts = np.r_[True, segments[1:] != segments[:-1]]
   positions = index - np.maximum.accumulate(np.where(starts, index, 0))
@@ -123,21 +180,42 @@ def training_example(packed: dict) -> dict:
           "positions": np.where(segments == 0, 0, positions).astype(np.int32), "segment_ids": segments}
 
 
+def document_stream(patterns: Sequence[str], *, seed: int, epochs: int = 0, field: str = "text",
+                    process_index: int = 0, process_count: int = 1, long_bytes: int = 0,
+                    factor: int = 1) -> grain.MapDataset:
+  """This process's documents (strings) in training order: its share, shuffled, repeated
+  (epochs=0: forever), with per-source length upsampling when `factor` > 1."""
+  source = Documents(patterns, field)
+  if len(source) < process_count:
+    raise ValueError(f"{len(source)} documents cannot be shared by {process_count} processes")
+  mine = np.arange(len(source))[process_index::process_count]
+  if factor <= 1 or long_bytes <= 0:
+    return grain.MapDataset.source(Subset(source, mine)).shuffle(seed=seed).repeat(epochs or None)
+  lists, weights = upsampled(source, mine, long_bytes, factor)
+  parts = [grain.MapDataset.source(Subset(source, idx)).shuffle(seed=seed + i).repeat(None)
+           for i, idx in enumerate(lists)]
+  mixed = grain.MapDataset.mix(parts, weights)
+  # an epoch: as many draws as the upsampled corpus has documents
+  return mixed[:sum(map(len, lists)) * epochs] if epochs else mixed
+
+
 def dataset(patterns: Sequence[str], tokenizer: str, *, seq_len: int, batch_size: int, seed: int,
             epochs: int = 0, field: str = "text", process_index: int = 0, process_count: int = 1,
-            threads: int = 2, read_ahead: int = 0) -> grain.IterDataset:
+            threads: int = 2, read_ahead: int = 0, packing: str = "documents", long_bytes: int = 0,
+            factor: int = 1) -> grain.IterDataset:
   """This process's (PackedBatch, Meta) pairs ([batch_size, seq_len] int32 arrays) of its share of the documents.
   epochs=0 repeats forever (a step count ends the run)."""
   if seq_len < 2:
     raise ValueError(f"seq_len={seq_len}: a packed sequence needs at least 2 tokens")
-  docs = grain.MapDataset.source(Documents(patterns, field))
-  if len(docs) < process_count:
-    raise ValueError(f"{len(docs)} documents cannot be shared by {process_count} processes")
-  docs = docs[process_index::process_count].shuffle(seed=seed).repeat(epochs or None)
+  if packing not in PACKING:
+    raise ValueError(f"packing={packing!r}: expected one of {PACKING}")
+  docs = document_stream(patterns, seed=seed, epochs=epochs, field=field, process_index=process_index,
+                         process_count=process_count, long_bytes=long_bytes, factor=factor)
   tokens = docs.map(Tokenize(tokenizer)).to_iter_dataset(
       grain.ReadOptions(num_threads=threads, prefetch_buffer_size=read_ahead or 4 * batch_size))
   packed = grain.experimental.ConcatThenSplitIterDataset(tokens, length_struct={"tokens": seq_len})
-  return packed.map(training_example).batch(batch_size, drop_remainder=True).map(as_batch)
+  return packed.map(functools.partial(training_example, packing=packing)).batch(
+      batch_size, drop_remainder=True).map(as_batch)
 
 
 def as_batch(arrays: dict) -> tuple[PackedBatch, Meta]:
@@ -149,7 +227,10 @@ def from_config(data: Any, *, process_index: int = 0, process_count: int = 1,
   """`cfg.data` of a decoder-only run (configs/prolongvid.py:*,stage=context_extension)."""
   if data.batch_size % process_count:
     raise ValueError(f"data.batch_size={data.batch_size} is not divisible by {process_count} processes")
+  upsample = dict(data.get("upsample_long", {}))
   return dataset(list(data.documents), data.tokenizer, seq_len=seq_len or data.seq_len,
                  batch_size=data.batch_size // process_count, seed=data.seed if seed is None else seed,
                  epochs=data.epochs, field=data.field, process_index=process_index,
-                 process_count=process_count, threads=data.threads, read_ahead=data.read_ahead)
+                 process_count=process_count, threads=data.threads, read_ahead=data.read_ahead,
+                 packing=data.get("packing", "documents"), long_bytes=upsample.get("long_bytes", 0),
+                 factor=upsample.get("factor", 1))

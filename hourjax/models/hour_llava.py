@@ -51,6 +51,11 @@ class HourLlavaConfig:
                                    # chunked `no_grad` encoding); 0: always a gradient
   projector_init: str = "normal"   # layers.INITS, as each module's own `init`
 
+  @property
+  def feature_tokens(self) -> int:
+    """Tokens per frame of cached SigLIP features (pooled before the projector)."""
+    return self.pool_size ** 2
+
   def __post_init__(self):
     if self.memaug.hidden_size != self.llm.hidden_size:
       raise ValueError(f"memaug.hidden_size={self.memaug.hidden_size} must equal "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from hourjax.models.hour_llava import HourLlavaConfig
 from hourjax.models.memaug import MemAugConfig
+from hourjax.models.prolongvid import ProLongVidConfig
 from hourjax.models.qwen2 import Qwen2Config
 from hourjax.models.siglip import SiglipConfig
 
@@ -57,6 +58,20 @@ def hour_llava_step(cfg: HourLlavaConfig, batch: int, text_len: int, frames: int
       "memaug": 3 * memaug_forward(cfg.memaug, batch, text_len + visual, memory) if cfg.use_memaug else 0.0,
       "projector": 3 * batch * frames * g * 2 * (cfg.vision.hidden_size + cfg.llm.hidden_size) * cfg.llm.hidden_size,
       "vision": (3 if vision_trainable else 1) * siglip_forward(cfg.vision, batch * frames) if pixels else 0.0,
+  }
+  out["total"] = sum(out.values())
+  return out
+
+
+def prolongvid_step(cfg: ProLongVidConfig, batch: int, text_len: int, crops: int, visual: int,
+                    pixels: bool, vision_trainable: bool = False) -> dict[str, float]:
+  """Training FLOPs by component for one step: `crops` frames or image crops per sample, all of
+  whose 729 tokens go through the projector, and `visual` LLM tokens (the bucket's width)."""
+  g = cfg.vision.num_patches
+  out = {
+      "llm": 3 * qwen2_forward(cfg.llm, batch, text_len - 1 + visual),
+      "projector": 3 * batch * crops * g * 2 * (cfg.vision.hidden_size + cfg.llm.hidden_size) * cfg.llm.hidden_size,
+      "vision": (3 if vision_trainable else 1) * siglip_forward(cfg.vision, batch * crops) if pixels else 0.0,
   }
   out["total"] = sum(out.values())
   return out

@@ -8,8 +8,8 @@ ablation build their step here; none assembles one by hand.
     state, metrics = program.step(state, batch, rng)        # batch: a typed batch on the mesh
     compiled = program.lower(abstract_batch).compile()      # ahead of time (launch.aot_compile)
 
-Tasks: `hour_llava` (the whole model on video / image / text batches) and `decoder` (the
-decoder alone on packed documents: ProLongVid's context extension). A task is chosen once,
+Tasks: `hour_llava` and `prolongvid` (the whole model, `cfg.model.kind`, on video / image / text
+batches) and `decoder` (the decoder alone on packed documents: ProLongVid's context extension). A task is chosen once,
 here; the loop and the commands never ask which.
 """
 from __future__ import annotations
@@ -24,13 +24,15 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
-from hourjax.config import model_config
+from hourjax.config import model_config, model_kind
 from hourjax.convert.io import load_params, read_meta
 from hourjax.data import pipeline, text
 from hourjax.data.batch import Batch, VideoBatch
 from hourjax.data.batching import BatchSpec
 from hourjax.models import build as build_lib
+from hourjax.models.anyres import ImageLayout
 from hourjax.models.hour_llava import HourLlavaConfig
+from hourjax.models.prolongvid import ProLongVidConfig
 from hourjax.parallel import mesh as mesh_lib
 from hourjax.train import flops as flops_lib
 from hourjax.train import optimizer as opt_lib
@@ -43,12 +45,12 @@ DTYPES = {"bfloat16": jnp.bfloat16, "float32": jnp.float32}
 @dataclasses.dataclass(frozen=True)
 class Task:
   """What a run trains: the model kind and config, its data, its throughput accounting."""
-  name: str                       # "hour_llava" | "decoder"
-  model: HourLlavaConfig          # the run's whole model config
+  name: str                       # "hour_llava" | "prolongvid" | "decoder"
+  model: HourLlavaConfig | ProLongVidConfig     # the run's whole model config
 
   @property
   def kind(self) -> str:
-    return "qwen2" if self.name == "decoder" else "hour_llava"
+    return "qwen2" if self.name == "decoder" else self.name
 
   @property
   def cfg(self) -> Any:
@@ -79,14 +81,20 @@ class Task:
     if not isinstance(batch, VideoBatch):
       return flops_lib.decoder_step(self.model.llm, b, length)["total"]
     layout = batch.layout
+    vision_trainable = "vision" in opt_cfg.trainable
+    if self.name == "prolongvid":
+      visual = (layout.valid.shape[1] if isinstance(layout, ImageLayout)
+                else batch.frames * self.model.tokens_per_frame() + (self.model.newline == "video"))
+      return flops_lib.prolongvid_step(self.model, b, length, batch.frames, visual, batch.pixels is not None,
+                                       vision_trainable)["total"]
     return sum(flops_lib.hour_llava_step(
         self.model, b, length, batch.frames, layout.memory_frames.shape[1], layout.retained_frames.shape[1],
-        pixels=batch.pixels is not None, vision_trainable="vision" in opt_cfg.trainable).values())
+        pixels=batch.pixels is not None, vision_trainable=vision_trainable).values())
 
 
 def task_of(run: ml_collections.ConfigDict) -> Task:
   """The run's task, chosen once: `train.decoder_only` trains the decoder on packed text."""
-  return Task("decoder" if run.train.get("decoder_only", False) else "hour_llava", model_config(run.model))
+  return Task("decoder" if run.train.get("decoder_only", False) else model_kind(run.model), model_config(run.model))
 
 
 def optimizer_config(run: ml_collections.ConfigDict) -> opt_lib.OptimizerConfig:
@@ -155,15 +163,15 @@ class Program:
       saved = read_meta(t.init)["kind"]
       if saved == self.task.kind:
         params = load_params(t.init, target)
-      elif self.task.kind == "qwen2" and saved == "hour_llava":
+      elif self.task.kind == "qwen2" and saved in build_lib.VISUAL_KINDS:
         params = load_params(t.init, {"llm": target, **_rest_of(t.init, "llm")})["llm"]
       else:
         raise ValueError(f"train.init={t.init!r} holds a {saved!r} model; this run trains {self.task.kind}")
     else:
       params = self.fresh_params(t.seed)
     if t.get("init_llm", ""):
-      if self.task.kind != "hour_llava":
-        raise ValueError("train.init_llm replaces an Hour-LLaVA run's decoder; use train.init here")
+      if self.task.kind not in build_lib.VISUAL_KINDS:
+        raise ValueError("train.init_llm replaces a video model's decoder; use train.init here")
       meta = read_meta(t.init_llm)
       if meta["kind"] != "qwen2":
         raise ValueError(f"train.init_llm={t.init_llm!r} holds a {meta['kind']!r} model; expected qwen2")

@@ -61,6 +61,9 @@ RANGES: tuple[tuple[str, str, Callable[[Any], bool] | None, str], ...] = (
     ("model.max_length", INT, lambda v: v >= 1, ">= 1"),
     ("model.vision_grad_frames", INT, lambda v: v >= 0, ">= 0"),
     ("model.pool_size", INT, lambda v: v >= 1, ">= 1"),
+    ("model.max_crops", INT, lambda v: v >= 1, ">= 1"),
+    ("data.upsample_long.factor", INT, lambda v: v >= 1, ">= 1 (1: no upsampling)"),
+    ("data.upsample_long.long_bytes", INT, lambda v: v >= 0, ">= 0"),
 ) + tuple((f"model.{family}.{name}", INT, lambda v: v >= 1, ">= 1")
           for family in ("vision", "llm") for name in ("hidden_size", "intermediate_size", "num_layers",
                                                        "num_heads", "image_size", "patch_size", "vocab_size",
@@ -70,6 +73,10 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("train.optimizer.schedule", ("cosine", "constant")),
     ("data.read.resample", tuple(video.RESAMPLE)),
     ("data.read.too_long", ("subsample", "skip")),
+    ("data.read.images", ("resize", "anyres")),
+    ("model.kind", ("hour_llava", "prolongvid")),
+    ("data.packing", ("documents", "continuous")),
+    ("model.newline", ("grid", "video")),
     *((f"model.{field}", INITS) for field in ("vision.init", "llm.init", "memaug.init", "projector_init")),
 )
 
