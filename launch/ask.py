@@ -33,6 +33,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--chunk", type=int, default=128, help="frames encoded per SigLIP call")
   p.add_argument("--min-frames", type=int, default=128, help="the official rule's minimum frame count")
+  p.add_argument("--fixed-frames", type=int, default=192, help="ProLongVid models: frames by linspace over the video")
   p.add_argument("--resample", default="pil", choices=("pil", "swscale"))
   p.add_argument("--no-time-instruction", action="store_true")
   p.add_argument("--deterministic", action="store_true")
@@ -50,7 +51,7 @@ def prepare(a: argparse.Namespace) -> tuple[Any, Any, Any]:
 
   loaded = open_model(a.params, tokenizer=a.tokenizer, deterministic=a.deterministic)
   info = video.probe(a.video)
-  options = VisualOptions(a.chunk, a.min_frames, a.resample, not a.no_time_instruction)
+  options = VisualOptions(a.chunk, a.min_frames, a.resample, not a.no_time_instruction, a.fixed_frames)
   prompt = read_prompt(loaded, [{"role": "user", "content": [
       {"type": "video_url", "video_url": {"url": os.path.abspath(a.video)}}, {"type": "text", "text": a.question}]}],
       options)
@@ -86,6 +87,8 @@ def main(argv=None) -> int:
 def visual_tokens(cfg: Any, batch: dict) -> int:
   """How many visual tokens the LLM reads for the batch's first video (retained frames x
   (spatially kept tokens + newline))."""
+  if hasattr(cfg, "tokens_per_frame"):      # ProLongVid: every frame
+    return batch.frames * cfg.tokens_per_frame() + (cfg.newline == "video")
   per_frame = cfg.forgetting.spatial_count(cfg.pool_size ** 2) + 1
   return int(batch.layout.num_retained[0]) * per_frame
 

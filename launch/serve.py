@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--text-buckets", type=_edges, default=(256, 1024, 4096))
   p.add_argument("--chunk", type=int, default=128, help="frames encoded per SigLIP call")
   p.add_argument("--min-frames", type=int, default=128, help="the official rule's minimum frame count")
+  p.add_argument("--fixed-frames", type=int, default=192, help="ProLongVid models: frames by linspace over the video")
   p.add_argument("--resample", default="pil", choices=("pil", "swscale"))
   p.add_argument("--no-time-instruction", action="store_true")
   p.add_argument("--deterministic", action="store_true")
@@ -59,7 +60,7 @@ def build(a: argparse.Namespace):
   engine = Engine(loaded, Buckets(frames=a.frame_buckets, text=a.text_buckets), max_batch=a.max_batch,
                   batch_wait=a.batch_wait_ms / 1000, max_new_tokens=a.max_tokens)
   name = a.model_name or os.path.basename(os.path.normpath(a.params))
-  visual = VisualOptions(a.chunk, a.min_frames, a.resample, not a.no_time_instruction)
+  visual = VisualOptions(a.chunk, a.min_frames, a.resample, not a.no_time_instruction, a.fixed_frames)
   return create_app(engine, name, visual), engine
 
 

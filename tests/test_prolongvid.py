@@ -198,3 +198,95 @@ def test_prolongvid_checkpoint_layout_round_trip(fixture_path, tmp_path):
   for kind in ("hour_llava", "llava_onevision"):
     with pytest.raises(ValueError, match="export it as kind 'llava'"):
       api.export_torch(str(tmp_path / kind), kind, conv.config, conv.params)
+
+
+def test_recipe_runs_in_the_papers_order_on_tiny(tmp_path):
+  """configs/prolongvid.py:tiny through launch.recipe and the real loop: context extension, the
+  three image stages (anyres crops, multi-image samples), the three progressive video stages,
+  each from the previous one's parameters with its own groups frozen; a re-run skips them all."""
+  import json
+  import os
+  from configs import prolongvid
+  from hourjax.convert.io import load_params, read_meta
+  from hourjax.synthetic.images import write_images
+  from hourjax.synthetic.tokenizer import save_tiny_tokenizer
+  from hourjax.synthetic.videos import write_dataset
+  from launch import recipe
+  root = tmp_path / "data"
+  write_dataset(str(root), num_videos=6, seconds=(12, 100), fps=1, size=48, seed=27)
+  durations = [json.loads(line)["duration"] for line in open(root / "annotations.jsonl")]
+  assert min(durations) < 30 and any(30 <= d < 75 for d in durations) and max(durations) >= 75  # every stage has data
+  write_images(str(root), 8, sides=(30, 300), seed=1)
+  docs = [f"document {i} " + " ".join(["the cat sat on the mat"] * (i + 2)) for i in range(12)]
+  with open(root / "docs.jsonl", "w") as f:
+    f.writelines(json.dumps({"text": d}) + "\n" for d in docs)
+  tok = save_tiny_tokenizer(str(root / "tokenizer"), docs)
+  config = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "prolongvid.py") + ":tiny"
+  args = ["--config", config, "--workdir", str(tmp_path / "run"), f"data.root={root}", f"data.read.tokenizer={tok}",
+          "data.batch_size=2", "train.steps=2", "train.checkpoint_every=2", "mesh.fsdp=2", "mesh.sequence=4",
+          f"context_extension:data.documents=('{root / 'docs.jsonl'}',)", f"context_extension:data.tokenizer={tok}",
+          "context_extension:data.seq_len=64"]
+  assert recipe.main(args) == 0
+  names = [str(s) for s in prolongvid.RECIPE]
+  assert names == ["context_extension", "image_align", "image_knowledge", "image_sft", "1", "2", "3"]
+  dirs = [tmp_path / "run" / f"{i}_{n}" / "params" for i, n in enumerate(names)]
+  assert [read_meta(str(d))["kind"] for d in dirs] == ["qwen2"] + ["prolongvid"] * 6
+  p = [load_params(str(d)) for d in dirs]
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert same(p[1]["llm"], p[0]) and not same(p[2]["llm"], p[1]["llm"])      # the extended decoder, then trained
+  assert same(p[1]["vision"], p[0 + 1]["vision"]) and not same(p[2]["vision"], p[1]["vision"])  # align: projector only
+  assert not same(p[1]["projector"], p[2]["projector"])
+  for prev, video in zip(p[3:6], p[4:7]):        # video stages: SigLIP frozen, the rest trained
+    assert same(video["vision"], prev["vision"]) and not same(video["llm"], prev["llm"])
+  for d in dirs[1:]:      # every image (anyres, multi-image) and video sample was read
+    data = json.loads((d.parent / "summary.json").read_text())["data"]
+    assert data["skipped"] == 0 and sum(v for k, v in data.items() if k.startswith("samples_")) == 4
+  metrics = [json.loads(line) for line in open(dirs[-1].parent / "metrics.jsonl")]
+  assert metrics and all(np.isfinite(m["loss"]) for m in metrics if "loss" in m)
+  # the LLM's visual context grows with the stages as the paper's (1/8 of the frames on the tiny preset)
+  assert [prolongvid.visual_tokens(f"tiny,stage={s}") for s in (1, 2, 3)] == [4 * 20, 16 * 20, 24 * 20]
+  assert recipe.main(args) == 0        # everything finished: nothing runs again
+  assert same(load_params(str(dirs[-1])), p[-1])
+
+
+@pytest.mark.parametrize("hw", [(130, 70), (33, 200), (56, 56), (300, 250)])
+def test_anyres_crops_equal_transformers_processor(hw):
+  """data.anyres against transformers' own LLaVA-OneVision image processor (PIL backend): the same
+  grid and every crop's pixels identical (base first, then the grid row by row)."""
+  import transformers
+  from PIL import Image
+  from hourjax.data import anyres as data_anyres
+  proc = transformers.LlavaOnevisionImageProcessorPil(size={"height": CROP, "width": CROP}, image_grid_pinpoints=PINPOINTS,
+                                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
+  image = Image.fromarray(np.random.default_rng(sum(hw)).integers(0, 256, (*hw, 3), dtype=np.uint8))
+  want = proc(images=[image], return_tensors="np")["pixel_values"][0]
+  crops, images = data_anyres.crops([image], CROP)
+  assert tuple(images[0]) == (*hw, *anyres.select_grid(*hw, CROP)) and len(want) == len(crops)
+  np.testing.assert_allclose(crops.astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1, want, atol=1e-6)
+
+
+def test_multi_image_crops_are_padded_squares():
+  """Each image of a multi-image sample: squared with SigLIP's mean colour (the official
+  expand2square), then one crop; the model's layout gives each its tokens and a newline."""
+  from hourjax.data import anyres as data_anyres
+  wide = np.zeros((20, 100, 3), np.uint8) + 255
+  crops, images = data_anyres.crops([wide, wide[:, :50]], CROP)
+  assert crops.shape == (2, CROP, CROP, 3) and images.tolist() == [[20, 100, 0, 0], [20, 50, 0, 0]]
+  assert (crops[0, :5] == 127).all() and (crops[0, CROP // 2] == 255).all()      # grey above, image in the middle
+  layout = anyres.image_layout([data_anyres.layout_images(images)], SIDE)
+  assert layout.valid.sum() == 2 * (SIDE * SIDE + 1) and layout.newline.sum() == 2
+  assert data_anyres.token_width(2, SIDE) >= layout.valid.sum()
+
+
+def test_token_width_bounds_every_anyres_layout():
+  """The static width of a crop bucket holds every image that lands in it (so400m sizes)."""
+  import bisect
+  from hourjax.data import anyres as data_anyres
+  from hourjax.data.batching import CROP_EDGES
+  rng = np.random.default_rng(4)
+  for h, w in rng.integers(1, 4000, (300, 2)):
+    grid = anyres.select_grid(int(h), int(w), 384)
+    n = anyres.crop_count(grid)
+    edge = CROP_EDGES[bisect.bisect_left(CROP_EDGES, n)]
+    tokens = int(anyres.image_layout([[(int(h), int(w), grid)]], 27).valid.sum())
+    assert tokens <= data_anyres.token_width(edge, 27), (h, w, grid, tokens)

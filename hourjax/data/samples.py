@@ -71,14 +71,14 @@ def read_features(path: str) -> tuple[np.ndarray, float]:
   return feats, duration
 
 
-def read_image(path: str, size: int) -> np.ndarray:
+def read_image(path: Any, size: int) -> np.ndarray:
   """One image as uint8 [1, size, size, 3]: the official plain 384px resize (PIL bicubic)."""
   from PIL import Image
-  return np.asarray(_open_image(path).resize((size, size), Image.BICUBIC))[None]
+  return np.asarray(open_image(path).resize((size, size), Image.BICUBIC))[None]
 
 
-def _open_image(path: str):
-  """The decoded RGB image (PIL), file closed."""
+def open_image(path: Any):
+  """The decoded RGB image (PIL) of a path or file object, file closed."""
   from PIL import Image
   with Image.open(path) as im:
     return im.convert("RGB")
@@ -141,7 +141,7 @@ class ReadSample(grain.transforms.Map):
     elif "image" in record:
       paths = [record["_path"]] if isinstance(record["_path"], str) else list(record["_path"])
       if o.images == "anyres":
-        visual["pixels"], visual["images"] = anyres.crops([_open_image(p) for p in paths], o.image_size)
+        visual["pixels"], visual["images"] = anyres.crops([open_image(p) for p in paths], o.image_size)
       elif len(paths) > 1:
         raise ValueError(f"{len(paths)} images: multi-image samples need data.read.images='anyres' "
                          "(a model that takes them: ProLongVid)")

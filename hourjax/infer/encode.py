@@ -1,6 +1,7 @@
-"""A video's pooled SigLIP features, encoded chunk by chunk: an hour at 1 FPS is 3,600 frames
+"""A video's SigLIP features, encoded chunk by chunk: an hour at 1 FPS is 3,600 frames
 (1.6 GB of 384px pixels), but only `chunk` of them are decoded and on the device at a time;
-what stays is [T, 64, 1152] (the memory's raw material, 1 GB in float32)."""
+what stays is [T, 64, 1152] for Hour-LLaVA (pooled: the memory's raw material, 1 GB in float32),
+[T, 729, 1152] for ProLongVid (pooled after its projector; a few hundred frames)."""
 from __future__ import annotations
 
 from typing import Any
@@ -15,7 +16,8 @@ _ENCODERS: dict[Any, Any] = {}
 
 def _encoder(model: Any) -> Any:
   if model not in _ENCODERS:
-    _ENCODERS[model] = jax.jit(lambda p, px: model.apply({"params": p}, px, True, method="encode_frames"))
+    _ENCODERS[model] = jax.jit(lambda p, px: model.apply({"params": p}, px, model.cfg.cache_pooled,
+                                                         method="encode_frames"))
   return _ENCODERS[model]
 
 

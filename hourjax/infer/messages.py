@@ -11,7 +11,9 @@
 - One visual input per request, in the first user message, where training puts it: a video
   (frames by the official 1-FPS rule, encoded `chunk` frames at a time, the official time
   instruction first), one image (the 384-px image path), or several images, taken as the frames
-  of a video at 1 FPS (how an annotation pipeline sends a clip's frames).
+  of a video at 1 FPS (how an annotation pipeline sends a clip's frames). A ProLongVid model
+  reads its own way: `fixed_frames` frames by linspace and no time instruction; one image as
+  anyres crops, several images as a multi-image sample (one `<image>` each).
 - Leading `system` (or `developer`) messages replace the default system prompt; the
   conversation must end with a user message. The prompt is tokenized exactly as training
   tokenizes a record (`chat.generation_prompt`).
@@ -30,8 +32,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from hourjax.constants import IMAGE
-from hourjax.data import chat, samples, video
+from hourjax.data import anyres, chat, samples, video
 from hourjax.infer.encode import frame_features, video_features
+from hourjax.models.prolongvid import ProLongVidConfig
 
 
 class RequestError(ValueError):
@@ -55,6 +58,8 @@ class VisualOptions:
   min_frames: int = 128          # the official rule's minimum frame count
   resample: str = "pil"          # or "swscale"
   time_instruction: bool = True  # the official "The video lasts for ..." before the question
+                                 # (Hour-LLaVA; ProLongVid's model never had one)
+  fixed_frames: int = 192        # ProLongVid's model: this many frames by linspace over the video
 
 
 def local_path(url: str, what: str) -> str:
@@ -76,6 +81,15 @@ def local_path(url: str, what: str) -> str:
 
 def read_image(url: str, size: int) -> np.ndarray:
   """An image part's URL -> uint8 [size, size, 3] by the official plain resize (PIL bicubic)."""
+  return _decode_image(url, lambda source: samples.read_image(source, size)[0])   # the training pipeline's rule
+
+
+def open_image(url: str) -> Any:
+  """An image part's URL -> the decoded RGB image (PIL), for anyres crops."""
+  return _decode_image(url, samples.open_image)
+
+
+def _decode_image(url: str, decode: Any) -> Any:
   from PIL import UnidentifiedImageError
   if isinstance(url, str) and url.startswith("data:"):
     header, _, payload = url.partition(",")
@@ -88,7 +102,7 @@ def read_image(url: str, size: int) -> np.ndarray:
   else:
     source = local_path(url, "image")
   try:
-    return samples.read_image(source, size)[0]       # the training pipeline's own image rule
+    return decode(source)
   except (UnidentifiedImageError, OSError) as e:
     raise RequestError(f"image: cannot decode it ({e})", "messages") from None
 
@@ -145,17 +159,23 @@ def read_prompt(loaded: Any, messages: Sequence[dict], options: VisualOptions = 
                        "video as images)", "messages")
 
   tok, size = loaded.tokenizer, loaded.cfg.vision.image_size
+  prolongvid = isinstance(loaded.cfg, ProLongVidConfig)
   sample, modality, frames, duration = {}, "text", 0, None
+  placeholders = 1
   if videos:
     path = local_path(videos[0], "video")
     try:
       info = video.probe(path)
-      indices = video.official_frame_indices(info.frames, info.fps, min_frames=options.min_frames)
+      indices = (video.fixed_frame_indices(info.frames, options.fixed_frames) if prolongvid else
+                 video.official_frame_indices(info.frames, info.fps, min_frames=options.min_frames))
       sample["features"] = video_features(loaded.model, loaded.params, path, indices, size, options.chunk,
                                           resample=options.resample)
     except video.VideoError as e:
       raise RequestError(f"video: {e}", "messages", code="invalid_video") from None
     modality, frames, duration = "video", len(indices), info.duration
+  elif images and prolongvid:      # anyres crops of one image, or one padded crop per image
+    sample["pixels"], sample["images"] = anyres.crops([open_image(u) for u in images], size)
+    modality, frames, placeholders = "image", len(sample["pixels"]), len(images)
   elif len(images) == 1:
     sample["pixels"] = read_image(images[0], size)[None]
     modality, frames = "image", 1
@@ -165,8 +185,8 @@ def read_prompt(loaded: Any, messages: Sequence[dict], options: VisualOptions = 
     modality, frames, duration = "video", len(images), float(len(images))
   if frames:
     first = next(i for i, t in enumerate(turns) if t["role"] == "user")
-    turns[first] = {**turns[first], "content": f"{IMAGE}\n{turns[first]['content']}"}
-    if modality == "video" and options.time_instruction:
+    turns[first] = {**turns[first], "content": f"{IMAGE}\n" * placeholders + turns[first]["content"]}
+    if modality == "video" and options.time_instruction and not prolongvid:
       turns = turns[:first] + chat.with_time_instruction(turns[first:], duration, frames)
   ids = chat.generation_prompt(tok, chat.normalise_placeholders(turns), has_image=bool(frames),
                                **({} if system is None else {"system": system}))

@@ -56,6 +56,11 @@ class HourLlavaConfig:
     """Tokens per frame of cached SigLIP features (pooled before the projector)."""
     return self.pool_size ** 2
 
+  @property
+  def cache_pooled(self) -> bool:
+    """Cached SigLIP features are pooled (`encode_frames(pool=True)`): pooling precedes the projector."""
+    return True
+
   def __post_init__(self):
     if self.memaug.hidden_size != self.llm.hidden_size:
       raise ValueError(f"memaug.hidden_size={self.memaug.hidden_size} must equal "

@@ -66,6 +66,11 @@ class ProLongVidConfig:
     """Tokens per frame of cached SigLIP features: unpooled (pooling follows the projector)."""
     return self.vision.patches_per_side ** 2
 
+  @property
+  def cache_pooled(self) -> bool:
+    """Cached SigLIP features stay unpooled: pooling follows the projector."""
+    return False
+
   def tokens_per_frame(self) -> int:
     return self.pool_size * (self.pool_size + (self.newline == "grid"))
 
