@@ -9,6 +9,12 @@
   # default to the config's)
   python -m launch.aot_compile --config configs/prolongvid.py:7b,stage=context_extension \\
       --topology v5p:4x4x4 --mesh data=1,fsdp=4,tensor=1,sequence=16 --batch 4
+  # ProLongVid's own model: video stage 3 (192 frames, 29,952 visual tokens) and an image stage
+  # (a 6x6-crop anyres image: --image HxW)
+  python -m launch.aot_compile --config configs/prolongvid.py:7b,stage=3 --topology v5p:4x4x4 \
+      --mesh data=1,fsdp=16,tensor=1,sequence=4 --batch 16 --frames 192 --text 1024 --set model.llm.attention=ring
+  python -m launch.aot_compile --config configs/prolongvid.py:7b,stage=image_sft --topology v5p:4x4x4 \
+      --mesh data=1,fsdp=64,tensor=1,sequence=1 --batch 64 --image 2304x2304 --text 1024
 
 libtpu's compiler runs here and reports per-device HBM (arguments, temporaries, outputs),
 compiled FLOPs, and fit against the chip's HBM. Layers are scanned (`--unrolled` to unroll)
@@ -91,17 +97,19 @@ def chip(topology: str) -> tuple[float, float, float, float]:
 
 
 def set_depths(cfg, depths: dict[str, int]):
-  """The Hour-LLaVA config with layer counts replaced (for the FLOP extrapolation)."""
-  return dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, num_layers=depths["llm"]),
-                             vision=dataclasses.replace(cfg.vision, num_layers=depths["vision"]),
-                             memaug=dataclasses.replace(cfg.memaug, depth=depths["memaug"]))
+  """The model config with layer counts replaced (for the FLOP extrapolation)."""
+  cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, num_layers=depths["llm"]),
+                            vision=dataclasses.replace(cfg.vision, num_layers=depths["vision"]))
+  return dataclasses.replace(cfg, memaug=dataclasses.replace(cfg.memaug, depth=depths["memaug"])) \
+      if hasattr(cfg, "memaug") else cfg
 
 
 def depths_of(task: program_lib.Task) -> dict[str, int]:
   cfg = task.model
   if task.name == "decoder":
     return {"llm": cfg.llm.num_layers}
-  return {"llm": cfg.llm.num_layers, "vision": cfg.vision.num_layers, "memaug": cfg.memaug.depth}
+  out = {"llm": cfg.llm.num_layers, "vision": cfg.vision.num_layers}
+  return {**out, "memaug": cfg.memaug.depth} if hasattr(cfg, "memaug") else out
 
 
 def compile_step(task: program_lib.Task, batch, mesh, dtype, opt_cfg):
@@ -139,6 +147,8 @@ def main(argv=None) -> int:
   p.add_argument("--retained", type=int, default=512, help="retained (decayed-query) frames")
   p.add_argument("--text", type=int, default=1024, help="text tokens per sample")
   p.add_argument("--pixels", action="store_true", help="raw frames through SigLIP instead of cached features")
+  p.add_argument("--image", help="ProLongVid image stages: one anyres image of HxW pixels per sample, "
+                 "e.g. 2304x2304 (6x6 crops, the largest grid)")
   p.add_argument("--flops", action="store_true", help="also extrapolate compiled FLOPs over depth")
   p.add_argument("--json", help="write the report here too")
   p.add_argument("--hlo", help="write the compiled program's HLO text here (what the collective count reads)")
@@ -147,7 +157,8 @@ def main(argv=None) -> int:
   a = p.parse_args(own)
   a.set = flags_ + a.set
 
-  run = load(a.config, [f"model.{k}.remat={a.remat}" for k in ("vision", "llm", "memaug")] + a.set)
+  families = [k for k in ("vision", "llm", "memaug") if k in load(a.config, a.set).model]
+  run = load(a.config, [f"model.{k}.remat={a.remat}" for k in families] + a.set)
   if a.decoder_only:
     run.train.decoder_only = True
   hl = with_scan(model_config(run.model), not a.unrolled)
@@ -175,6 +186,18 @@ def main(argv=None) -> int:
       s = jax.ShapeDtypeStruct((a.batch, a.context), jnp.int32)
       return PackedBatch(s, s, s, s)
     analytic = flops_lib.decoder_step(hl.llm, a.batch, a.context)
+  elif task.name == "prolongvid":
+    sizes = [tuple(int(x) for x in a.image.split("x"))] * a.batch if a.image else ()
+
+    def make_batch(c):
+      b = abstract_batch(c, [a.frames] * a.batch, a.text, pixels=a.pixels or bool(sizes), image_sizes=sizes)
+      key = "pixels" if a.pixels or sizes else "features"
+      return b.replace(**{key: jax.ShapeDtypeStruct(getattr(b, key).shape, dtype)})
+    example = make_batch(hl)
+    crops = (example.pixels if a.pixels or sizes else example.features).shape[1]
+    visual = example.layout.valid.shape[1] if sizes else a.frames * hl.tokens_per_frame() + (hl.newline == "video")
+    analytic = flops_lib.prolongvid_step(hl, a.batch, a.text, crops, visual, a.pixels or bool(sizes),
+                                         "vision" in opt_cfg.trainable)
   else:
     def make_batch(c):
       b = abstract_batch(c, [a.frames] * a.batch, a.text, pixels=a.pixels, memory_frames=a.frames,
@@ -250,7 +273,7 @@ def extrapolate_flops(task, make_batch, mesh, dtype, pixels, opt_cfg) -> tuple[f
   """Per-device FLOPs and HBM bytes accessed of the full-depth step from unrolled 1- and
   2-layer compiles per stack (loops inside a layer still count once)."""
   full = depths_of(task)
-  ones = {"llm": 1, "vision": 1, "memaug": 1}
+  ones = dict.fromkeys(full, 1)
   flat = with_scan(task.model, False)
 
   def cost(d):
@@ -261,7 +284,7 @@ def extrapolate_flops(task, make_batch, mesh, dtype, pixels, opt_cfg) -> tuple[f
   base = cost({})
   total = base
   for stack, depth in full.items():
-    if task.name == "hour_llava" and stack == "vision" and not pixels:
+    if task.name != "decoder" and stack == "vision" and not pixels:
       continue
     total = total + (depth - 1) * (cost({stack: 2}) - base)
   return float(total[0]), float(total[1])

@@ -37,6 +37,28 @@ def test_tiny_stage3_step_compiles_for_v5e(tmp_path):
   assert r["compiled_tflops_scanned_body_once"] > 0
 
 
+def test_prolongvid_anyres_image_stage_compiles_for_v5e(tmp_path):
+  """ProLongVid's own model at an image stage: a multi-crop anyres image per sample through SigLIP
+  (trained there), the projector and the LLM over the crop bucket's static token width."""
+  from configs.prolongvid import get_config
+  from hourjax.data.anyres import token_width
+  from hourjax.data.batching import CROP_EDGES
+  from hourjax.models.anyres import crop_count, select_grid
+  from hourjax.train.flops import qwen2_forward
+  out = tmp_path / "image.json"
+  aot_compile.main(["--config", f"{CONFIGS}/prolongvid.py:tiny,stage=image_sft", "--topology", "v5e:2x2",
+                    "--mesh", "data=1,fsdp=4", "--batch", "4", "--image", "330x250", "--text", "64",
+                    "--json", str(out)])
+  r = json.loads(out.read_text())
+  assert r["fits"] and r["optimizer"]["vision"] > 0 and r["optimizer"]["memaug"] == 0
+  cfg = model_config(get_config("tiny,stage=image_sft").model)
+  crops = crop_count(select_grid(330, 250, cfg.vision.image_size))
+  assert crops > 2
+  visual = token_width(next(e for e in CROP_EDGES if e >= crops), cfg.vision.patches_per_side)
+  llm = 3 * qwen2_forward(cfg.llm, 4, 64 - 1 + visual) / 1e12
+  assert abs(r["analytic_tflops_per_step"]["llm"] / llm - 1) < 1e-9 and r["analytic_tflops_per_step"]["vision"] > 0
+
+
 def test_context_extension_stage_compiles_from_its_config(tmp_path):
   """The exact stage config (decoder only, theta 1e9, its optimizer and sequence length) with
   ring attention over a 4-chip 'sequence' axis."""

@@ -207,7 +207,7 @@ def test_context_extension_stage_schedule_and_init_llm(corpus, tmp_path):
   again = run_stage(run, str(tmp_path / "ctx"))
   assert [p.get("skipped") for p in again["phases"]] == ["finished earlier"] * 2
   # The extended decoder initialises a video stage's LLM (theta 1e9 in the ProLongVid stages).
-  video = load(CONFIG + ":tiny,stage=1", [f"train.init_llm={tmp_path / 'ctx' / 'params'}"])
+  video = load(CONFIG + ":tiny,stage=1,model=hour_llava", [f"train.init_llm={tmp_path / 'ctx' / 'params'}"])
   program = program_lib.build(video)
   with mesh_lib.activate(program.mesh):
     params = program.initial_params(video)

@@ -144,8 +144,9 @@ def test_prolongvid_grid_rule_matches_official_transcription():
   pixels = rng.integers(0, 256, (1, 2, CROP, CROP, 3), dtype=np.uint8)
   prompt = np.concatenate([_text(rng, 3), [IMAGE_TOKEN_INDEX], _text(rng, 5)])
   model = build.build("prolongvid", cfg)
+  layout = video_layout([2], cfg.forgetting)
   ours = np.asarray(jax.jit(lambda p: model.apply({"params": p}, prompt[None], np.ones((1, len(prompt))),
-                                                  layout=video_layout([2], cfg.forgetting), pixels=pixels)["logits"])(conv.params))
+                                                  layout=layout, pixels=pixels)["logits"])(conv.params))
   with torch.no_grad():
     px = torch.from_numpy(pixels[0].astype(np.float32) / 127.5 - 1).permute(0, 3, 1, 2)
     feats = ref.model.vision_tower(px, output_hidden_states=True).hidden_states[-1]
@@ -256,8 +257,9 @@ def test_anyres_crops_equal_transformers_processor(hw):
   import transformers
   from PIL import Image
   from hourjax.data import anyres as data_anyres
-  proc = transformers.LlavaOnevisionImageProcessorPil(size={"height": CROP, "width": CROP}, image_grid_pinpoints=PINPOINTS,
-                                                      image_mean=[0.5] * 3, image_std=[0.5] * 3)
+  proc = transformers.LlavaOnevisionImageProcessorPil(size={"height": CROP, "width": CROP},
+                                                      image_grid_pinpoints=PINPOINTS, image_mean=[0.5] * 3,
+                                                      image_std=[0.5] * 3)
   image = Image.fromarray(np.random.default_rng(sum(hw)).integers(0, 256, (*hw, 3), dtype=np.uint8))
   want = proc(images=[image], return_tensors="np")["pixel_values"][0]
   crops, images = data_anyres.crops([image], CROP)

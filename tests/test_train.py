@@ -198,23 +198,32 @@ def test_two_processes_equal_one(synth, tmp_path):
 def test_prolongvid_stages(synth, tmp_path):
   from configs import prolongvid
   from hourjax.data.sources import Source, epoch_records
-  s2 = prolongvid.get_config("7b,stage=2")
+  s2 = prolongvid.get_config("7b,stage=2,model=hour_llava")
   assert s2.model.llm.rope_theta == s2.model.memaug.rope_theta == 1e9
   assert s2.data.read.frames == "fixed:128" and s2.train.optimizer.lr.vision == 0
   assert (s2.data.sources[0]["min_seconds"], s2.data.sources[0]["max_seconds"]) == (120, 300)
   model_config(s2.model)
+  own = model_config(prolongvid.get_config("7b,stage=2").model)      # ProLongVid's own model
+  assert own.llm.rope_theta == 1e9 and own.tokens_per_frame() == 12 * 13 and not hasattr(own, "memaug")
   run = prolongvid.get_config("tiny,stage=1")
   kept = epoch_records([Source(**dict(s)) for s in run.data.sources], synth, 0)["video"]
   assert kept and all(r["duration"] < 30 for r in kept)
-  with pytest.raises(ValueError, match="stage"):
-    prolongvid.get_config("7b,stage=5")
-  # The docstring's table of what the frame counts mean is the model's own layout.
-  rows = [line.split("|") for line in prolongvid.__doc__.splitlines() if line.strip()[:1].isdigit()]
-  for row in rows:
-    stage, *numbers = (int(x.replace(",", "")) for x in row)
+  for bad in ("7b,stage=5", "7b,stage=image_sft,model=hour_llava", "7b,model=memaug"):
+    with pytest.raises(ValueError, match="stage"):
+      prolongvid.get_config(bad)
+  # The docstring's tables are the models' own layouts: ProLongVid's (4 columns), then Hour-LLaVA's (6).
+  rows = [[int(x.replace(",", "")) if x.strip().replace(",", "").isdigit() else x.strip() for x in line.split("|")]
+          for line in prolongvid.__doc__.splitlines() if "|" in line and line.split("|")[0].strip()[:1].isalnum()
+          and "stage" not in line]
+  own_rows = [r for r in rows if len(r) == 4]
+  for stage, frames, per_frame, tokens in own_rows:
+    arg = f"7b,stage={stage if stage != 'test' else 3}"
+    assert prolongvid.visual_tokens(arg, frames if stage == "test" else None) == tokens == frames * per_frame
+  assert [r[0] for r in own_rows] == [1, 2, 3, "test"] and own_rows[-1][1] == prolongvid.TEST_FRAMES
+  for stage, *numbers in (r for r in rows if len(r) == 6):
     budget = prolongvid.token_budget(f"7b,stage={stage}")
     assert list(budget.values()) == numbers[:4] and numbers[4] == budget["input frames"] * 12 * 13
-  assert len(rows) == len(prolongvid.STAGES)
+  assert len([r for r in rows if len(r) == 6]) == len(prolongvid.STAGES)
 
 
 def test_resume_onto_another_mesh(synth, tmp_path):

@@ -77,7 +77,8 @@ def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
 
 def config_to_hf(c: HourLlavaConfig | ProLongVidConfig, source: dict[str, Any] | None = None) -> dict[str, Any]:
   """The source LLaVA-OV config with the sizes replaced by ours (so pinpoints etc. survive)."""
-  if isinstance(c, ProLongVidConfig) and (c.newline, c.pool_size) != ("video", math.ceil(c.vision.patches_per_side / 2)):
+  transformers_rule = ("video", math.ceil(c.vision.patches_per_side / 2))
+  if isinstance(c, ProLongVidConfig) and (c.newline, c.pool_size) != transformers_rule:
     raise ValueError(f"transformers' LLaVA-OneVision pools video frames to ceil(side / 2) with one newline per "
                      f"video; this model pools to {c.pool_size} with newline={c.newline!r}: export it as kind "
                      "'llava' (the LLaVA-NeXT layout ProLongVid's checkpoints use)")

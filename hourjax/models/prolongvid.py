@@ -17,7 +17,6 @@ an ImageBatch carries an `anyres.ImageLayout`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
