@@ -134,15 +134,19 @@ class HourLlava(nn.Module):
   param_dtype: Any = jnp.float32
 
   def setup(self):
+    self.setup_visual()
+    if self.cfg.use_memaug:
+      self.memaug = MemAug(self.cfg.memaug, name="memaug", dtype=self.dtype, param_dtype=self.param_dtype)
+    self.llm = Qwen2(self.cfg.llm, name="llm", dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def setup_visual(self) -> None:
+    """SigLIP, the projector and the learned newline: what every LLaVA-family model has."""
     c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.vision = SiglipVision(c.vision, name="vision", **kw)
     self.projector = Projector(c.llm.hidden_size, init=c.projector_init, name="projector", **kw)
     self.image_newline = self.param("image_newline", nn.with_logical_partitioning(
         nn.initializers.normal(c.llm.hidden_size ** -0.5), (ax.EMBED,)), (c.llm.hidden_size,),
         self.param_dtype)
-    if c.use_memaug:
-      self.memaug = MemAug(c.memaug, name="memaug", **kw)
-    self.llm = Qwen2(c.llm, name="llm", **kw)
 
   # -- 1. frames -> full video tokens ------------------------------------------------------------
   def encode_frames(self, pixels: jax.Array, pool: bool) -> jax.Array:

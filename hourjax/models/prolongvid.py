@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.models.anyres import MAX_CROPS, ImageLayout
 from hourjax.models.forgetting import ForgettingConfig, VideoLayout
-from hourjax.models.hour_llava import HourLlava, Projector, _take_frames, bilinear_pool
+from hourjax.models.hour_llava import HourLlava, _take_frames, bilinear_pool
 from hourjax.models.layers import init_std
 from hourjax.models.qwen2 import Qwen2, Qwen2Config
-from hourjax.models.siglip import SiglipConfig, SiglipVision
-from hourjax.parallel import axes as ax
+from hourjax.models.siglip import SiglipConfig
 
 NEWLINES = ("grid", "video")
 # Every input frame is a frame of the LLM's input: no padding to a memory, nothing forgotten.
@@ -78,13 +76,8 @@ class ProLongVid(HourLlava):
   cfg: ProLongVidConfig
 
   def setup(self):
-    c, kw = self.cfg, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.vision = SiglipVision(c.vision, name="vision", **kw)
-    self.projector = Projector(c.llm.hidden_size, init=c.projector_init, name="projector", **kw)
-    self.image_newline = self.param("image_newline", nn.with_logical_partitioning(
-        nn.initializers.normal(c.llm.hidden_size ** -0.5), (ax.EMBED,)), (c.llm.hidden_size,),
-        self.param_dtype)
-    self.llm = Qwen2(c.llm, name="llm", **kw)
+    self.setup_visual()
+    self.llm = Qwen2(self.cfg.llm, name="llm", dtype=self.dtype, param_dtype=self.param_dtype)
 
   def __call__(self, input_ids: jax.Array, attention_mask: jax.Array, labels: jax.Array | None = None,
                *, layout: VideoLayout | ImageLayout | None = None, pixels: jax.Array | None = None,
