@@ -18,7 +18,8 @@ TempCompass answers its rules cannot read go to the judge given by `--judge-url`
 OpenAI-compatible endpoint; cached in <out>/judge_cache.jsonl, so a rerun asks nothing twice);
 without one they are reported as unjudged, never guessed, and a rerun with a judge scores them
 without generating again. Frames: the official 1-FPS rule (default) or `--frames N` uniformly
-sampled, resized as in training. Every answer is appended to <out>/<benchmark>.<process>.jsonl
+sampled, resized as in training (a ProLongVid checkpoint: 192 frames by default and no time
+instruction, as it was trained). Every answer is appended to <out>/<benchmark>.<process>.jsonl
 as it is scored (a rerun skips what is done; a missing or unreadable video is recorded as
 skipped); process 0 writes <out>/<benchmark>.json (lmms-eval's number per task, accuracy per
 duration / category / task, unjudged and skipped counts) and <out>/<benchmark>.lmms_eval.json
@@ -62,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--judge-url", default="", help="an OpenAI-compatible endpoint for the judged items")
   p.add_argument("--judge-model", default="gpt-3.5-turbo-1106", help="lmms-eval's TempCompass judge")
   p.add_argument("--judge-key-env", default="OPENAI_API_KEY", help="environment variable holding the key")
-  p.add_argument("--frames", type=int, default=0, help="0: official 1-FPS rule; N: N uniform frames")
+  p.add_argument("--frames", type=int, default=0, help="0: official 1-FPS rule (ProLongVid models: 192); "
+                 "N: N uniform frames")
   p.add_argument("--min-frames", type=int, default=128)
   p.add_argument("--chunk", type=int, default=128)
   p.add_argument("--resample", default="pil", choices=("pil", "swscale"), help="frame resize (as training: pil)")
@@ -152,6 +154,8 @@ def _generate(a, proto, todo, shard, scored) -> None:
 
   loaded = open_model(a.params, tokenizer=a.tokenizer)        # random forgetting with a fixed key
   model, params, cfg, tokenizer = loaded.model, loaded.params, loaded.cfg, loaded.tokenizer
+  if not hasattr(cfg, "memaug"):      # ProLongVid's model: fixed frames by linspace, no time instruction
+    a.frames, a.no_time_instruction = a.frames or 192, True
   current = (None, None)
   with open(shard, "a") as out:
     for n, doc in enumerate(todo, 1):
