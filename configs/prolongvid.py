@@ -133,7 +133,7 @@ def prolongvid_model(size: str) -> ml_collections.ConfigDict:
   base = hour_llava.get_config(size).model
   return ml_collections.ConfigDict(dict(
       kind="prolongvid", vision=base.vision.to_dict(), llm={**base.llm.to_dict(), "rope_theta": ROPE_THETA},
-      feature_layer=-1, pool_size=4 if size == "tiny" else 12, newline="grid", max_crops=9,
+      feature_layer=-1, pool_size=4 if size == "tiny" else 12, newline="grid", max_crops=9, unpad="official",
       max_length=32768 if size == "tiny" else 256000, projector_init=base.projector_init))
 
 

@@ -28,7 +28,8 @@ def _edges(text: str) -> tuple[int, ...]:
 
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--params", required=True, help="an hourjax Hour-LLaVA checkpoint (convert.py or training)")
+  p.add_argument("--params", required=True,
+                 help="an hourjax Hour-LLaVA or ProLongVid checkpoint (convert.py or training)")
   p.add_argument("--tokenizer", default="", help="tokenizer directory (default: --params)")
   p.add_argument("--model-name", default="", help="the model id clients ask for (default: --params' name)")
   p.add_argument("--host", default="127.0.0.1")

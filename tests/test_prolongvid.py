@@ -61,6 +61,7 @@ def test_config_from_transformers_and_prolongvid_rules():
   _, conv = pair()
   assert conv.kind == "prolongvid" and conv.config.pool_size == math.ceil(SIDE / 2)
   assert conv.config.newline == "video" and conv.config.max_crops == 9 and "memaug" not in conv.params
+  assert conv.config.unpad == "transformers"
 
 
 def test_anyres_images_batched_match_transformers():
@@ -69,7 +70,7 @@ def test_anyres_images_batched_match_transformers():
   rng = np.random.default_rng(0)
   sizes = [(330, 250), (70, 150)]
   grids = [anyres.select_grid(h, w, CROP) for h, w in sizes]
-  layout = anyres.image_layout([[(h, w, g)] for (h, w), g in zip(sizes, grids)], SIDE)
+  layout = anyres.image_layout([[(h, w, g)] for (h, w), g in zip(sizes, grids)], SIDE, rounding="transformers")
   counts = layout.valid.sum(1)
   # both branches of anyres_max_9: the first (6x5 crops, 24x18 unpadded) is downsized to 13x10,
   # the second (2x3 crops, 8x12 unpadded to 6x12) is not; + base crop and a newline per row
@@ -166,9 +167,26 @@ def test_anyres_grid_and_unpad_follow_transformers(hw):
   h, w = hw
   rows, cols = m.get_anyres_image_grid_shape((h, w), PINPOINTS, CROP)
   assert anyres.select_grid(h, w, CROP) == (rows, cols)
-  top, bottom, left, right = anyres.unpadded(h, w, rows * SIDE, cols * SIDE)
+  top, bottom, left, right = anyres.unpadded(h, w, rows * SIDE, cols * SIDE, "transformers")
   want = m.unpad_image(torch.zeros(1, rows * SIDE, cols * SIDE), torch.tensor([h, w])).shape[1:]
   assert (bottom - top, right - left) == tuple(want)
+
+
+def test_unpad_rounding_official_and_transformers_differ_where_the_codes_do():
+  """The official LLaVA-NeXT / ProLongVid / Hour-LLaVA code truncates the covered side
+  (`int(h * scale)`); transformers rounds to 7 digits first. Where a product lands a hair below
+  an integer they differ by a row, and each rule matches its code there."""
+  from transformers.models.llava_onevision import modeling_llava_onevision as m
+  found = [(h, w) for h in range(1, 300) for w in range(1, 300)
+           if anyres.unpadded(h, w, 27, 54) != anyres.unpadded(h, w, 27, 54, "transformers")]
+  assert found, "no size where the rules differ"
+  h, w = found[0]
+  shape = lambda box: (box[1] - box[0], box[3] - box[2])
+  official, ours = anyres.unpadded(h, w, 27, 54), anyres.unpadded(h, w, 27, 54, "transformers")
+  want = tuple(m.unpad_image(torch.zeros(1, 27, 54), torch.tensor([h, w])).shape[1:])
+  assert shape(ours) == want and shape(official) != want
+  with pytest.raises(ValueError, match="rounding="):
+    anyres.unpadded(h, w, 27, 54, "nearest")
 
 
 def test_prolongvid_checkpoint_layout_round_trip(fixture_path, tmp_path):
@@ -186,6 +204,7 @@ def test_prolongvid_checkpoint_layout_round_trip(fixture_path, tmp_path):
   conv = api.import_torch(str(tmp_path))
   assert conv.kind == "prolongvid" and conv.initialised == [] and "memaug" not in conv.params
   assert (conv.config.pool_size, conv.config.newline, conv.config.max_crops) == (3, "grid", 9)
+  assert conv.config.unpad == "official"
   as_hour_llava = api.import_torch(str(tmp_path), model="hour_llava", key=jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, conv.params,
                {k: v for k, v in as_hour_llava.params.items() if k != "memaug"})

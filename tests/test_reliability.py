@@ -50,6 +50,8 @@ FUZZ_SEEDS = range(256)       # corrupted files, one per seed (docs/reliability.
     ("data.epochs=-1", "data.epochs=-1"),
     ("data.read.max_text_len=4096", "data.read.max_text_len=4096: longer than the largest text bucket"),
     ("data.read.too_long=crop", "data.read.too_long='crop'"),
+    ("data.read.images=tiles", "data.read.images='tiles': expected one of resize, anyres"),
+    ("data.read.images=anyres", "data.read.images='anyres': Hour-LLaVA reads one plain 384px image"),
     ("data.read.frames=fixed:0", "data.read.frames='fixed:0'"),
     ("data.read.frames=fixed:100", "more frames than the largest frame bucket (64)"),
     ("data.read.image_size=224", "data.read.image_size=224: must equal model.vision.image_size=112"),
@@ -101,6 +103,9 @@ def test_every_problem_is_reported_at_once_and_types_are_checked():
 @pytest.mark.parametrize("spec,devices", [("hour_llava.py:tiny,stage=3", 4), ("hour_llava.py:7b,stage=2", 64),
                                           ("hour_llava.py:7b,stage=3", 256), ("hour_llava.py:3b,stage=1", 128),
                                           ("prolongvid.py:7b,stage=2", 128),
+                                          ("prolongvid.py:7b,stage=image_sft", 256),
+                                          ("prolongvid.py:7b,stage=3,model=hour_llava", 128),
+                                          ("prolongvid.py:tiny,stage=image_align", 4),
                                           ("prolongvid.py:tiny,stage=context_extension", 1),
                                           ("prolongvid.py:7b,stage=context_extension", 128)])
 def test_every_preset_is_valid_on_its_machine(spec, devices):

@@ -238,3 +238,60 @@ def test_bad_requests_get_openai_errors_and_the_server_goes_on(served):
   status, body = _post(served["url"].replace("/v1", "/v2"), b"{}")
   assert status == 404 and "error" in body
   assert _ask(served, "Still there?").choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.fixture(scope="module")
+def served_prolongvid(served, qwen2_tokenizer):
+  """A tiny ProLongVid checkpoint (the real Qwen2 vocabulary) behind its own server."""
+  from configs.prolongvid import get_config
+  from hourjax.config import model_config
+  from hourjax.convert.io import save_params
+  from hourjax.infer.server import Background
+  from hourjax.models import build
+  from launch import serve
+  cfg = model_config(get_config("tiny,stage=3").model)
+  cfg = dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, vocab_size=QWEN_VOCAB))
+  path = str(served["root"] / "hj-plv")
+  save_params(path, build.init_params("prolongvid", cfg, jax.random.key(0)), "prolongvid", cfg)
+  a = serve.parser().parse_args(["--params", path, "--tokenizer", qwen2_tokenizer, "--model-name", "hj-tiny",
+                                 "--text-buckets", "128",
+                                 "--frame-buckets", "16", "--fixed-frames", "8", "--max-tokens", str(LIMIT),
+                                 "--max-batch", "2", "--batch-wait-ms", "10"])
+  app, engine = serve.build(a)
+  with Background(app) as url:
+    yield {**served, "engine": engine, "loaded": engine.loaded,
+           "client": openai.OpenAI(base_url=url, api_key="none", max_retries=0)}
+  engine.close()
+
+
+def test_a_prolongvid_checkpoint_reads_its_own_way(served_prolongvid):
+  """ProLongVid's model behind the same server: a video by 8 frames by linspace and no time
+  instruction, one image as anyres crops, two images as one multi-image sample, each answer
+  equal to `generate` on a prompt built independently of the server's message reader."""
+  from hourjax.data import anyres
+  s = served_prolongvid
+  loaded, path = s["loaded"], str(s["root"] / "clip.mp4")
+  tok, size, q = loaded.tokenizer, loaded.cfg.vision.image_size, "What is shown?"
+  assert type(loaded.model).__name__ == "ProLongVid"
+  r = _ask(s, [{"type": "video_url", "video_url": {"url": path}}, {"type": "text", "text": q}])
+  indices = video.fixed_frame_indices(video.probe(path).frames, 8)
+  ids = prompt_ids(tok, q, None, len(indices))
+  features = video_features(loaded.model, loaded.params, path, indices, size)
+  assert features.shape[1] == loaded.cfg.vision.num_patches         # unpooled: pooling follows the projector
+  sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "features": features}
+  assert r.choices[0].message.content == _reference(s, sample)[0]
+  assert r.usage.prompt_tokens == len(ids) - 1 + 8 * loaded.cfg.tokens_per_frame()
+  pictures = [np.random.default_rng(i).integers(0, 256, (150 + 40 * i, 90, 3), np.uint8) for i in range(2)]
+  files = []
+  for i, p in enumerate(pictures):
+    files.append(str(s["root"] / f"picture{i}.png"))
+    Image.fromarray(p).save(files[-1])
+  for images in ([pictures[0]], pictures):
+    parts = [{"type": "image_url", "image_url": {"url": f}} for f in files[:len(images)]]
+    r = _ask(s, parts + [{"type": "text", "text": q}])
+    turns = [{"from": "human", "value": "<image>\n" * len(images) + q}]
+    ids = chat.generation_prompt(tok, chat.normalise_placeholders(turns))
+    crops, rows = anyres.crops(images, size)
+    assert (len(crops) > 2) == (len(images) == 1)      # one image is tiled, two are a crop each
+    sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "pixels": crops, "images": rows}
+    assert r.choices[0].message.content == _reference(s, sample, "image")[0]

@@ -49,12 +49,13 @@ def ignore(c: HourLlavaConfig | ProLongVidConfig, p: dict[str, str]) -> tuple[st
 
 
 def prolongvid_config_from_hf(d: dict[str, Any], **overrides) -> ProLongVidConfig:
-  """The same checkpoint as ProLongVid's model with transformers' own video rule: pooled to
-  ceil(27 / 2) after the projector, one newline after the whole video."""
+  """The same checkpoint as ProLongVid's model with transformers' own rules: videos pooled to
+  ceil(27 / 2) after the projector with one newline after the whole video, transformers'
+  unpad rounding."""
   c = config_from_hf(d)
   return dataclasses.replace(
       ProLongVidConfig(vision=c.vision, llm=c.llm, feature_layer=c.feature_layer,
-                       pool_size=math.ceil(c.vision.patches_per_side / 2), newline="video",
+                       pool_size=math.ceil(c.vision.patches_per_side / 2), newline="video", unpad="transformers",
                        max_crops=llava.max_crops(d.get("vision_aspect_ratio"), "vision_aspect_ratio")), **overrides)
 
 

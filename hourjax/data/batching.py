@@ -56,6 +56,7 @@ class BatchSpec:
   anyres_side: int = 0        # > 0: image samples are anyres crops of this many patches a side
                               # (ProLongVid); 0: one plain 384px image (Hour-LLaVA)
   max_crops: int = anyres_layout.MAX_CROPS    # anyres_max_N
+  unpad: str = "official"     # anyres.unpadded's rounding
 
   @classmethod
   def of(cls, cfg: Any) -> "BatchSpec":
@@ -65,7 +66,7 @@ class BatchSpec:
       return cfg
     side = cfg.vision.patches_per_side if hasattr(cfg, "max_crops") else 0
     return cls(cfg.feature_tokens, cfg.vision.hidden_size, cfg.vision.image_size, cfg.forgetting,
-               side, getattr(cfg, "max_crops", anyres_layout.MAX_CROPS))
+               side, getattr(cfg, "max_crops", anyres_layout.MAX_CROPS), getattr(cfg, "unpad", "official"))
 
   def layout(self, frames: Sequence[int], frame_edge: int) -> VideoLayout:
     """The batch's layout, as wide as a sample of `frame_edge` frames needs: every batch of a
@@ -144,7 +145,8 @@ def collate(samples: Sequence[dict], spec: Any, buckets: Buckets, pad_id: int = 
   if anyres_images:
     layout = anyres_layout.image_layout(
         [anyres.layout_images(s["images"]) for s in samples], spec.anyres_side,
-        width=anyres.token_width(frame_edge, spec.anyres_side, spec.max_crops), max_crops=spec.max_crops)
+        width=anyres.token_width(frame_edge, spec.anyres_side, spec.max_crops), max_crops=spec.max_crops,
+        rounding=spec.unpad)
     return ImageBatch(ids, mask, labels, layout, pixels=out)
   if modality == "image":
     return ImageBatch(ids, mask, labels, image_layout([f > 0 for f in frames]), pixels=out)

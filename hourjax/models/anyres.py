@@ -58,14 +58,22 @@ def select_grid(height: int, width: int, crop: int, grids: Sequence[tuple[int, i
   return best
 
 
-def unpadded(height: int, width: int, map_h: int, map_w: int) -> tuple[int, int, int, int]:
+UNPAD = ("official", "transformers")
+
+
+def unpadded(height: int, width: int, map_h: int, map_w: int, rounding: str = "official") -> tuple[int, int, int, int]:
   """(top, bottom, left, right) of a map_h x map_w feature map that the image covers: the resize
-  padding is cut, centred (transformers' `unpad_image`, same rounding)."""
+  padding is cut, centred (`unpad_image`). The covered side is truncated as the official
+  LLaVA-NeXT / ProLongVid / Hour-LLaVA code does (`int(x)`), or rounded to 7 digits first as
+  transformers does (`rounding="transformers"`); they differ when x lands a hair below an integer."""
+  if rounding not in UNPAD:
+    raise ValueError(f"rounding={rounding!r}: expected one of {UNPAD}")
+  size = (lambda x: int(round(x, 7))) if rounding == "transformers" else int
   if width / height > map_w / map_h:
-    new_h = int(round(height * (map_w / width), 7))
+    new_h = size(height * (map_w / width))
     pad = (map_h - new_h) // 2
     return pad, map_h - pad, 0, map_w
-  new_w = int(round(width * (map_h / height), 7))
+  new_w = size(width * (map_h / height))
   pad = (map_w - new_w) // 2
   return 0, map_h, pad, map_w - pad
 
@@ -86,7 +94,7 @@ def _axis_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def image_tokens(height: int, width: int, grid: tuple[int, int] | None, side: int,
-                 max_crops: int = MAX_CROPS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 max_crops: int = MAX_CROPS, rounding: str = "official") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """One image's tokens relative to its first crop: (taps [n, 4], weights [n, 4], newline [n]).
   `grid` None: a single crop (+ newline); else (rows, cols) crops after the base crop. `side`:
   patches per crop side (27 for so400m at 384px)."""
@@ -98,7 +106,7 @@ def image_tokens(height: int, width: int, grid: tuple[int, int] | None, side: in
     return (np.concatenate([base_taps, np.zeros((1, 4), np.int64)]),
             np.concatenate([base_w, np.zeros((1, 4), np.float32)]), np.arange(g + 1) == g)
   rows, cols = grid
-  top, bottom, left, right = unpadded(height, width, rows * side, cols * side)
+  top, bottom, left, right = unpadded(height, width, rows * side, cols * side, rounding)
   h, w = bottom - top, right - left
   ratio = math.sqrt(h * w / (max_crops * g))
   out_h, out_w = (int(h // ratio), int(w // ratio)) if ratio > 1.1 else (h, w)
@@ -124,14 +132,14 @@ def crop_count(grid: tuple[int, int] | None) -> int:
 
 
 def image_layout(samples: Sequence[Sequence[tuple[int, int, tuple[int, int] | None]]], side: int,
-                 width: int | None = None, max_crops: int = MAX_CROPS) -> ImageLayout:
+                 width: int | None = None, max_crops: int = MAX_CROPS, rounding: str = "official") -> ImageLayout:
   """samples: per sample, its images as (height, width, grid or None), crops stored image after
-  image. Padded to `width` tokens (default: the widest sample)."""
+  image. Padded to `width` tokens (default: the widest sample); `rounding` of `unpadded`."""
   rows = []
   for images in samples:
     parts, first = [], 0
     for i, (h, w, grid) in enumerate(images):
-      taps, weights, newline = image_tokens(h, w, grid, side, max_crops)
+      taps, weights, newline = image_tokens(h, w, grid, side, max_crops, rounding)
       parts.append((taps + first * side * side, weights, newline, np.full(len(newline), i)))
       first += crop_count(grid)
     rows.append([np.concatenate(p) for p in zip(*parts)] if parts else

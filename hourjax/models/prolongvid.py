@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from hourjax.constants import IMAGE_TOKEN_INDEX
-from hourjax.models.anyres import MAX_CROPS, ImageLayout
+from hourjax.models.anyres import MAX_CROPS, UNPAD, ImageLayout
 from hourjax.models.forgetting import ForgettingConfig, VideoLayout
 from hourjax.models.hour_llava import HourLlava, _take_frames, bilinear_pool
 from hourjax.models.layers import init_std
@@ -42,12 +42,15 @@ class ProLongVidConfig:
   pool_size: int = 12              # video frames: bilinear resize of the projected grid (mm_fixed_patch_length)
   newline: str = "grid"            # grid: one image_newline per frame row; video: one per video
   max_crops: int = MAX_CROPS       # anyres_max_N: larger image maps are downsized to ~N crops
+  unpad: str = "official"          # anyres.unpadded's rounding ("transformers" for its checkpoints)
   max_length: int = 32768          # LLM tokens kept (the rest is cut, as official)
   projector_init: str = "normal"
 
   def __post_init__(self):
     if self.newline not in NEWLINES:
       raise ValueError(f"newline={self.newline!r}: expected one of {NEWLINES}")
+    if self.unpad not in UNPAD:
+      raise ValueError(f"unpad={self.unpad!r}: expected one of {UNPAD}")
     init_std(self.projector_init)
     if min(self.pool_size, self.max_crops, self.max_length) < 1:
       raise ValueError(f"pool_size={self.pool_size}, max_crops={self.max_crops} and max_length="

@@ -55,7 +55,8 @@ def synthetic_image_batch(cfg: ProLongVidConfig, key: jax.Array, sizes: Sequence
   images = [[(h, w, anyres.select_grid(h, w, size))] for h, w in sizes]
   crops = max(anyres.crop_count(g) for (_, _, g), in images)
   edge = next(e for e in CROP_EDGES if e >= crops)
-  layout = anyres.image_layout(images, side, width=token_width(edge, side, cfg.max_crops), max_crops=cfg.max_crops)
+  layout = anyres.image_layout(images, side, width=token_width(edge, side, cfg.max_crops), max_crops=cfg.max_crops,
+                               rounding=cfg.unpad)
   k_ids, k_pixels = jax.random.split(key)
   pixels = jax.random.uniform(k_pixels, (len(sizes), edge, size, size, 3), jnp.float32, -1, 1)
   return ImageBatch(*_text(cfg, k_ids, len(sizes), text_len, prompt_len), layout, pixels=pixels)

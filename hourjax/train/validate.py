@@ -77,6 +77,7 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model.kind", ("hour_llava", "prolongvid")),
     ("data.packing", ("documents", "continuous")),
     ("model.newline", ("grid", "video")),
+    ("model.unpad", ("official", "transformers")),
     *((f"model.{field}", INITS) for field in ("vision.init", "llm.init", "memaug.init", "projector_init")),
 )
 
@@ -191,6 +192,10 @@ def _buckets(run: Any) -> Iterator[str]:
 
 
 def _model(run: Any) -> Iterator[str]:
+  images, kind = _get(run, "data.read.images"), _get(run, "model.kind")
+  if images == "anyres" and kind in (_MISSING, "hour_llava"):
+    yield ("data.read.images='anyres': Hour-LLaVA reads one plain 384px image per sample "
+           "(anyres crops are for model.kind='prolongvid')")
   for family in ("vision", "llm"):
     heads, kv, width = (_get(run, f"model.{family}.{k}") for k in ("num_heads", "num_kv_heads", "hidden_size"))
     if _is(heads, INT) and _is(width, INT) and heads >= 1 and width % heads:
