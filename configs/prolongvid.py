@@ -194,7 +194,7 @@ def visual_tokens(arg: str, frames: int | None = None) -> int:
   cfg = get_config(arg)
   model = model_config(cfg.model)
   frames = frames or int(cfg.data.read.frames.split(":")[1])
-  return frames * model.tokens_per_frame()
+  return model.video_tokens(frames)
 
 
 def token_budget(arg: str) -> dict[str, int]:

@@ -195,7 +195,7 @@ def main(argv=None) -> int:
       return b.replace(**{key: jax.ShapeDtypeStruct(getattr(b, key).shape, dtype)})
     example = make_batch(hl)
     crops = (example.pixels if a.pixels or sizes else example.features).shape[1]
-    visual = example.layout.valid.shape[1] if sizes else a.frames * hl.tokens_per_frame() + (hl.newline == "video")
+    visual = example.layout.valid.shape[1] if sizes else hl.video_tokens(a.frames)
     analytic = flops_lib.prolongvid_step(hl, a.batch, a.text, crops, visual, a.pixels or bool(sizes),
                                          "vision" in opt_cfg.trainable)
   else:

@@ -88,7 +88,7 @@ def visual_tokens(cfg: Any, batch: dict) -> int:
   """How many visual tokens the LLM reads for the batch's first video (retained frames x
   (spatially kept tokens + newline))."""
   if hasattr(cfg, "tokens_per_frame"):      # ProLongVid: every frame
-    return batch.frames * cfg.tokens_per_frame() + (cfg.newline == "video")
+    return cfg.video_tokens(batch.frames)
   per_frame = cfg.forgetting.spatial_count(cfg.pool_size ** 2) + 1
   return int(batch.layout.num_retained[0]) * per_frame
 

@@ -42,7 +42,7 @@ def test_prolongvid_anyres_image_stage_compiles_for_v5e(tmp_path):
   (trained there), the projector and the LLM over the crop bucket's static token width."""
   from configs.prolongvid import get_config
   from hourjax.data.anyres import token_width
-  from hourjax.data.batching import CROP_EDGES
+  from hourjax.data.batching import crop_edge
   from hourjax.models.anyres import crop_count, select_grid
   from hourjax.train.flops import qwen2_forward
   out = tmp_path / "image.json"
@@ -54,7 +54,7 @@ def test_prolongvid_anyres_image_stage_compiles_for_v5e(tmp_path):
   cfg = model_config(get_config("tiny,stage=image_sft").model)
   crops = crop_count(select_grid(330, 250, cfg.vision.image_size))
   assert crops > 2
-  visual = token_width(next(e for e in CROP_EDGES if e >= crops), cfg.vision.patches_per_side)
+  visual = token_width(crop_edge(crops), cfg.vision.patches_per_side)
   llm = 3 * qwen2_forward(cfg.llm, 4, 64 - 1 + visual) / 1e12
   assert abs(r["analytic_tflops_per_step"]["llm"] / llm - 1) < 1e-9 and r["analytic_tflops_per_step"]["vision"] > 0
 

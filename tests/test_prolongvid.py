@@ -301,13 +301,12 @@ def test_multi_image_crops_are_padded_squares():
 
 def test_token_width_bounds_every_anyres_layout():
   """The static width of a crop bucket holds every image that lands in it (so400m sizes)."""
-  import bisect
   from hourjax.data import anyres as data_anyres
-  from hourjax.data.batching import CROP_EDGES
+  from hourjax.data.batching import crop_edge
   rng = np.random.default_rng(4)
   for h, w in rng.integers(1, 4000, (300, 2)):
     grid = anyres.select_grid(int(h), int(w), 384)
     n = anyres.crop_count(grid)
-    edge = CROP_EDGES[bisect.bisect_left(CROP_EDGES, n)]
+    edge = crop_edge(n)
     tokens = int(anyres.image_layout([[(int(h), int(w), grid)]], 27).valid.sum())
     assert tokens <= data_anyres.token_width(edge, 27), (h, w, grid, tokens)

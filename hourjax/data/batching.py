@@ -26,6 +26,13 @@ from hourjax.models.forgetting import ForgettingConfig, VideoLayout, image_layou
 CROP_EDGES = (1, 2, 5, 10, 17, 26, 37)
 
 
+def crop_edge(crops: int) -> int:
+  """The crop bucket of a sample of `crops` crops (ValueError past the largest)."""
+  if crops > CROP_EDGES[-1]:
+    raise ValueError(f"{crops} image crops exceed the largest crop bucket ({CROP_EDGES[-1]})")
+  return CROP_EDGES[bisect.bisect_left(CROP_EDGES, crops)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Buckets:
   frames: tuple[int, ...] = (128, 256, 512, 1024, 2048, 3600)   # input frames (1 FPS: seconds)
@@ -87,8 +94,7 @@ def check_sample(sample: dict, spec: Any, buckets: Buckets, modality: str = "vid
   if modality == "image" and spec.anyres_side:
     if images is None or visual != "pixels":
       raise ValueError("this model reads anyres image crops (data.read.images='anyres')")
-    if frames > CROP_EDGES[-1]:
-      raise ValueError(f"{frames} image crops exceed the largest crop bucket ({CROP_EDGES[-1]})")
+    crop_edge(frames)
   elif modality == "image" and (frames > 1 or images is not None):
     raise ValueError(f"this model takes one 384px image per sample, not {frames} crops "
                      "(data.read.images='resize')")
@@ -104,8 +110,7 @@ def check_sample(sample: dict, spec: Any, buckets: Buckets, modality: str = "vid
     raise ValueError(f"{placeholders} <image> placeholders for {inputs} visual inputs (is the prompt "
                      "tokenized with has_image?)")
   if images is not None:
-    crops = bisect.bisect_left(CROP_EDGES, frames)
-    return CROP_EDGES[crops], buckets.of(0, len(sample["input_ids"]))[1]
+    return crop_edge(frames), buckets.of(0, len(sample["input_ids"]))[1]
   return buckets.of(frames, len(sample["input_ids"]))
 
 

@@ -25,6 +25,9 @@ from hourjax.constants import IMAGE, IMAGE_TOKEN_INDEX
 _LOAD_LOCK = threading.Lock()
 
 
+IMAGES = ("resize", "anyres")
+
+
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
   tokenizer: str                       # a local HF tokenizer directory
@@ -47,8 +50,8 @@ class ReadOptions:
       raise ValueError(f"resample={self.resample!r}: expected one of {video.RESAMPLE}")
     if self.too_long not in ("subsample", "skip"):
       raise ValueError(f"too_long={self.too_long!r}: expected 'subsample' or 'skip'")
-    if self.images not in ("resize", "anyres"):
-      raise ValueError(f"images={self.images!r}: expected 'resize' or 'anyres'")
+    if self.images not in IMAGES:
+      raise ValueError(f"images={self.images!r}: expected one of {IMAGES}")
 
   def cap(self, count: int, what: str) -> np.ndarray | None:
     """None if `count` frames fit; else the frames to keep, spread uniformly over them (the

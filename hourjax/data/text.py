@@ -53,12 +53,13 @@ class Documents(grain.sources.RandomAccessDataSource):
 
   def __init__(self, patterns: Sequence[str], field: str = "text"):
     self.patterns, self.field = list(patterns), field
-    self.paths = _expand(patterns)
+    self.paths: list[str] = []
     self._files: list[tuple[str, Any]] = []      # (path, line offsets | ArrayRecord source)
     self._sizes: list[np.ndarray] = []           # bytes per document, by file
     counts, sources = [], []
     for pattern_index, pattern in enumerate(self.patterns):
       for path in _expand([pattern]):
+        self.paths.append(path)
         if path.endswith(".jsonl") or path.endswith(".json"):
           offsets, sizes, at = [], [], 0
           with open(path, "rb") as f:

@@ -79,10 +79,7 @@ def unpadded(height: int, width: int, map_h: int, map_w: int, rounding: str = "o
 
 
 def _axis_taps(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray]:
-  """Per output index: two source indices and weights (a copy if the size is unchanged)."""
-  if size_in == size_out:
-    idx = np.arange(size_in)
-    return np.stack([idx, idx], 1), np.stack([np.ones(size_in), np.zeros(size_in)], 1).astype(np.float32)
+  """Per output index: two source indices and weights (one of weight 1 when the size is unchanged)."""
   m = bilinear_matrix(size_in, size_out)
   idx = np.zeros((size_out, 2), np.int64)
   w = np.zeros((size_out, 2), np.float32)

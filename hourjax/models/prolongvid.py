@@ -74,6 +74,10 @@ class ProLongVidConfig:
   def tokens_per_frame(self) -> int:
     return self.pool_size * (self.pool_size + (self.newline == "grid"))
 
+  def video_tokens(self, frames: int) -> int:
+    """The LLM's visual tokens for a video of `frames` frames (+ the one newline of "video")."""
+    return frames * self.tokens_per_frame() + (self.newline == "video")
+
 
 class ProLongVid(HourLlava):
   cfg: ProLongVidConfig

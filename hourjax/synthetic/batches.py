@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from hourjax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from hourjax.data.anyres import token_width
 from hourjax.data.batch import ImageBatch, VideoBatch
-from hourjax.data.batching import CROP_EDGES
+from hourjax.data.batching import crop_edge
 from hourjax.models import anyres
 from hourjax.models.forgetting import video_layout
 from hourjax.models.hour_llava import HourLlavaConfig
@@ -54,7 +54,7 @@ def synthetic_image_batch(cfg: ProLongVidConfig, key: jax.Array, sizes: Sequence
   side, size = cfg.vision.patches_per_side, cfg.vision.image_size
   images = [[(h, w, anyres.select_grid(h, w, size))] for h, w in sizes]
   crops = max(anyres.crop_count(g) for (_, _, g), in images)
-  edge = next(e for e in CROP_EDGES if e >= crops)
+  edge = crop_edge(crops)
   layout = anyres.image_layout(images, side, width=token_width(edge, side, cfg.max_crops), max_crops=cfg.max_crops,
                                rounding=cfg.unpad)
   k_ids, k_pixels = jax.random.split(key)

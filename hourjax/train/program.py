@@ -84,7 +84,7 @@ class Task:
     vision_trainable = "vision" in opt_cfg.trainable
     if self.name == "prolongvid":
       visual = (layout.valid.shape[1] if isinstance(layout, ImageLayout)
-                else batch.frames * self.model.tokens_per_frame() + (self.model.newline == "video"))
+                else self.model.video_tokens(batch.frames))
       return flops_lib.prolongvid_step(self.model, b, length, batch.frames, visual, batch.pixels is not None,
                                        vision_trainable)["total"]
     return sum(flops_lib.hour_llava_step(

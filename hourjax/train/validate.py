@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterator
 
 import ml_collections
 
-from hourjax.data import video
+from hourjax.data import samples, text, video
+from hourjax.models import anyres, build, prolongvid
 from hourjax.models.layers import INITS
 from hourjax.ops.attention import SEQUENCE_PARALLEL
 from hourjax.parallel import mesh as mesh_lib
@@ -73,11 +74,11 @@ CHOICES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("train.optimizer.schedule", ("cosine", "constant")),
     ("data.read.resample", tuple(video.RESAMPLE)),
     ("data.read.too_long", ("subsample", "skip")),
-    ("data.read.images", ("resize", "anyres")),
-    ("model.kind", ("hour_llava", "prolongvid")),
-    ("data.packing", ("documents", "continuous")),
-    ("model.newline", ("grid", "video")),
-    ("model.unpad", ("official", "transformers")),
+    ("data.read.images", samples.IMAGES),
+    ("model.kind", build.VISUAL_KINDS),
+    ("data.packing", text.PACKING),
+    ("model.newline", prolongvid.NEWLINES),
+    ("model.unpad", anyres.UNPAD),
     *((f"model.{field}", INITS) for field in ("vision.init", "llm.init", "memaug.init", "projector_init")),
 )
 
