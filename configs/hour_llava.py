@@ -109,7 +109,8 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
       projector_init=init,
       forgetting=dict(FORGETTING, min_memory_frames=16 if size == "tiny" else 128),
       feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True,
-      max_length=32768, vision_grad_frames=128))      # official truncation and SigLIP no-grad rule
+      max_length=32768, vision_grad_frames=128,       # official truncation and SigLIP no-grad rule
+      max_crops=9, unpad="official"))                 # images: anyres_max_9, unpadded as official
   # Mesh axis sizes (one may be -1: the remaining devices); see hourjax.parallel.mesh.
   cfg.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
   # The input pipeline (hourjax.data.pipeline.from_config). sources: a tuple of dicts of
@@ -127,7 +128,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
                 # a video with more frames than the largest bucket: spread max_frames (0: that
                 # bucket) over it, as the official frames_upbound does, or "skip" it; counted either way
                 max_frames=0, too_long="subsample",
-                images="resize")))      # one plain 384px image per sample (anyres: ProLongVid's crops)
+                images="anyres")))      # anyres crops, as the official image_aspect_ratio=anyres_max_9
   cfg.train = ml_collections.ConfigDict(dict(
       stage=stage, steps=0, seed=0, init="", init_llm="", dtype="float32" if tiny else "bfloat16",
       optimizer=dict(lr=dict(vision=0.0, projector=0.0, memaug=0.0, llm=0.0), warmup_ratio=0.03,

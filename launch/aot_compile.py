@@ -54,7 +54,6 @@ from hourjax.convert.layout import with_scan  # noqa: E402
 from hourjax.data.batch import PackedBatch  # noqa: E402
 from hourjax.parallel import mesh as mesh_lib  # noqa: E402
 from hourjax.synthetic.batches import abstract_batch  # noqa: E402
-from hourjax.train import flops as flops_lib  # noqa: E402
 from hourjax.train import hlo_cost  # noqa: E402
 from hourjax.train import program as program_lib  # noqa: E402
 from hourjax.train.validate import validate  # noqa: E402
@@ -147,7 +146,8 @@ def main(argv=None) -> int:
   p.add_argument("--retained", type=int, default=512, help="retained (decayed-query) frames")
   p.add_argument("--text", type=int, default=1024, help="text tokens per sample")
   p.add_argument("--pixels", action="store_true", help="raw frames through SigLIP instead of cached features")
-  p.add_argument("--image", help="ProLongVid image stages: one anyres image of HxW pixels per sample, "
+  p.add_argument("--image", help="image stages (ProLongVid's, Hour-LLaVA's stage 1): one anyres image of "
+                 "HxW pixels per sample, "
                  "e.g. 2304x2304 (6x6 crops, the largest grid)")
   p.add_argument("--flops", action="store_true", help="also extrapolate compiled FLOPs over depth")
   p.add_argument("--json", help="write the report here too")
@@ -181,30 +181,19 @@ def main(argv=None) -> int:
   if a.batch % n_batch:
     raise SystemExit(f"--batch {a.batch} must divide by the {n_batch} batch shards of mesh {dict(mesh.shape)}")
 
+  sizes = [tuple(int(x) for x in a.image.split("x"))] * a.batch if a.image else ()
   if task.name == "decoder":
     def make_batch(c):
       s = jax.ShapeDtypeStruct((a.batch, a.context), jnp.int32)
       return PackedBatch(s, s, s, s)
-    analytic = flops_lib.decoder_step(hl.llm, a.batch, a.context)
-  elif task.name == "prolongvid":
-    sizes = [tuple(int(x) for x in a.image.split("x"))] * a.batch if a.image else ()
-
-    def make_batch(c):
-      b = abstract_batch(c, [a.frames] * a.batch, a.text, pixels=a.pixels or bool(sizes), image_sizes=sizes)
-      key = "pixels" if a.pixels or sizes else "features"
-      return b.replace(**{key: jax.ShapeDtypeStruct(getattr(b, key).shape, dtype)})
-    example = make_batch(hl)
-    crops = (example.pixels if a.pixels or sizes else example.features).shape[1]
-    visual = example.layout.valid.shape[1] if sizes else hl.video_tokens(a.frames)
-    analytic = flops_lib.prolongvid_step(hl, a.batch, a.text, crops, visual, a.pixels or bool(sizes),
-                                         "vision" in opt_cfg.trainable)
   else:
     def make_batch(c):
-      b = abstract_batch(c, [a.frames] * a.batch, a.text, pixels=a.pixels, memory_frames=a.frames,
-                         retained_frames=a.retained)
-      key = "pixels" if a.pixels else "features"
+      frames = dict(memory_frames=a.frames, retained_frames=a.retained) if task.name == "hour_llava" else {}
+      b = abstract_batch(c, [a.frames] * a.batch, a.text, pixels=a.pixels or bool(sizes), image_sizes=sizes,
+                         **frames)
+      key = "pixels" if a.pixels or sizes else "features"
       return b.replace(**{key: jax.ShapeDtypeStruct(getattr(b, key).shape, dtype)})
-    analytic = flops_lib.hour_llava_step(hl, a.batch, a.text, a.frames, a.frames, a.retained, a.pixels)
+  analytic = task.flops(make_batch(hl), opt_cfg)
 
   t0 = time.perf_counter()
   compiled = compile_step(task, make_batch(hl), mesh, dtype, opt_cfg)

@@ -59,6 +59,28 @@ def test_prolongvid_anyres_image_stage_compiles_for_v5e(tmp_path):
   assert abs(r["analytic_tflops_per_step"]["llm"] / llm - 1) < 1e-9 and r["analytic_tflops_per_step"]["vision"] > 0
 
 
+def test_hour_llava_anyres_image_stage_compiles_for_v5e(tmp_path):
+  """Hour-LLaVA's stage 1 (MemAug alone) on anyres images: the memory at the crop bucket's token
+  width, the decayed queries at its static query width, which is what the LLM reads."""
+  from configs.hour_llava import get_config
+  from hourjax.data.batching import crop_edge
+  from hourjax.models.anyres import crop_count, select_grid
+  from hourjax.train.flops import qwen2_forward
+  out = tmp_path / "image.json"
+  aot_compile.main(["--config", f"{CONFIGS}/hour_llava.py:tiny,stage=1", "--topology", "v5e:2x2",
+                    "--mesh", "data=1,fsdp=4", "--batch", "4", "--image", "330x250", "--text", "64",
+                    "--json", str(out)])
+  r = json.loads(out.read_text())
+  assert r["fits"] and r["optimizer"]["memaug"] > 0 and r["optimizer"]["llm"] == 0
+  cfg = model_config(get_config("tiny,stage=1").model)
+  edge = crop_edge(crop_count(select_grid(330, 250, cfg.vision.image_size)))
+  from hourjax.data.anyres import token_width
+  queries = cfg.query_width(edge, token_width(edge, cfg.vision.patches_per_side))
+  assert queries < token_width(edge, cfg.vision.patches_per_side) / 2
+  llm = 3 * qwen2_forward(cfg.llm, 4, 64 - 1 + queries) / 1e12
+  assert abs(r["analytic_tflops_per_step"]["llm"] / llm - 1) < 1e-9 and r["analytic_tflops_per_step"]["memaug"] > 0
+
+
 def test_context_extension_stage_compiles_from_its_config(tmp_path):
   """The exact stage config (decoder only, theta 1e9, its optimizer and sequence length) with
   ring attention over a 4-chip 'sequence' axis."""

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from hourjax.models import build
-from hourjax.models.forgetting import ForgettingConfig, image_layout, video_layout
+from hourjax.models import anyres
+from hourjax.models.forgetting import ForgettingConfig, video_layout
 from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.models.hour_llava import HourLlavaConfig
 from hourjax.models.memaug import MemAugConfig
@@ -118,7 +119,7 @@ def test_single_image_memory_and_queries():
   ids, _ = _sample(rng, 8, 2)
   image = rng.uniform(-1, 1, (1, 1, 112, 112, 3)).astype(np.float32)
   _, inter = jit_apply(build.build("hour_llava", cfg), _params(cfg),
-      ids[None], np.ones((1, 8)), layout=image_layout([True]),
+      ids[None], np.ones((1, 8)), layout=anyres.image_layout([[(112, 112, None)]], 8),
       pixels=image, modality="image", rng=jax.random.key(0), mutable="intermediates")
   it = inter["intermediates"]
   assert it["memory"][0].shape == (1, 64 + 1, 32)                   # unpooled 8x8 grid + newline

@@ -145,7 +145,8 @@ def test_streams_bad_input_and_static_shapes(data_root):
   skipped = {i: why for _, m in batches for i, why in m.skipped}
   assert set(skipped) >= {"corrupt", "empty", "missing", "broken", "two_images", "two_placeholders",
                           "no_features", "text_with_placeholder"}, skipped
-  assert "multi-image" in skipped["two_images"] and "2 <image> placeholders" in skipped["two_placeholders"]
+  assert "1 <image> placeholders for 2 visual inputs" in skipped["two_images"]      # anyres: images per
+  assert "2 <image> placeholders" in skipped["two_placeholders"]                    # placeholder
   assert "no_placeholder" not in skipped     # the official image sharding puts "<image>\n" first
   assert "gone.mp4" in skipped["missing"]
   assert any("long" in m.truncated for _, m in batches) or "long" in skipped

@@ -51,7 +51,8 @@ FUZZ_SEEDS = range(256)       # corrupted files, one per seed (docs/reliability.
     ("data.read.max_text_len=4096", "data.read.max_text_len=4096: longer than the largest text bucket"),
     ("data.read.too_long=crop", "data.read.too_long='crop'"),
     ("data.read.images=tiles", "data.read.images='tiles': expected one of resize, anyres"),
-    ("data.read.images=anyres", "data.read.images='anyres': Hour-LLaVA reads one plain 384px image"),
+    ("model.max_crops=0", "model.max_crops=0: expected an integer >= 1"),
+    ("model.unpad=round", "model.unpad='round': expected one of official, transformers"),
     ("data.read.frames=fixed:0", "data.read.frames='fixed:0'"),
     ("data.read.frames=fixed:100", "more frames than the largest frame bucket (64)"),
     ("data.read.image_size=224", "data.read.image_size=224: must equal model.vision.image_size=112"),
@@ -66,6 +67,12 @@ def test_each_bad_field_is_named_with_its_value_and_what_is_allowed(override, na
   with pytest.raises(ConfigError) as e:
     validate(load(CONFIG, [override]))
   assert named in str(e.value) and "\n" not in str(e.value)
+
+
+def test_prolongvid_reads_anyres_crops_only():
+  with pytest.raises(ConfigError, match="data.read.images='resize': ProLongVid reads anyres crops"):
+    validate(load(os.path.join(ROOT, "configs", "prolongvid.py") + ":tiny,stage=image_sft",
+                  ["data.read.images=resize"]))
 
 
 def test_decoder_only_run_without_a_context_schedule_is_valid():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 from hourjax.convert import memaug, qwen2, siglip
@@ -86,6 +87,14 @@ LLAVA_FIELDS = dict(mm_projector_type="mlp2x_gelu", mm_vision_tower="google/sigl
                     image_grid_pinpoints=[[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)])
 
 
+def max_crops(aspect: str | None, field: str) -> int:
+  """anyres_max_N -> N."""
+  m = re.fullmatch(r"anyres_max_(\d+)", str(aspect or "anyres_max_9"))
+  if not m:
+    raise ValueError(f"config {field}={aspect!r}: only anyres_max_N is supported")
+  return int(m.group(1))
+
+
 def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
   if d.get("model_type") != "hour_llava_qwen":
     raise ValueError(f"config model_type={d.get('model_type')!r}, expected 'hour_llava_qwen'")
@@ -96,7 +105,8 @@ def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
   mem = MemAugConfig.for_llm(llm, d.get("memaug_depth", 4))
   forget = ForgettingConfig(spatial=d.get("spatial_sampling_type", "random"))
   return dataclasses.replace(HourLlavaConfig(vision=vision, llm=llm, memaug=mem, forgetting=forget,
-                                             max_length=int(d.get("tokenizer_model_max_length") or 32768)),
+                                             max_length=int(d.get("tokenizer_model_max_length") or 32768),
+                                             max_crops=max_crops(d.get("image_aspect_ratio"), "image_aspect_ratio")),
                              **overrides)
 
 
@@ -105,5 +115,6 @@ def config_to_hf(c: HourLlavaConfig) -> dict[str, Any]:
   d.update(model_type="hour_llava_qwen", architectures=["HourLlavaQwenForCausalLM"],
            rope_scaling=None, mm_resampler_type="memaug", memaug_depth=c.memaug.depth,
            spatial_sampling_type=c.forgetting.spatial, mm_hidden_size=c.vision.hidden_size,
-           tokenizer_model_max_length=c.max_length, **LLAVA_FIELDS, **vision_to_hf(c.vision))
+           tokenizer_model_max_length=c.max_length,
+           **{**LLAVA_FIELDS, "image_aspect_ratio": f"anyres_max_{c.max_crops}"}, **vision_to_hf(c.vision))
   return d

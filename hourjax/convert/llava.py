@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any
 
 from hourjax.convert import hour_llava, qwen2
@@ -45,14 +44,6 @@ def is_prolongvid(d: dict[str, Any]) -> bool:
   return d.get("model_type") in MODEL_TYPES and bool(d.get("mm_fixed_patch_length"))
 
 
-def max_crops(aspect: str | None, field: str) -> int:
-  """anyres_max_N -> N."""
-  m = re.fullmatch(r"anyres_max_(\d+)", str(aspect or "anyres_max_9"))
-  if not m:
-    raise ValueError(f"config {field}={aspect!r}: only anyres_max_N is supported")
-  return int(m.group(1))
-
-
 def prolongvid_config_from_hf(d: dict[str, Any], **overrides) -> ProLongVidConfig:
   """A LLaVA-NeXT / OneVision checkpoint as ProLongVid's model: video frames pooled to
   `mm_fixed_patch_length` (else ceil(27 / mm_spatial_pool_stride)) after the projector, with
@@ -67,7 +58,7 @@ def prolongvid_config_from_hf(d: dict[str, Any], **overrides) -> ProLongVidConfi
   pool = d.get("mm_fixed_patch_length") or math.ceil(vision.patches_per_side / (d.get("mm_spatial_pool_stride") or 2))
   return dataclasses.replace(
       ProLongVidConfig(vision=vision, llm=qwen2.config_from_hf(d), pool_size=int(pool), newline=newline,
-                       max_crops=max_crops(d.get("image_aspect_ratio"), "image_aspect_ratio"),
+                       max_crops=hour_llava.max_crops(d.get("image_aspect_ratio"), "image_aspect_ratio"),
                        max_length=int(d.get("tokenizer_model_max_length") or 32768)), **overrides)
 
 
@@ -76,7 +67,8 @@ def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
   llm = qwen2.config_from_hf(d)
   return dataclasses.replace(
       HourLlavaConfig(vision=hour_llava.vision_from_hf(d), llm=llm, memaug=MemAugConfig.for_llm(llm),
-                      max_length=int(d.get("tokenizer_model_max_length") or 32768)), **overrides)
+                      max_length=int(d.get("tokenizer_model_max_length") or 32768),
+                      max_crops=hour_llava.max_crops(d.get("image_aspect_ratio"), "image_aspect_ratio")), **overrides)
 
 
 def config_to_hf(c: HourLlavaConfig | ProLongVidConfig, source: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -85,10 +77,10 @@ def config_to_hf(c: HourLlavaConfig | ProLongVidConfig, source: dict[str, Any] |
   d.update({k: v for k, v in (source or {}).items() if k not in ("memaug_depth", "spatial_sampling_type")})
   if isinstance(c, ProLongVidConfig):
     d.update(mm_fixed_patch_length=c.pool_size, mm_spatial_pool_mode="bilinear",
-             mm_newline_position="grid" if c.newline == "grid" else "one_token",
-             image_aspect_ratio=f"anyres_max_{c.max_crops}")
+             mm_newline_position="grid" if c.newline == "grid" else "one_token")
   d.update(qwen2.config_to_hf(c.llm))
   d.update(model_type=(source or {}).get("model_type", "llava"), architectures=["LlavaQwenForCausalLM"],
            rope_scaling=None, mm_hidden_size=c.vision.hidden_size, mm_resampler_type=None,
-           tokenizer_model_max_length=c.max_length, **hour_llava.vision_to_hf(c.vision, source))
+           tokenizer_model_max_length=c.max_length, image_aspect_ratio=f"anyres_max_{c.max_crops}",
+           **hour_llava.vision_to_hf(c.vision, source))
   return d

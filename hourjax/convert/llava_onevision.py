@@ -12,7 +12,7 @@ import dataclasses
 import math
 from typing import Any, Iterable
 
-from hourjax.convert import llava, qwen2, siglip
+from hourjax.convert import hour_llava, qwen2, siglip
 from hourjax.convert.hour_llava import projector_rules
 from hourjax.convert.rules import Rule, copy, find_prefix, prefixed
 from hourjax.models.hour_llava import HourLlavaConfig
@@ -56,7 +56,8 @@ def prolongvid_config_from_hf(d: dict[str, Any], **overrides) -> ProLongVidConfi
   return dataclasses.replace(
       ProLongVidConfig(vision=c.vision, llm=c.llm, feature_layer=c.feature_layer,
                        pool_size=math.ceil(c.vision.patches_per_side / 2), newline="video", unpad="transformers",
-                       max_crops=llava.max_crops(d.get("vision_aspect_ratio"), "vision_aspect_ratio")), **overrides)
+                       max_crops=hour_llava.max_crops(d.get("vision_aspect_ratio"), "vision_aspect_ratio")),
+      **overrides)
 
 
 def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
@@ -72,7 +73,8 @@ def config_from_hf(d: dict[str, Any], **overrides) -> HourLlavaConfig:
   vision = siglip.config_from_hf(d["vision_config"], use_head=False)
   llm = qwen2.config_from_hf(d["text_config"])
   return dataclasses.replace(HourLlavaConfig(vision=vision, llm=llm, memaug=MemAugConfig.for_llm(llm),
-                                             feature_layer=layer),
+                                             feature_layer=layer, max_crops=hour_llava.max_crops(
+                                                 d.get("vision_aspect_ratio"), "vision_aspect_ratio")),
                              **overrides)
 
 
@@ -84,8 +86,7 @@ def config_to_hf(c: HourLlavaConfig | ProLongVidConfig, source: dict[str, Any] |
                      f"video; this model pools to {c.pool_size} with newline={c.newline!r}: export it as kind "
                      "'llava' (the LLaVA-NeXT layout ProLongVid's checkpoints use)")
   d = dict(source or {})
-  if isinstance(c, ProLongVidConfig):
-    d["vision_aspect_ratio"] = f"anyres_max_{c.max_crops}"
+  d["vision_aspect_ratio"] = f"anyres_max_{c.max_crops}"
   vision = {**d.get("vision_config", {}), **siglip.config_to_hf(c.vision)}
   text = {**d.get("text_config", {}), **qwen2.config_to_hf(c.llm)}
   d.update(model_type="llava_onevision", architectures=["LlavaOnevisionForConditionalGeneration"],

@@ -4,7 +4,8 @@ compiles one program per kind and bucket shape by itself).
 
     VideoBatch   input_ids, attention_mask, labels [B, L]; layout (forgetting.VideoLayout);
                  pixels uint8 [B, T, S, S, 3] (decoded frames) or features [B, T, g, C] (cached)
-    ImageBatch   the same with one 384px image per sample as `pixels` [B, 1, S, S, 3]
+    ImageBatch   the same with image crops as `pixels` [B, K, S, S, 3] and layout an
+                 anyres.ImageLayout (a plain resized image is one crop)
     TextBatch    input_ids, attention_mask, labels (Hour-LLaVA's text-only samples)
     PackedBatch  input_ids, labels, positions, segment_ids (the decoder alone on packed documents)
 

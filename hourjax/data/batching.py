@@ -20,7 +20,7 @@ from hourjax.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from hourjax.data import anyres
 from hourjax.data.batch import ImageBatch, TextBatch, VideoBatch
 from hourjax.models import anyres as anyres_layout
-from hourjax.models.forgetting import ForgettingConfig, VideoLayout, image_layout, video_layout
+from hourjax.models.forgetting import ForgettingConfig, VideoLayout, video_layout
 
 # Crop counts of anyres image batches (1 + rows * cols, or one per image of a multi-image sample).
 CROP_EDGES = (1, 2, 5, 10, 17, 26, 37)
@@ -60,20 +60,19 @@ class BatchSpec:
   feature_width: int          # cached features: SigLIP width
   image_size: int             # decoded frames and images
   forgetting: ForgettingConfig
-  anyres_side: int = 0        # > 0: image samples are anyres crops of this many patches a side
-                              # (ProLongVid); 0: one plain 384px image (Hour-LLaVA)
+  patches_per_side: int       # image crops: SigLIP patches a side (their token layout)
   max_crops: int = anyres_layout.MAX_CROPS    # anyres_max_N
   unpad: str = "official"     # anyres.unpadded's rounding
+  plain_images: bool = True   # a plain resized image (no `images` rows) is one crop; False: the
+                              # model reads anyres crops only (ProLongVid)
 
   @classmethod
   def of(cls, cfg: Any) -> "BatchSpec":
-    """From a model config (HourLlavaConfig, ProLongVidConfig: feature_tokens, vision, forgetting,
-    and max_crops for a model that reads anyres crops)."""
+    """From a model config (HourLlavaConfig, ProLongVidConfig)."""
     if isinstance(cfg, BatchSpec):
       return cfg
-    side = cfg.vision.patches_per_side if hasattr(cfg, "max_crops") else 0
     return cls(cfg.feature_tokens, cfg.vision.hidden_size, cfg.vision.image_size, cfg.forgetting,
-               side, getattr(cfg, "max_crops", anyres_layout.MAX_CROPS), getattr(cfg, "unpad", "official"))
+               cfg.vision.patches_per_side, cfg.max_crops, cfg.unpad, cfg.plain_images)
 
   def layout(self, frames: Sequence[int], frame_edge: int) -> VideoLayout:
     """The batch's layout, as wide as a sample of `frame_edge` frames needs: every batch of a
@@ -91,13 +90,10 @@ def check_sample(sample: dict, spec: Any, buckets: Buckets, modality: str = "vid
   visual = next((k for k in ("features", "pixels") if sample.get(k) is not None), None)
   frames = 0 if visual is None else len(sample[visual])
   images = sample.get("images")
-  if modality == "image" and spec.anyres_side:
-    if images is None or visual != "pixels":
-      raise ValueError("this model reads anyres image crops (data.read.images='anyres')")
-    crop_edge(frames)
-  elif modality == "image" and (frames > 1 or images is not None):
-    raise ValueError(f"this model takes one 384px image per sample, not {frames} crops "
-                     "(data.read.images='resize')")
+  if modality == "image" and images is None and not spec.plain_images:
+    raise ValueError("this model reads anyres image crops (data.read.images='anyres')")
+  if modality == "image" and images is None and frames > 1:
+    raise ValueError(f"{frames} image crops without their `images` rows (height, width, rows, cols)")
   if visual is not None:
     want = ((spec.tokens_per_frame, spec.feature_width) if visual == "features"
             else (spec.image_size, spec.image_size, 3))
@@ -109,8 +105,8 @@ def check_sample(sample: dict, spec: Any, buckets: Buckets, modality: str = "vid
   if placeholders != inputs:     # else the visual tokens would land after the text
     raise ValueError(f"{placeholders} <image> placeholders for {inputs} visual inputs (is the prompt "
                      "tokenized with has_image?)")
-  if images is not None:
-    return crop_edge(frames), buckets.of(0, len(sample["input_ids"]))[1]
+  if modality == "image":
+    return crop_edge(max(frames, 1)), buckets.of(0, len(sample["input_ids"]))[1]
   return buckets.of(frames, len(sample["input_ids"]))
 
 
@@ -128,8 +124,7 @@ def collate(samples: Sequence[dict], spec: Any, buckets: Buckets, pad_id: int = 
       shapes.append(check_sample(s, spec, buckets, modality))
     except ValueError as e:
       raise ValueError(f"sample {s.get('id', '?')}: {e}") from None
-  anyres_images = modality == "image" and spec.anyres_side
-  frame_edge = max(f for f, _ in shapes) if anyres_images or modality != "image" else 1
+  frame_edge = max(f for f, _ in shapes)
   text_edge = max(t for _, t in shapes)
   b = len(samples)
   ids = np.full((b, text_edge), pad_id, np.int32)
@@ -147,12 +142,12 @@ def collate(samples: Sequence[dict], spec: Any, buckets: Buckets, pad_id: int = 
   for i, s in enumerate(samples):
     if frames[i]:
       out[i, :frames[i]] = s[visual]
-  if anyres_images:
+  if modality == "image":     # a plain image is one crop of its (resized) size
+    plain = [(spec.image_size, spec.image_size, None)]
     layout = anyres_layout.image_layout(
-        [anyres.layout_images(s["images"]) for s in samples], spec.anyres_side,
-        width=anyres.token_width(frame_edge, spec.anyres_side, spec.max_crops), max_crops=spec.max_crops,
+        [anyres.layout_images(s["images"]) if s.get("images") is not None else plain * bool(f)
+         for s, f in zip(samples, frames)], spec.patches_per_side,
+        width=anyres.token_width(frame_edge, spec.patches_per_side, spec.max_crops), max_crops=spec.max_crops,
         rounding=spec.unpad)
     return ImageBatch(ids, mask, labels, layout, pixels=out)
-  if modality == "image":
-    return ImageBatch(ids, mask, labels, image_layout([f > 0 for f in frames]), pixels=out)
   return VideoBatch(ids, mask, labels, spec.layout(frames, frame_edge), **{visual: out})

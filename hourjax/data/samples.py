@@ -40,8 +40,8 @@ class ReadOptions:
   resample: str = "pil"                # "pil": the official processor's PIL bicubic; "swscale": faster
   max_frames: int = 0                  # frames a sample may have (the pipeline: the largest frame bucket)
   too_long: str = "subsample"          # more frames: "subsample" (official frames_upbound) or "skip"
-  images: str = "resize"               # "resize": one plain 384px image (Hour-LLaVA); "anyres": crops
-                                       # (LLaVA-OneVision / ProLongVid), several images per sample allowed
+  images: str = "resize"               # "resize": one plain 384px image (one crop); "anyres": the
+                                       # official crops (anyres_max_N), several images per sample allowed
 
   def __post_init__(self):
     if self.frames != "official" and not (self.frames.startswith("fixed:") and self.frames[6:].isdigit()):

@@ -10,10 +10,10 @@
   path, a `file://` URL or, for images, a `data:image/...;base64,` URL.
 - One visual input per request, in the first user message, where training puts it: a video
   (frames by the official 1-FPS rule, encoded `chunk` frames at a time, the official time
-  instruction first), one image (the 384-px image path), or several images, taken as the frames
-  of a video at 1 FPS (how an annotation pipeline sends a clip's frames). A ProLongVid model
-  reads its own way: `fixed_frames` frames by linspace and no time instruction; one image as
-  anyres crops, several images as a multi-image sample (one `<image>` each).
+  instruction first), one image (anyres crops, as the official image path), or several images,
+  taken as the frames of a video at 1 FPS (how an annotation pipeline sends a clip's frames). A
+  ProLongVid model reads its own way: `fixed_frames` frames by linspace and no time
+  instruction; several images as a multi-image sample (one `<image>` each).
 - Leading `system` (or `developer`) messages replace the default system prompt; the
   conversation must end with a user message. The prompt is tokenized exactly as training
   tokenizes a record (`chat.generation_prompt`).
@@ -173,12 +173,9 @@ def read_prompt(loaded: Any, messages: Sequence[dict], options: VisualOptions = 
     except video.VideoError as e:
       raise RequestError(f"video: {e}", "messages", code="invalid_video") from None
     modality, frames, duration = "video", len(indices), info.duration
-  elif images and prolongvid:      # anyres crops of one image, or one padded crop per image
-    sample["pixels"], sample["images"] = anyres.crops([open_image(u) for u in images], size)
+  elif len(images) == 1 or images and prolongvid:   # anyres crops of one image (ProLongVid: or one
+    sample["pixels"], sample["images"] = anyres.crops([open_image(u) for u in images], size)   # crop per image)
     modality, frames, placeholders = "image", len(sample["pixels"]), len(images)
-  elif len(images) == 1:
-    sample["pixels"] = read_image(images[0], size)[None]
-    modality, frames = "image", 1
   elif images:
     pixels = np.stack([read_image(u, size) for u in images])
     sample["features"] = frame_features(loaded.model, loaded.params, pixels, min(options.chunk, len(pixels)))

@@ -7,7 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hourjax.models.forgetting import ForgettingConfig, image_layout, video_layout
+from hourjax.models import anyres
+from hourjax.models.forgetting import ForgettingConfig, video_layout
 from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.models.hour_llava import HourLlava, HourLlavaConfig
 from hourjax.models.memaug import MemAug, MemAugConfig
@@ -58,8 +59,8 @@ def _init_args(kind: str, cfg) -> tuple[tuple, dict]:
   if kind == "prolongvid":
     return (ids, jnp.ones_like(ids)), dict(layout=video_layout([1], cfg.forgetting),
                                            pixels=jnp.zeros((1, 1, size, size, 3)))
-  return (ids, jnp.ones_like(ids)), dict(layout=image_layout([True]),
-                                         pixels=jnp.zeros((1, 1, size, size, 3)), modality="image")
+  layout = anyres.image_layout([[(size, size, None)]], cfg.vision.patches_per_side)
+  return (ids, jnp.ones_like(ids)), dict(layout=layout, pixels=jnp.zeros((1, 1, size, size, 3)), modality="image")
 
 
 def _dense_attention(kind: str, cfg):

@@ -128,13 +128,6 @@ def video_layout(num_frames: Sequence[int], cfg: ForgettingConfig, *, padded_fra
                      _pad(ret, widths["retained_frames"]), np.asarray(counts, np.int32))
 
 
-def image_layout(has_image: Sequence[bool]) -> VideoLayout:
-  """A single 384px image is a one-frame "video": no frame repetition, no temporal forgetting."""
-  rows = [np.zeros(1, int) if h else np.zeros(0, int) for h in has_image]
-  return VideoLayout(_pad(rows, 1), _pad(rows, 1), _pad(rows, 1),
-                     np.asarray([len(r) for r in rows], np.int32))
-
-
 # ---------------------------------------------------------------------------------------------
 # On-device forgetting (pure functions of explicit PRNG keys, static shapes).
 
@@ -155,6 +148,37 @@ def spatial_indices(key: jax.Array | None, cfg: ForgettingConfig, shape: tuple[i
   noise = jax.random.uniform(key, (*shape, g))
   _, idx = jax.lax.top_k(-noise, k)
   return jnp.sort(idx, axis=-1)
+
+
+def image_queries(key: jax.Array | None, cfg: ForgettingConfig, group: jax.Array, row: jax.Array,
+                  stride: jax.Array, newline: jax.Array) -> jax.Array:
+  """Which tokens of an image sample's memory become decayed queries: [B, N] bool, from an
+  `anyres.ImageLayout`'s group, row, stride and newline.
+
+  random: ceil(n / spatial_keep) tokens uniformly at random of each group's n (the base, the
+  map, each plain crop), as the official topk-smallest of uniform noise; uniform: every other row
+  and column of each grid (`stride`). A newline is kept when its row kept a token (official
+  `add_grid_image_newline`; a plain crop's newline always is). Memory order is kept.
+  """
+  b, n = group.shape
+  tokens = group >= 0
+  if cfg.spatial == "uniform":
+    keep = tokens & stride
+  else:
+    if key is None:
+      raise ValueError("random spatial forgetting needs a PRNG key")
+    sets = jnp.where(tokens, group, n)                 # padding and newlines: set n, never kept
+    order = jnp.lexsort((jax.random.uniform(key, (b, n)), sets), axis=-1)   # by set, then noise
+    in_order = jnp.take_along_axis(sets, order, 1)
+    size = jax.vmap(lambda s: jnp.zeros(n + 1, jnp.int32).at[s].add(1))(sets)
+    first = jnp.cumsum(size, 1) - size
+    rank = jnp.arange(n)[None] - jnp.take_along_axis(first, in_order, 1)
+    quota = -(-size // cfg.spatial_keep)
+    kept = (rank < jnp.take_along_axis(quota, in_order, 1)) & (in_order < n)
+    keep = jax.vmap(lambda o, k: jnp.zeros(n, bool).at[o].set(k))(order, kept)
+  rows = jnp.where(row >= 0, row, n)
+  touched = jax.vmap(lambda r, k: jnp.zeros(n + 1, jnp.int32).at[r].max(k))(rows, keep.astype(jnp.int32))
+  return keep | (newline & (row >= 0) & (jnp.take_along_axis(touched, rows, 1) > 0))
 
 
 def select_frames(scores: jax.Array, valid: jax.Array, count: jax.Array, width: int) -> jax.Array:

@@ -4,16 +4,19 @@ Read top to bottom, this file is the model's data flow (paper §4, official
 `prepare_inputs_labels_for_multimodal`), batched with padding masks and static shapes:
 
 1. frames -> SigLIP (last kept layer, before post-LN) -> bilinear 27x27 -> 8x8 -> mlp2x_gelu
-   projector: the full video tokens, g = 64 per frame (a single image: 729, unpooled).
+   projector: the full video tokens, g = 64 per frame. Image crops are not pooled (729 each).
 2. memory repository: every padded frame's g tokens plus the learned `image_newline`, with
-   position ids t * (g + 1) + s.
+   position ids t * (g + 1) + s. An image sample's memory is its anyres tokens (`models.anyres`:
+   base crop, unpadded map with a newline per row; or a plain crop + newline per image), with
+   the official ids that layout carries.
 3. forgetting: per retained frame, k spatially kept tokens plus the newline -> decayed queries,
-   keeping their memory position ids.
-4. MemAug query = [prefix text; decayed queries; suffix text] with the official positions
-   (prefix 0..P-1, visual P + memory id, suffix after the largest visual id). Training form:
-   only text tokens whose label is ignore_index are queries; inference form (labels=None):
-   every prompt token is.
-5. MemAug outputs at the visual slots replace the `<image>` placeholder in the LLM input.
+   keeping their memory position ids; an image: a quarter of each crop set's tokens and the
+   newlines of the rows they touch (`forgetting.image_queries`).
+4. MemAug query = [text; decayed queries of image 0; text; ...] with the official positions
+   (one video: prefix 0..P-1, visual P + memory id, suffix after the largest visual id).
+   Training form: only text tokens whose label is ignore_index are queries; inference form
+   (labels=None): every prompt token is.
+5. MemAug outputs at the visual slots replace each `<image>` placeholder in the LLM input.
 6. Qwen2 -> logits.
 """
 from __future__ import annotations
@@ -24,11 +27,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from hourjax.models import anyres
 from hourjax.models import forgetting as fg
+from hourjax.models.anyres import MAX_CROPS, UNPAD, ImageLayout
 from hourjax.models.forgetting import ForgettingConfig, VideoLayout
-from hourjax.models.layers import dense, gelu_exact, init_std
+from hourjax.models.layers import bilinear_matrix, dense, gelu_exact, init_std
 from hourjax.models.memaug import MemAug, MemAugConfig
 from hourjax.models.qwen2 import KVCache, Qwen2, Qwen2Config
 from hourjax.models.siglip import SiglipConfig, SiglipVision
@@ -50,6 +54,8 @@ class HourLlavaConfig:
   vision_grad_frames: int = 128    # videos of more frames give SigLIP no gradient (the official
                                    # chunked `no_grad` encoding); 0: always a gradient
   projector_init: str = "normal"   # layers.INITS, as each module's own `init`
+  max_crops: int = MAX_CROPS       # image samples: anyres_max_N (larger maps are downsized to ~N crops)
+  unpad: str = "official"          # anyres.unpadded's rounding
 
   @property
   def feature_tokens(self) -> int:
@@ -57,33 +63,30 @@ class HourLlavaConfig:
     return self.pool_size ** 2
 
   @property
+  def plain_images(self) -> bool:
+    """A plain resized image is read as one crop (the official single-image path)."""
+    return True
+
+  @property
   def cache_pooled(self) -> bool:
     """Cached SigLIP features are pooled (`encode_frames(pool=True)`): pooling precedes the projector."""
     return True
+
+  def query_width(self, crops: int, memory: int) -> int:
+    """The decayed-query buffer of an image batch of `crops` crops and `memory` memory tokens."""
+    return min(memory, anyres.query_width(crops, self.vision.patches_per_side, self.max_crops,
+                                          self.forgetting.spatial_keep))
 
   def __post_init__(self):
     if self.memaug.hidden_size != self.llm.hidden_size:
       raise ValueError(f"memaug.hidden_size={self.memaug.hidden_size} must equal "
                        f"llm.hidden_size={self.llm.hidden_size}")
     init_std(self.projector_init)
-    if self.max_length < 1 or self.vision_grad_frames < 0:
-      raise ValueError(f"max_length={self.max_length} must be >= 1 and vision_grad_frames="
-                       f"{self.vision_grad_frames} >= 0")
-
-
-def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-  """[out, in] weights of torch `interpolate(mode="bilinear", align_corners=False)` along one
-  axis, without antialiasing: source = (i + 0.5) * in / out - 0.5, clamped at 0."""
-  w = np.zeros((size_out, size_in), np.float64)
-  scale = np.float32(size_in) / np.float32(size_out)
-  for i in range(size_out):
-    src = max(float(np.float32(scale * (i + 0.5) - 0.5)), 0.0)
-    i0 = min(int(np.floor(src)), size_in - 1)
-    i1 = min(i0 + 1, size_in - 1)
-    frac = src - i0
-    w[i, i0] += 1.0 - frac
-    w[i, i1] += frac
-  return w.astype(np.float32)
+    if self.unpad not in UNPAD:
+      raise ValueError(f"unpad={self.unpad!r}: expected one of {UNPAD}")
+    if min(self.max_length, self.max_crops) < 1 or self.vision_grad_frames < 0:
+      raise ValueError(f"max_length={self.max_length} and max_crops={self.max_crops} must be >= 1 and "
+                       f"vision_grad_frames={self.vision_grad_frames} >= 0")
 
 
 def bilinear_pool(tokens: jax.Array, grid_in: int, grid_out: int) -> jax.Array:
@@ -168,9 +171,10 @@ class HourLlava(nn.Module):
                features: jax.Array | None = None, modality: str = "video",
                rng: jax.Array | None = None, head: bool = True,
                cache_len: int | None = None) -> dict[str, jax.Array]:
-    """input_ids [B, L] with one IMAGE_TOKEN_INDEX per visual sample (none for text-only);
-    pixels [B, T, h, w, 3] or pre-pooled SigLIP `features` [B, T, 64, C];
-    layout from `forgetting.video_layout` / `image_layout`; rng for random forgetting.
+    """input_ids [B, L] with an IMAGE_TOKEN_INDEX per video or image (none for text-only);
+    video: pixels [B, T, h, w, 3] or pre-pooled SigLIP `features` [B, T, 64, C] and a
+    `forgetting.video_layout`; image: the crops' pixels [B, K, h, w, 3] (or unpooled features
+    [B, K, g, C]) and an `anyres.ImageLayout`; rng for random forgetting.
     Returns logits [B, L', V], labels [B, L'] aligned to them (ignore_index on visual tokens
     and padding) and attention_mask [B, L'] (L' at most `max_length`: the rest is cut); with
     head=False "hidden" (the LLM's final-normed
@@ -181,19 +185,26 @@ class HourLlava(nn.Module):
     """
     c = self.cfg
     input_ids = jnp.asarray(input_ids)
-    valid = jnp.asarray(attention_mask).astype(bool) & (input_ids != IMAGE_TOKEN_INDEX)
+    placeholders = input_ids == IMAGE_TOKEN_INDEX
+    valid = jnp.asarray(attention_mask).astype(bool) & ~placeholders
     text = self.llm.embed(jnp.where(valid, input_ids, 0))
-    is_ph = input_ids == IMAGE_TOKEN_INDEX   # text-only samples: all text counts as prefix
-    split = jnp.where(is_ph.any(1), jnp.argmax(is_ph, 1), input_ids.shape[1])[:, None]
     if layout is None or (pixels is None and features is None):
-      return self._decode(text, valid, split, labels, None, None, head, cache_len)
+      return self._decode(text, valid, placeholders, labels, None, None, head, cache_len)
     if modality not in ("video", "image"):
       raise ValueError(f"modality={modality!r}: expected 'video' or 'image'")
     rng = jax.random.key(0) if rng is None else rng
     spatial_key, temporal_key = jax.random.split(rng)
+    if modality == "image":
+      if not isinstance(layout, ImageLayout):
+        raise ValueError(f"an image batch takes an anyres.ImageLayout, not {type(layout).__name__}")
+      siglip = self.encode_frames(pixels, pool=False) if features is None else features
+      crops = self.projector(siglip.astype(self.dtype))
+      self.sow("intermediates", "projected", crops)
+      parts = self.image_queries(crops, layout, spatial_key)
+      return self._remember(text, valid, placeholders, labels, *parts, head=head, cache_len=cache_len)
 
     if features is None:
-      siglip = self.encode_frames(pixels, pool=modality == "video")
+      siglip = self.encode_frames(pixels, pool=True)
       if c.vision_grad_frames:
         long = jnp.max(jnp.asarray(layout.source_frame), 1) + 1 > c.vision_grad_frames   # input frames
         siglip = jnp.where(long[:, None, None, None], jax.lax.stop_gradient(siglip), siglip)
@@ -245,63 +256,113 @@ class HourLlava(nn.Module):
       memory, memory_ids, memory_mask = with_newline(
           _take_frames(padded, mem_frames), mem_frames,
           jnp.broadcast_to(jnp.arange(g), (*mem_frames.shape, g)))
+    return self._remember(text, valid, placeholders, labels, visual, visual_ids, visual_mask,
+                          jnp.zeros(visual_ids.shape, jnp.int32), memory, memory_ids, memory_mask,
+                          head=head, cache_len=cache_len)
+
+  def image_tokens(self, crops: jax.Array, layout: ImageLayout) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """[B, K, g, H] projected crops -> an `anyres.ImageLayout`'s tokens [B, N, H] (each at most
+    four weighted taps, or the newline), their mask and image index."""
+    b, k, g, h = crops.shape
+    flat = crops.reshape(b, k * g, h)
+    taps = jnp.asarray(layout.taps)
+    gathered = jnp.take_along_axis(flat, taps.reshape(b, -1, 1), axis=1).reshape(*taps.shape, h)
+    tokens = jnp.einsum("bnt,bnth->bnh", jnp.asarray(layout.weights, gathered.dtype), gathered,
+                        precision=jax.lax.Precision.HIGHEST)
+    newline = jnp.asarray(layout.newline)[..., None]
+    tokens = jnp.where(newline, self.image_newline.astype(tokens.dtype), tokens)
+    return tokens, jnp.asarray(layout.valid), jnp.asarray(layout.image)
+
+  def image_queries(self, crops: jax.Array, layout: ImageLayout, key: jax.Array) -> tuple[jax.Array, ...]:
+    """An image sample's memory (its anyres tokens, official ids) and the decayed queries spatial
+    forgetting draws from it (`forgetting.image_queries`), packed in memory order into a buffer
+    of `anyres.query_width` tokens: (visual, ids, mask, image; memory, ids, mask)."""
+    c = self.cfg
+    memory, memory_mask, image = self.image_tokens(crops, layout)
+    memory_ids = jnp.asarray(layout.ids)
+    keep = memory_mask & fg.image_queries(key, c.forgetting, jnp.asarray(layout.group), jnp.asarray(layout.row),
+                                          jnp.asarray(layout.stride), jnp.asarray(layout.newline))
+    width = c.query_width(crops.shape[1], memory.shape[1])
+    slot = jnp.where(keep, jnp.cumsum(keep, 1) - 1, width)
+    source = _scatter(width, slot, jnp.broadcast_to(jnp.arange(memory.shape[1]), keep.shape))
+    visual_mask = jnp.arange(width)[None] < keep.sum(1, keepdims=True)
+    visual = jnp.take_along_axis(memory, source[..., None], 1)
+    visual_ids, visual_image = (jnp.take_along_axis(x, source, 1) for x in (memory_ids, image))
+    self.sow("intermediates", "decayed_queries", visual)
+    self.sow("intermediates", "decayed_query_position_ids", visual_ids)
+    self.sow("intermediates", "decayed_query_source", jnp.where(visual_mask, source, -1))   # memory index
+    if c.forgetting.memory_scale == 0.0:
+      memory, memory_ids, memory_mask = visual, visual_ids, visual_mask
+    return visual, visual_ids, visual_mask, visual_image, memory, memory_ids, memory_mask
+
+  def _remember(self, text, valid, placeholders, labels, visual, visual_ids, visual_mask, visual_image,
+                memory, memory_ids, memory_mask, *, head, cache_len):
+    """Steps 4-6 for either modality: MemAug reads the memory for the decayed queries, the LLM reads
+    its outputs at the placeholders."""
     memory = ax.constrain(memory, (ax.BATCH, ax.MEMORY, ax.ACT_EMBED))
     self.sow("intermediates", "memory", memory)
-    self.sow("intermediates", "memory_position_ids", memory_ids)     # frame * (g + 1) + token
-
-    # -- 4-5. MemAug over [prefix text; decayed queries; suffix text] ------------------------------
-    if c.use_memaug:
-      visual = self._memaug(text, valid, split, labels, visual, visual_ids, visual_mask,
+    self.sow("intermediates", "memory_position_ids", memory_ids)
+    if self.cfg.use_memaug:
+      visual = self._memaug(text, valid, placeholders, labels, visual, visual_ids, visual_mask, visual_image,
                             memory, memory_ids, memory_mask)
-    return self._decode(text, valid, split, labels, visual, visual_mask, head, cache_len)
+    return self._decode(text, valid, placeholders, labels, visual, visual_mask, head, cache_len,
+                        visual_image=visual_image)
 
   def decode_step(self, tokens: jax.Array, positions: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
     """tokens, positions [B] -> (logits [B, V], the cache one slot further)."""
     logits, cache = self.llm(tokens[:, None], positions=positions[:, None], cache=cache)
     return logits[:, 0], cache
 
-  def _memaug(self, text, valid, split, labels, visual, visual_ids, visual_mask,
+  def _memaug(self, text, valid, placeholders, labels, visual, visual_ids, visual_mask, visual_image,
               memory, memory_ids, memory_mask):
-    length = valid.shape[1]
-    n_vis = visual.shape[1]
-    q_len = length + n_vis
-    pos = jnp.arange(length)[None]
+    """MemAug's query, as the official code builds it: [text 0; queries of image 0; text 1; ...]
+    (text: the tokens `_query_text_mask` keeps). Position ids run on through the text, and each
+    image's query ids are its memory ids offset by the largest id before it + 1, so a segment of
+    text after image i starts after image i's largest id (one image: prefix 0..P-1, queries
+    P + memory id, suffix after the largest query id)."""
+    b, length = valid.shape
+    q_len = length + visual.shape[1]
     query_text = _query_text_mask(valid, labels)
-    prefix, suffix = query_text & (pos < split), query_text & (pos > split)
-    n_prefix = prefix.sum(1, keepdims=True)
-    n_visual = visual_mask.sum(1, keepdims=True)
-    prefix_rank = jnp.cumsum(prefix, 1) - 1
-    suffix_rank = jnp.cumsum(suffix, 1) - 1
-    text_slot = jnp.where(prefix, prefix_rank, jnp.where(suffix, n_prefix + n_visual + suffix_rank, q_len))
-    vis_slot = jnp.where(visual_mask, n_prefix + jnp.arange(n_vis)[None], q_len)
+    segment = jnp.cumsum(placeholders, 1)                # text after placeholder s-1, before s
+    image = jnp.where(visual_mask, visual_image, length)
+
+    def per_index(index, values, fill=0, op="add"):      # [B, length + 1] sums (maxima) by index
+      return jax.vmap(lambda i, v: getattr(jnp.full(length + 1, fill, v.dtype).at[i], op)(v))(index, values)
+
+    text_count = per_index(jnp.where(query_text, segment, length), query_text.astype(jnp.int32))
+    visual_count = per_index(image, visual_mask.astype(jnp.int32))
+    largest = per_index(image, jnp.where(visual_mask, visual_ids, -1), -1, "max")
+    text_upto = jnp.cumsum(text_count, 1)                # query text in segments <= s
+    visual_before = jnp.cumsum(visual_count, 1) - visual_count
+    ids_before = jnp.cumsum(largest + 1, 1) - (largest + 1)   # images before s: their id spans
+    at = lambda table, index: jnp.take_along_axis(table, jnp.minimum(index, length), 1)   # noqa: E731
+    text_rank = jnp.cumsum(query_text, 1) - 1
+    text_slot = jnp.where(query_text, text_rank + at(visual_before, segment), q_len)
+    text_ids = text_rank + at(ids_before, segment)
+    vis_slot = jnp.where(visual_mask, at(text_upto, image) + jnp.cumsum(visual_mask, 1) - 1, q_len)
+    vis_ids = visual_ids + at(text_upto, image) + at(ids_before, image)
     queries = _scatter(q_len, text_slot, text) + _scatter(q_len, vis_slot, visual)
-    last_id = jnp.max(jnp.where(visual_mask, visual_ids, -1), 1, keepdims=True)
-    text_ids = jnp.where(prefix, prefix_rank, n_prefix + last_id + 1 + suffix_rank)
-    q_ids = _scatter(q_len, text_slot, text_ids) + _scatter(q_len, vis_slot, n_prefix + visual_ids)
-    q_mask = jnp.arange(q_len)[None] < n_prefix + n_visual + suffix.sum(1, keepdims=True)
+    q_ids = _scatter(q_len, text_slot, text_ids) + _scatter(q_len, vis_slot, vis_ids)
+    q_mask = jnp.arange(q_len)[None] < query_text.sum(1, keepdims=True) + visual_mask.sum(1, keepdims=True)
     self.sow("intermediates", "memaug_query", queries)
     self.sow("intermediates", "memaug_query_position_ids", q_ids)
     out = self.memaug(queries, memory, q_ids, memory_ids, q_mask, memory_mask)
     self.sow("intermediates", "memaug_output", out)
-    rows = jnp.minimum(n_prefix + jnp.arange(n_vis)[None], q_len - 1)
-    visual_out = jnp.take_along_axis(out, rows[..., None], axis=1)
+    visual_out = jnp.take_along_axis(out, jnp.minimum(vis_slot, q_len - 1)[..., None], axis=1)
     self.sow("intermediates", "memaug_visual_output", visual_out)
     return visual_out
 
   # -- 6. splice and decode ----------------------------------------------------------------------
-  def _decode(self, text, valid, split, labels, visual, visual_mask, head=True, cache_len=None,
-              visual_image=None, placeholders=None):
-    """Text tokens keep their order; the visual tokens take their placeholder's place. One
-    placeholder per sample at `split`, or (multi-image) `placeholders` [B, L] marking them and
-    `visual_image` [B, N] naming each visual token's placeholder (in order; tokens image-major)."""
+  def _decode(self, text, valid, placeholders, labels, visual, visual_mask, head=True, cache_len=None,
+              visual_image=None):
+    """Text tokens keep their order; the visual tokens take their placeholder's place:
+    `placeholders` [B, L] marks them, `visual_image` [B, N] names each visual token's placeholder
+    (in order; tokens image-major; default: the first)."""
     b, length = valid.shape
     labels = jnp.full((b, length), IGNORE_INDEX) if labels is None else jnp.asarray(labels)
     labels = jnp.where(valid, labels, IGNORE_INDEX)
-    pos = jnp.arange(length)[None]
     n_vis = 0 if visual is None else visual.shape[1]
     out_len = min(length if visual is None else length - 1 + n_vis, self.cfg.max_length)   # cut, as official
-    if placeholders is None:
-      placeholders = pos == split
     if visual_image is None:
       visual_image = jnp.zeros((b, n_vis), jnp.int32)
     # per placeholder (ordinal k): the valid text before it and its visual token count

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hourjax.parallel import axes as ax
 
@@ -81,3 +82,18 @@ def gelu_exact(x: jax.Array) -> jax.Array:
 
 def gelu_tanh(x: jax.Array) -> jax.Array:
   return jax.nn.gelu(x, approximate=True)
+
+
+def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """[out, in] weights of torch `interpolate(mode="bilinear", align_corners=False)` along one
+  axis, without antialiasing: source = (i + 0.5) * in / out - 0.5, clamped at 0."""
+  w = np.zeros((size_out, size_in), np.float64)
+  scale = np.float32(size_in) / np.float32(size_out)
+  for i in range(size_out):
+    src = max(float(np.float32(scale * (i + 0.5) - 0.5)), 0.0)
+    i0 = min(int(np.floor(src)), size_in - 1)
+    i1 = min(i0 + 1, size_in - 1)
+    frac = src - i0
+    w[i, i0] += 1.0 - frac
+    w[i, i1] += frac
+  return w.astype(np.float32)

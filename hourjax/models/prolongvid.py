@@ -67,6 +67,11 @@ class ProLongVidConfig:
     return self.vision.patches_per_side ** 2
 
   @property
+  def plain_images(self) -> bool:
+    """Images are anyres crops only (LLaVA-OneVision's image path)."""
+    return False
+
+  @property
   def cache_pooled(self) -> bool:
     """Cached SigLIP features stay unpooled: pooling follows the projector."""
     return False
@@ -99,9 +104,9 @@ class ProLongVid(HourLlava):
     placeholders = input_ids == IMAGE_TOKEN_INDEX
     valid = jnp.asarray(attention_mask).astype(bool) & ~placeholders
     text = self.llm.embed(jnp.where(valid, input_ids, 0))
-    decode = dict(head=head, cache_len=cache_len, placeholders=placeholders)
+    decode = dict(head=head, cache_len=cache_len)
     if layout is None or (pixels is None and features is None):
-      return self._decode(text, valid, None, labels, None, None, **decode)
+      return self._decode(text, valid, placeholders, labels, None, None, **decode)
     if modality not in ("video", "image"):
       raise ValueError(f"modality={modality!r}: expected 'video' or 'image'")
     siglip = self.encode_frames(pixels, pool=False) if features is None else features
@@ -113,7 +118,7 @@ class ProLongVid(HourLlava):
     else:
       visual, visual_mask, image = self.image_tokens(crops, layout)
     self.sow("intermediates", "visual_tokens", visual)
-    return self._decode(text, valid, None, labels, visual, visual_mask, visual_image=image, **decode)
+    return self._decode(text, valid, placeholders, labels, visual, visual_mask, visual_image=image, **decode)
 
   def video_tokens(self, frames: jax.Array, layout: VideoLayout) -> tuple[jax.Array, jax.Array]:
     """[B, T, 729, H] projected frames -> visual tokens [B, N, H] and their mask."""
@@ -131,16 +136,3 @@ class ProLongVid(HourLlava):
     tokens = jnp.concatenate([frames.reshape(b, -1, h), jnp.broadcast_to(newline, (b, 1, h))], 1)
     mask = jnp.concatenate([jnp.repeat(real, c.pool_size ** 2, 1), real.any(1, keepdims=True)], 1)
     return tokens, mask
-
-  def image_tokens(self, crops: jax.Array, layout: ImageLayout) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """[B, K, 729, H] projected crops -> visual tokens [B, N, H] (each at most four weighted taps,
-    or the newline), their mask and image index."""
-    b, k, g, h = crops.shape
-    flat = crops.reshape(b, k * g, h)
-    taps = jnp.asarray(layout.taps)
-    gathered = jnp.take_along_axis(flat, taps.reshape(b, -1, 1), axis=1).reshape(*taps.shape, h)
-    tokens = jnp.einsum("bnt,bnth->bnh", jnp.asarray(layout.weights, gathered.dtype), gathered,
-                        precision=jax.lax.Precision.HIGHEST)
-    newline = jnp.asarray(layout.newline)[..., None]
-    tokens = jnp.where(newline, self.image_newline.astype(tokens.dtype), tokens)
-    return tokens, jnp.asarray(layout.valid), jnp.asarray(layout.image)

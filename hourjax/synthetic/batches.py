@@ -47,7 +47,8 @@ def _text(cfg, key, b: int, text_len: int, prompt_len: int) -> tuple[jax.Array, 
   return ids, jnp.ones((b, text_len), jnp.int32), jnp.where(supervised, ids, IGNORE_INDEX)
 
 
-def synthetic_image_batch(cfg: ProLongVidConfig, key: jax.Array, sizes: Sequence[tuple[int, int]], text_len: int,
+def synthetic_image_batch(cfg: HourLlavaConfig | ProLongVidConfig, key: jax.Array, sizes: Sequence[tuple[int, int]],
+                          text_len: int,
                           *, prompt_len: int = 8) -> ImageBatch:
   """One anyres image per sample of each (height, width): its crops' pixels in [-1, 1], padded
   to the batch's crop bucket, and their token layout at the bucket's static width."""

@@ -51,12 +51,24 @@ def hour_llava_step(cfg: HourLlavaConfig, batch: int, text_len: int, frames: int
   g = cfg.pool_size ** 2
   k = cfg.forgetting.spatial_count(g)
   visual = retained_frames * (k + 1)
-  llm_len = text_len - 1 + visual
   memory = memory_frames * (g + 1) if cfg.forgetting.memory_scale else visual
+  return _hour_llava(cfg, batch, text_len, frames, g, visual, memory, pixels, vision_trainable)
+
+
+def hour_llava_image_step(cfg: HourLlavaConfig, batch: int, text_len: int, crops: int, memory: int,
+                          queries: int, pixels: bool, vision_trainable: bool = False) -> dict[str, float]:
+  """An image batch's step: `crops` unpooled crops per sample, `memory` tokens (the layout's
+  width) and `queries` decayed queries (anyres.query_width), as the model's static shapes."""
+  return _hour_llava(cfg, batch, text_len, crops, cfg.vision.num_patches, queries,
+                     memory if cfg.forgetting.memory_scale else queries, pixels, vision_trainable)
+
+
+def _hour_llava(cfg, batch, text_len, frames, tokens_per_frame, visual, memory, pixels, vision_trainable):
+  width = cfg.vision.hidden_size + cfg.llm.hidden_size
   out = {
-      "llm": 3 * qwen2_forward(cfg.llm, batch, llm_len),
+      "llm": 3 * qwen2_forward(cfg.llm, batch, text_len - 1 + visual),
       "memaug": 3 * memaug_forward(cfg.memaug, batch, text_len + visual, memory) if cfg.use_memaug else 0.0,
-      "projector": 3 * batch * frames * g * 2 * (cfg.vision.hidden_size + cfg.llm.hidden_size) * cfg.llm.hidden_size,
+      "projector": 3 * batch * frames * tokens_per_frame * 2 * width * cfg.llm.hidden_size,
       "vision": (3 if vision_trainable else 1) * siglip_forward(cfg.vision, batch * frames) if pixels else 0.0,
   }
   out["total"] = sum(out.values())

@@ -108,7 +108,7 @@ def nonfinite_hook(workdir: str, ckpts: Checkpoints, lead: bool) -> Hook:
 def mfu_hook(program: program_lib.Program, peak_flops: float) -> Hook:
   """Model FLOPs utilisation of the step against `peak_flops` per device."""
   def mfu(s: Step) -> dict[str, float]:
-    flops = program.task.flops(s.batch, program.opt_cfg)
+    flops = program.task.flops(s.batch, program.opt_cfg)["total"]
     return {"mfu": flops / s.seconds / (peak_flops * jax.device_count())}
   return Hook("mfu", 1 if peak_flops else 0, mfu, at_end=bool(peak_flops))
 

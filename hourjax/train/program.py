@@ -75,21 +75,23 @@ class Task:
     """The chat template's tokens, left out of answer-token accuracy (packed text has none)."""
     return () if self.name == "decoder" or tokenizer is None else tokenizer.template_ids()
 
-  def flops(self, batch: Batch, opt_cfg: opt_lib.OptimizerConfig) -> float:
-    """Analytic training FLOPs of one step on `batch` (for MFU)."""
+  def flops(self, batch: Batch, opt_cfg: opt_lib.OptimizerConfig) -> dict[str, float]:
+    """Analytic training FLOPs of one step on `batch` (or its shapes), by component and "total"
+    (MFU, AOT plans)."""
     b, length = batch.input_ids.shape
     if not isinstance(batch, VideoBatch):
-      return flops_lib.decoder_step(self.model.llm, b, length)["total"]
-    layout = batch.layout
-    vision_trainable = "vision" in opt_cfg.trainable
+      return flops_lib.decoder_step(self.model.llm, b, length)
+    c, layout = self.model, batch.layout
+    kw = dict(pixels=batch.pixels is not None, vision_trainable="vision" in opt_cfg.trainable)
     if self.name == "prolongvid":
-      visual = (layout.valid.shape[1] if isinstance(layout, ImageLayout)
-                else self.model.video_tokens(batch.frames))
-      return flops_lib.prolongvid_step(self.model, b, length, batch.frames, visual, batch.pixels is not None,
-                                       vision_trainable)["total"]
-    return sum(flops_lib.hour_llava_step(
-        self.model, b, length, batch.frames, layout.memory_frames.shape[1], layout.retained_frames.shape[1],
-        pixels=batch.pixels is not None, vision_trainable=vision_trainable).values())
+      visual = layout.valid.shape[1] if isinstance(layout, ImageLayout) else c.video_tokens(batch.frames)
+      return flops_lib.prolongvid_step(c, b, length, batch.frames, visual, **kw)
+    if isinstance(layout, ImageLayout):
+      memory = layout.valid.shape[1]
+      return flops_lib.hour_llava_image_step(c, b, length, batch.frames, memory, c.query_width(batch.frames, memory),
+                                             **kw)
+    return flops_lib.hour_llava_step(c, b, length, batch.frames, layout.memory_frames.shape[1],
+                                     layout.retained_frames.shape[1], **kw)
 
 
 def task_of(run: ml_collections.ConfigDict) -> Task:

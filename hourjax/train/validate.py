@@ -194,9 +194,8 @@ def _buckets(run: Any) -> Iterator[str]:
 
 def _model(run: Any) -> Iterator[str]:
   images, kind = _get(run, "data.read.images"), _get(run, "model.kind")
-  if images == "anyres" and kind in (_MISSING, "hour_llava"):
-    yield ("data.read.images='anyres': Hour-LLaVA reads one plain 384px image per sample "
-           "(anyres crops are for model.kind='prolongvid')")
+  if images == "resize" and kind == "prolongvid":
+    yield "data.read.images='resize': ProLongVid reads anyres crops (data.read.images='anyres')"
   for family in ("vision", "llm"):
     heads, kv, width = (_get(run, f"model.{family}.{k}") for k in ("num_heads", "num_kv_heads", "hidden_size"))
     if _is(heads, INT) and _is(width, INT) and heads >= 1 and width % heads:
