@@ -6,6 +6,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec as P
 
 from hourjax.config import model_config
@@ -37,48 +38,34 @@ def test_tiny_stage3_step_compiles_for_v5e(tmp_path):
   assert r["compiled_tflops_scanned_body_once"] > 0
 
 
-def test_prolongvid_anyres_image_stage_compiles_for_v5e(tmp_path):
-  """ProLongVid's own model at an image stage: a multi-crop anyres image per sample through SigLIP
-  (trained there), the projector and the LLM over the crop bucket's static token width."""
-  from configs.prolongvid import get_config
+@pytest.mark.parametrize("config", ["prolongvid.py:tiny,stage=image_sft", "hour_llava.py:tiny,stage=1"])
+def test_anyres_image_stage_compiles_for_v5e(tmp_path, config):
+  """An image stage on a multi-crop anyres image per sample, at the crop bucket's static widths.
+  ProLongVid: SigLIP trained, the LLM reads every token of the layout. Hour-LLaVA's stage 1:
+  MemAug alone, the layout is its memory and the LLM reads the decayed queries (query width)."""
+  from hourjax.config import load
   from hourjax.data.anyres import token_width
   from hourjax.data.batching import crop_edge
   from hourjax.models.anyres import crop_count, select_grid
   from hourjax.train.flops import qwen2_forward
   out = tmp_path / "image.json"
-  aot_compile.main(["--config", f"{CONFIGS}/prolongvid.py:tiny,stage=image_sft", "--topology", "v5e:2x2",
-                    "--mesh", "data=1,fsdp=4", "--batch", "4", "--image", "330x250", "--text", "64",
-                    "--json", str(out)])
+  aot_compile.main(["--config", f"{CONFIGS}/{config}", "--topology", "v5e:2x2", "--mesh", "data=1,fsdp=4",
+                    "--batch", "4", "--image", "330x250", "--text", "64", "--json", str(out)])
   r = json.loads(out.read_text())
-  assert r["fits"] and r["optimizer"]["vision"] > 0 and r["optimizer"]["memaug"] == 0
-  cfg = model_config(get_config("tiny,stage=image_sft").model)
+  cfg = model_config(load(f"{CONFIGS}/{config}").model)
   crops = crop_count(select_grid(330, 250, cfg.vision.image_size))
-  assert crops > 2
-  visual = token_width(crop_edge(crops), cfg.vision.patches_per_side)
+  tokens = token_width(crop_edge(crops), cfg.vision.patches_per_side)
+  assert crops > 2 and r["fits"]
+  lr, analytic = r["optimizer"], r["analytic_tflops_per_step"]
+  if config.startswith("prolongvid"):
+    assert lr["vision"] > 0 and lr["memaug"] == 0 and analytic["vision"] > 0
+    visual = tokens
+  else:
+    assert lr["memaug"] > 0 and lr["llm"] == 0 and analytic["memaug"] > 0
+    visual = cfg.query_width(crop_edge(crops), tokens)
+    assert visual < tokens / 2
   llm = 3 * qwen2_forward(cfg.llm, 4, 64 - 1 + visual) / 1e12
-  assert abs(r["analytic_tflops_per_step"]["llm"] / llm - 1) < 1e-9 and r["analytic_tflops_per_step"]["vision"] > 0
-
-
-def test_hour_llava_anyres_image_stage_compiles_for_v5e(tmp_path):
-  """Hour-LLaVA's stage 1 (MemAug alone) on anyres images: the memory at the crop bucket's token
-  width, the decayed queries at its static query width, which is what the LLM reads."""
-  from configs.hour_llava import get_config
-  from hourjax.data.batching import crop_edge
-  from hourjax.models.anyres import crop_count, select_grid
-  from hourjax.train.flops import qwen2_forward
-  out = tmp_path / "image.json"
-  aot_compile.main(["--config", f"{CONFIGS}/hour_llava.py:tiny,stage=1", "--topology", "v5e:2x2",
-                    "--mesh", "data=1,fsdp=4", "--batch", "4", "--image", "330x250", "--text", "64",
-                    "--json", str(out)])
-  r = json.loads(out.read_text())
-  assert r["fits"] and r["optimizer"]["memaug"] > 0 and r["optimizer"]["llm"] == 0
-  cfg = model_config(get_config("tiny,stage=1").model)
-  edge = crop_edge(crop_count(select_grid(330, 250, cfg.vision.image_size)))
-  from hourjax.data.anyres import token_width
-  queries = cfg.query_width(edge, token_width(edge, cfg.vision.patches_per_side))
-  assert queries < token_width(edge, cfg.vision.patches_per_side) / 2
-  llm = 3 * qwen2_forward(cfg.llm, 4, 64 - 1 + queries) / 1e12
-  assert abs(r["analytic_tflops_per_step"]["llm"] / llm - 1) < 1e-9 and r["analytic_tflops_per_step"]["memaug"] > 0
+  assert abs(analytic["llm"] / llm - 1) < 1e-9
 
 
 def test_context_extension_stage_compiles_from_its_config(tmp_path):
