@@ -92,7 +92,10 @@ def main(argv=None) -> int:
   llm = Endpoint(a.llm or a.captioner, a.llm_model or a.captioner_model, a.api_key_env,
                  os.path.join(a.cache, "llm.jsonl"), a.max_in_flight)
   if a.beam:
-    from hourjax.annotate import beam
+    try:
+      from hourjax.annotate import beam
+    except ImportError as e:
+      raise SystemExit(f"--beam needs Apache Beam ({e}): pip install 'hourjax[beam]'") from None
     stats = beam.run(paths, captioner, llm, opts, out=a.out, root=a.videos, pipeline_args=beam_args)
     print(f"{stats['qa']} QA records from {stats['videos']} of {len(paths)} videos -> {a.out} (Beam); "
           f"dropped: {_drops(stats)}")

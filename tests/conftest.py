@@ -37,6 +37,15 @@ def fixture_path():
   return get
 
 
+def needs_torch():
+  """torch, or skip the calling test module saying why: the parity tests need it, and the newest
+  environment (Python 3.12, requirements/lock-py312.txt) has none (the index serves only CUDA
+  builds of torch for it, several GB)."""
+  import pytest
+  return pytest.importorskip("torch", reason="torch is not installed here (the torch extra): the parity "
+                             "and conversion tests compare against torch models")
+
+
 def randomize_torch(model, seed: int = 0):
   """Every parameter random and non-zero, activations of order one: weights N(0, 1/fan_in),
   biases N(0, 0.1^2), norm scales 1 + N(0, 0.1^2)."""

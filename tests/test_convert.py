@@ -1,5 +1,9 @@
 """Conversion both ways: exact round trips, transformers loading our exports, key-name variants,
 bf16, streaming checks, and errors that name the tensor."""
+from conftest import needs_torch
+
+needs_torch()      # these tests compare against torch / transformers models: skip without it
+
 import logging
 
 import jax

@@ -5,6 +5,10 @@ queries and MemAug's query with its position ids, for anyres images (unpadded an
 multi-image samples and a plain image, in one padded batch, in uniform mode and with the random
 draw's picks read back (and counted: ceil(n / 4) per crop set). MemAug itself and everything after
 it are pinned by the official fixtures (test_official_fixtures)."""
+from conftest import needs_torch
+
+needs_torch()      # these tests compare against torch / transformers models: skip without it
+
 import dataclasses
 import math
 

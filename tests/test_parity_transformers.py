@@ -1,5 +1,9 @@
 """hourjax against transformers (torch, float32) on random weights: ‖out−ref‖/‖ref‖ < 1e-5 per
 module, < 1e-4 for whole models. Runs through the user-facing verify tool."""
+from conftest import needs_torch
+
+needs_torch()      # these tests compare against torch / transformers models: skip without it
+
 import numpy as np
 import pytest
 import torch

@@ -2,6 +2,10 @@
 they share behaviour (anyres images, multi-image, videos pooled to ceil(side/2) with one newline),
 and against a torch transcription of LLaVA-NeXT's `get_2dPool` + `add_token_per_grid` where
 ProLongVid differs (12x12 after the projector, a newline per row). ‖out−ref‖/‖ref‖ < 1e-5."""
+from conftest import needs_torch
+
+needs_torch()      # these tests compare against torch / transformers models: skip without it
+
 import functools
 import math
 

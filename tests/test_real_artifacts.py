@@ -4,6 +4,10 @@ steps of a small model of that vocabulary size (launch.train) -> its parameters 
 official Hour-LLaVA layout and to transformers' LLaVA-OneVision -> loaded back (transformers for
 the HF kind) -> launch.ask on one of the videos, with the visual tokens where the prompt's
 placeholder is."""
+from conftest import needs_torch
+
+needs_torch()      # these tests compare against torch / transformers models: skip without it
+
 import json
 import os
 

@@ -177,6 +177,8 @@ def test_prolongvid_pipeline_segments_captions_and_asks_by_strategy(scenes, serv
 def test_prolongvid_command_reads_a_siglip_checkpoint(scenes, server, tmp_path, capsys):
   """launch.annotate --pipeline prolongvid with a SiglipModel checkpoint in transformers' layout
   (both towers converted) and its tokenizer directory."""
+  from conftest import needs_torch
+  needs_torch()
   import hf_models
   from hourjax.synthetic.tokenizer import save_tiny_tokenizer
   from launch import annotate

@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 
 from conftest import QWEN_VOCAB, tiny_model
-from hourjax.data import chat, video
+from hourjax.data import anyres, chat, video
 from hourjax.data.batching import Buckets, collate
 from hourjax.infer.encode import video_features
 from hourjax.infer.generate import Sampling, generate, prompt_ids
@@ -111,7 +111,7 @@ def test_a_video_file_is_read_by_the_official_rule(served):
   assert r.usage.prompt_tokens > len(ids)          # the visual tokens count as prompt tokens
 
 
-def test_images_one_as_the_image_path_several_as_frames(served):
+def test_images_one_as_anyres_crops_several_as_frames(served):
   loaded = served["loaded"]
   size = loaded.cfg.vision.image_size
   pictures = [np.random.default_rng(i).integers(0, 256, (40, 50, 3), np.uint8) for i in range(3)]
@@ -123,8 +123,9 @@ def test_images_one_as_the_image_path_several_as_frames(served):
   q = "What is in the picture?"
   r = _ask(served, [{"type": "image_url", "image_url": {"url": urls[0]}}, {"type": "text", "text": q}])
   ids = chat.generation_prompt(loaded.tokenizer, chat.with_placeholder([{"from": "human", "value": q}]))
-  pixels = np.asarray(Image.fromarray(pictures[0]).resize((size, size), Image.BICUBIC))[None]
-  sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "pixels": pixels}
+  pixels, images = anyres.crops([Image.fromarray(pictures[0])], size)      # as the training pipeline reads it
+  assert len(pixels) == 2                                                     # the base crop and a 1x1 grid
+  sample = {"input_ids": ids, "labels": np.full(len(ids), -100, np.int32), "pixels": pixels, "images": images}
   assert r.choices[0].message.content == _reference(served, sample, "image")[0]
 
   parts = [{"type": "image_url", "image_url": {"url": u}} for u in urls] + [{"type": "text", "text": q}]

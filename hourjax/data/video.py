@@ -109,8 +109,8 @@ def presentation_times(path: str) -> np.ndarray:
 def display_transform(frame: av.VideoFrame) -> Callable[[np.ndarray], np.ndarray] | None:
   """How a player turns this decoded frame upright (its DISPLAYMATRIX side data: rotation and
   mirroring), as FFmpeg's own autorotation decides it; None when it is shown as decoded."""
-  matrix = next((np.frombuffer(bytes(sd), np.int32) for sd in frame.side_data
-                 if sd.type == av.sidedata.sidedata.Type.DISPLAYMATRIX), None)
+  side = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)   # PyAV 18 and 19 (whose
+  matrix = None if side is None else np.frombuffer(bytes(side), np.int32)  # iteration yields keys)
   if matrix is None or len(matrix) != 9:
     return None
   m = matrix.astype(np.float64)
