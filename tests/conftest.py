@@ -8,18 +8,47 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # take the TPU runtime's lock (several test processes may run at once).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-# Multi-device tests run on 8 fake CPU devices; the flag must precede the first `import jax`.
-if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                             " --xla_force_host_platform_device_count=8").strip()
+
+# A user's own XLA_FLAGS are kept, and a device count already set (a test's own process that
+# imports a test module) stays.
+_OWN_XLA_FLAGS = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimization")]
+_DEVICES = int(next((f.split("=")[1] for f in _OWN_XLA_FLAGS if f.startswith("--xla_force_host_platform_device")), 8))
+_OWN_XLA_FLAGS = " ".join(f for f in _OWN_XLA_FLAGS if not f.startswith("--xla_force_host_platform_device"))
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a test process (this one, and the training processes tests launch) with
+  `devices` fake CPU devices. LLVM's optimisation of the generated code is off: most of the
+  suite's time is compiling tiny programs that then run for milliseconds, and level 0 compiles
+  them in about two thirds of the time. It changes no HLO pass and allows no fast-math, so what
+  the tests assert (tolerances against references, bitwise resume) is unaffected."""
+  return f"{_OWN_XLA_FLAGS} --xla_backend_optimization_level=0 --xla_force_host_platform_device_count={devices}".strip()
+
+
+# Multi-device tests run on 8 fake CPU devices; the flags must precede the first `import jax`.
+os.environ["XLA_FLAGS"] = xla_flags(_DEVICES)
 
 # One persistent compilation cache for the session and the training processes tests launch: a
 # program compiled once (the same tiny model in many tests, or a restarted run) is not compiled
 # again. A fresh directory per session unless HOURJAX_TEST_CACHE names one to keep.
+# The process that makes the directory (not a test worker, which inherits it) removes it at the end.
+_OWN_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   import tempfile
-  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ.get("HOURJAX_TEST_CACHE") or tempfile.mkdtemp(prefix="jaxcc_")
+  _OWN_CACHE = None if os.environ.get("HOURJAX_TEST_CACHE") else tempfile.mkdtemp(prefix="jaxcc_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ.get("HOURJAX_TEST_CACHE") or _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# The test workers (launch/test.sh runs two) share it: a size limit makes JAX take a file lock
+# around each read and write, so no worker reads an entry another is still writing.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(64 << 30))
+
+
+
+def pytest_unconfigure(config):
+  if _OWN_CACHE:
+    import shutil
+    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 

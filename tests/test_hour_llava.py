@@ -127,6 +127,26 @@ def test_single_image_memory_and_queries():
   assert len(ids_q) == 16 + 1 and ids_q[-1] == 64 and (np.diff(ids_q) > 0).all()
 
 
+@pytest.mark.parametrize("modality", ["video", "image"])
+def test_memory_scale_zero_remembers_only_the_decayed_queries(modality):
+  """forgetting.memory_scale=0 (the study's "decayed only" arm): MemAug's memory is the decayed
+  queries themselves, tokens, position ids and mask, for videos and images alike."""
+  cfg = dataclasses.replace(CFG, forgetting=ForgettingConfig(spatial="random", memory_scale=0.0, min_memory_frames=8))
+  rng = np.random.default_rng(5)
+  ids, _ = _sample(rng, 8, 2)
+  if modality == "video":
+    pixels, layout = rng.uniform(-1, 1, (1, 6, 112, 112, 3)), video_layout([6], cfg.forgetting)
+  else:
+    pixels, layout = rng.uniform(-1, 1, (1, 1, 112, 112, 3)), anyres.image_layout([[(112, 112, None)]], 8)
+  _, inter = jit_apply(build.build("hour_llava", cfg), _params(cfg), ids[None], np.ones((1, 8)), layout=layout,
+                       pixels=pixels.astype(np.float32), modality=modality, rng=jax.random.key(1),
+                       mutable="intermediates")
+  it = inter["intermediates"]
+  np.testing.assert_array_equal(it["memory"][0], it["decayed_queries"][0])
+  np.testing.assert_array_equal(it["memory_position_ids"][0], it["decayed_query_position_ids"][0])
+  assert it["memory"][0].shape[1] < (8 if modality == "video" else 1) * 65   # fewer than the full tokens
+
+
 @pytest.mark.parametrize("temporal", ["uniform", "random", "keyframe", "question"])
 def test_forgetting_variants_jit_and_are_deterministic(temporal):
   cfg = dataclasses.replace(CFG, forgetting=ForgettingConfig(spatial="random", temporal=temporal,

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from conftest import xla_flags
 from hourjax import cli
 from hourjax.config import load, model_config
 from hourjax.data import pipeline
@@ -152,7 +153,7 @@ def test_an_error_is_one_line_unless_the_trace_is_asked_for(capsys, monkeypatch)
 
 
 def _command(module, *args, env=None):
-  run_env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  run_env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1),
                  **(env or {}))
   run_env.pop(cli.TRACEBACK_ENV, None) if not env or cli.TRACEBACK_ENV not in env else None
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=run_env, capture_output=True,

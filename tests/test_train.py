@@ -21,7 +21,7 @@ from hourjax.train import optimizer as opt_lib
 from hourjax.train import step as step_lib
 from hourjax.train.loop import NonFiniteLoss, check_run, train
 from hourjax.synthetic.tokenizer import save_tiny_tokenizer
-from conftest import tiny_model
+from conftest import tiny_model, xla_flags
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -99,7 +99,7 @@ def test_startup_validation(synth, tmp_path):
 
 def _launch(workdir, overrides, devices=1, extra=()):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  env["XLA_FLAGS"] = xla_flags(devices)
   return subprocess.Popen([sys.executable, "-m", "launch.train", "--config", "configs/hour_llava.py:tiny,stage=3",
                            "--workdir", str(workdir), *extra, *overrides], cwd=ROOT, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

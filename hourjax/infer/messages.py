@@ -173,8 +173,9 @@ def read_prompt(loaded: Any, messages: Sequence[dict], options: VisualOptions = 
     except video.VideoError as e:
       raise RequestError(f"video: {e}", "messages", code="invalid_video") from None
     modality, frames, duration = "video", len(indices), info.duration
-  elif len(images) == 1 or images and prolongvid:   # anyres crops of one image (ProLongVid: or one
-    sample["pixels"], sample["images"] = anyres.crops([open_image(u) for u in images], size)   # crop per image)
+  elif len(images) == 1 or images and prolongvid:
+    # anyres crops of one image; ProLongVid reads several images as one crop each
+    sample["pixels"], sample["images"] = anyres.crops([open_image(u) for u in images], size)
     modality, frames, placeholders = "image", len(sample["pixels"]), len(images)
   elif images:
     pixels = np.stack([read_image(u, size) for u in images])

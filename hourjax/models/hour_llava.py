@@ -151,6 +151,21 @@ class HourLlava(nn.Module):
         nn.initializers.normal(c.llm.hidden_size ** -0.5), (ax.EMBED,)), (c.llm.hidden_size,),
         self.param_dtype)
 
+  def _prompt(self, input_ids: jax.Array, attention_mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The prompt's placeholders (IMAGE_TOKEN_INDEX), its real text tokens and their embeddings."""
+    input_ids = jnp.asarray(input_ids)
+    placeholders = input_ids == IMAGE_TOKEN_INDEX
+    valid = jnp.asarray(attention_mask).astype(bool) & ~placeholders
+    return placeholders, valid, self.llm.embed(jnp.where(valid, input_ids, 0))
+
+  def project_crops(self, pixels: jax.Array | None, features: jax.Array | None) -> jax.Array:
+    """Crops (or frames) at full SigLIP resolution: pixels [B, K, h, w, 3], or their cached
+    unpooled `features` [B, K, g, C] -> projected [B, K, g, H]."""
+    siglip = self.encode_frames(pixels, pool=False) if features is None else features
+    crops = self.projector(siglip.astype(self.dtype))
+    self.sow("intermediates", "projected", crops)
+    return crops
+
   # -- 1. frames -> full video tokens ------------------------------------------------------------
   def encode_frames(self, pixels: jax.Array, pool: bool) -> jax.Array:
     """pixels [B, T, h, w, 3] in [-1, 1], or uint8 RGB (scaled here, on the device: a quarter of
@@ -184,10 +199,7 @@ class HourLlava(nn.Module):
     "lengths" [B] (the next token's position)}: continue with `decode_step`.
     """
     c = self.cfg
-    input_ids = jnp.asarray(input_ids)
-    placeholders = input_ids == IMAGE_TOKEN_INDEX
-    valid = jnp.asarray(attention_mask).astype(bool) & ~placeholders
-    text = self.llm.embed(jnp.where(valid, input_ids, 0))
+    placeholders, valid, text = self._prompt(input_ids, attention_mask)
     if layout is None or (pixels is None and features is None):
       return self._decode(text, valid, placeholders, labels, None, None, head, cache_len)
     if modality not in ("video", "image"):
@@ -197,10 +209,7 @@ class HourLlava(nn.Module):
     if modality == "image":
       if not isinstance(layout, ImageLayout):
         raise ValueError(f"an image batch takes an anyres.ImageLayout, not {type(layout).__name__}")
-      siglip = self.encode_frames(pixels, pool=False) if features is None else features
-      crops = self.projector(siglip.astype(self.dtype))
-      self.sow("intermediates", "projected", crops)
-      parts = self.image_queries(crops, layout, spatial_key)
+      parts = self.image_queries(self.project_crops(pixels, features), layout, spatial_key)
       return self._remember(text, valid, placeholders, labels, *parts, head=head, cache_len=cache_len)
 
     if features is None:
@@ -249,13 +258,9 @@ class HourLlava(nn.Module):
     self.sow("intermediates", "decayed_queries", visual)
     self.sow("intermediates", "decayed_query_position_ids", visual_ids)
 
-    if c.forgetting.memory_scale == 0.0:
-      memory, memory_ids, memory_mask = visual, visual_ids, visual_mask
-    else:
-      mem_frames = jnp.asarray(layout.memory_frames)
-      memory, memory_ids, memory_mask = with_newline(
-          _take_frames(padded, mem_frames), mem_frames,
-          jnp.broadcast_to(jnp.arange(g), (*mem_frames.shape, g)))
+    mem_frames = jnp.asarray(layout.memory_frames)
+    memory, memory_ids, memory_mask = with_newline(
+        _take_frames(padded, mem_frames), mem_frames, jnp.broadcast_to(jnp.arange(g), (*mem_frames.shape, g)))
     return self._remember(text, valid, placeholders, labels, visual, visual_ids, visual_mask,
                           jnp.zeros(visual_ids.shape, jnp.int32), memory, memory_ids, memory_mask,
                           head=head, cache_len=cache_len)
@@ -291,14 +296,15 @@ class HourLlava(nn.Module):
     self.sow("intermediates", "decayed_queries", visual)
     self.sow("intermediates", "decayed_query_position_ids", visual_ids)
     self.sow("intermediates", "decayed_query_source", jnp.where(visual_mask, source, -1))   # memory index
-    if c.forgetting.memory_scale == 0.0:
-      memory, memory_ids, memory_mask = visual, visual_ids, visual_mask
     return visual, visual_ids, visual_mask, visual_image, memory, memory_ids, memory_mask
 
   def _remember(self, text, valid, placeholders, labels, visual, visual_ids, visual_mask, visual_image,
                 memory, memory_ids, memory_mask, *, head, cache_len):
     """Steps 4-6 for either modality: MemAug reads the memory for the decayed queries, the LLM reads
-    its outputs at the placeholders."""
+    its outputs at the placeholders. memory_scale 0: the decayed queries are the whole memory (what
+    the caller built as memory is then unused, and compiled away)."""
+    if self.cfg.forgetting.memory_scale == 0.0:
+      memory, memory_ids, memory_mask = visual, visual_ids, visual_mask
     memory = ax.constrain(memory, (ax.BATCH, ax.MEMORY, ax.ACT_EMBED))
     self.sow("intermediates", "memory", memory)
     self.sow("intermediates", "memory_position_ids", memory_ids)

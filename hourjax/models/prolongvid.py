@@ -21,7 +21,6 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from hourjax.constants import IMAGE_TOKEN_INDEX
 from hourjax.models.anyres import MAX_CROPS, UNPAD, ImageLayout
 from hourjax.models.forgetting import ForgettingConfig, VideoLayout
 from hourjax.models.hour_llava import HourLlava, _take_frames, bilinear_pool
@@ -100,18 +99,13 @@ class ProLongVid(HourLlava):
     image sample's crops (its images' crops one after another), `features` [B, T, 729, C] cached
     SigLIP features; `rng` is unused (nothing is random)."""
     del rng
-    input_ids = jnp.asarray(input_ids)
-    placeholders = input_ids == IMAGE_TOKEN_INDEX
-    valid = jnp.asarray(attention_mask).astype(bool) & ~placeholders
-    text = self.llm.embed(jnp.where(valid, input_ids, 0))
+    placeholders, valid, text = self._prompt(input_ids, attention_mask)
     decode = dict(head=head, cache_len=cache_len)
     if layout is None or (pixels is None and features is None):
       return self._decode(text, valid, placeholders, labels, None, None, **decode)
     if modality not in ("video", "image"):
       raise ValueError(f"modality={modality!r}: expected 'video' or 'image'")
-    siglip = self.encode_frames(pixels, pool=False) if features is None else features
-    crops = self.projector(siglip.astype(self.dtype))                        # [B, T, 729, H]
-    self.sow("intermediates", "projected", crops)
+    crops = self.project_crops(pixels, features)                             # [B, T, 729, H]
     if modality == "video":
       visual, visual_mask = self.video_tokens(crops, layout)
       image = None
