@@ -3,6 +3,8 @@
 #   HOURJAX_ENV=py312           .venv-py3.12   Python 3.12, requirements/lock-py312.txt: the newest
 #                                              jax / flax / grain / orbax / av the index serves (no
 #                                              torch, no Beam: see pyproject.toml)
+#   HOURJAX_ENV=py313           .venv-py3.13   Python 3.13, the same lock as py312 (every pin in it
+#                                              serves 3.13 too)
 # Re-installs only when pyproject.toml or the lock changed since the last install.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,11 +12,11 @@ HOURJAX_ENV="${HOURJAX_ENV:-py311}"
 case "$HOURJAX_ENV" in
   py311) PYVER=3.11; VENV="$ROOT/.venv"; EXTRAS="torch,test,tpu,study,serve,annotate,beam"
          CHECK="import hourjax, jax, flax, torch, transformers" ;;
-  py312) PYVER=3.12; VENV="$ROOT/.venv-py3.12"; EXTRAS="test,tpu,study,serve,annotate"
+  py312|py313) PYVER="3.${HOURJAX_ENV#py3}"; VENV="$ROOT/.venv-py$PYVER"; EXTRAS="test,tpu,study,serve,annotate"
          CHECK="import hourjax, jax, flax, transformers" ;;
-  *) echo "[setup] HOURJAX_ENV=$HOURJAX_ENV: expected py311 or py312" >&2; exit 1 ;;
+  *) echo "[setup] HOURJAX_ENV=$HOURJAX_ENV: expected py311, py312 or py313" >&2; exit 1 ;;
 esac
-LOCK="$ROOT/requirements/lock-$HOURJAX_ENV.txt"
+LOCK="$ROOT/requirements/lock-${HOURJAX_ENV/py313/py312}.txt"
 STAMP="$VENV/.hourjax-installed"
 WANT="$(cat "$ROOT/pyproject.toml" "$LOCK" | sha256sum | cut -d' ' -f1)"
 
@@ -29,7 +31,7 @@ find_python() {   # python$1 on PATH if it runs, else pyenv's build of it
 }
 
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "[setup] installing $HOURJAX_ENV (requirements/lock-$HOURJAX_ENV.txt) into $VENV (a minute or two)" >&2
+  echo "[setup] installing $HOURJAX_ENV (requirements/$(basename "$LOCK")) into $VENV (a minute or two)" >&2
   PY="$(find_python "$PYVER")" || { echo "[setup] Python $PYVER not found (PATH, pyenv)" >&2; exit 1; }
   rm -rf "$VENV"
   "$PY" -m venv "$VENV"
