@@ -34,6 +34,10 @@ def test_chunked_loss_and_grads_equal_full_logits(t, chunk, shards):
   g_ref = jax.grad(lambda h, w: full(h, w)[0], (0, 1))(hidden, head)
   g = jax.jit(jax.grad(lambda h, w: chunked(h, w)[0], (0, 1)))(hidden, head)
   assert tree_rel_err(g, g_ref) < 1e-6
+  # The gradient is formed in the forward pass (a custom VJP): a cotangent other than 1, as a
+  # mean over the batch's tokens gives, must scale it.
+  g_mean = jax.jit(jax.grad(lambda h, w: chunked(h, w)[0] / 7.0, (0, 1)))(hidden, head)
+  assert tree_rel_err(g_mean, jax.tree.map(lambda x: x / 7.0, g_ref)) < 1e-6
 
 
 @pytest.mark.parametrize("tie", [True, False])

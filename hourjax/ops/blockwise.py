@@ -24,7 +24,11 @@ import jax.numpy as jnp
 
 from hourjax.ops.attention import _MASKED, pin_masks, segment_mask
 
-BLOCK = 512          # rows and columns of one block of scores (at most; short inputs use less)
+# Rows and columns of one block of scores (at most; short inputs use less). On a 2-core CPU at
+# 2048 tokens (8 query / 2 KV heads of 64) a layer's forward + backward took 0.18 s with 256,
+# 0.25 s with 512 and 0.27-0.30 s with 128 (the attention alone, median of 15, three alternating
+# runs; docs/performance.md).
+BLOCK = 256
 
 
 def _blocks(length: int, block: int) -> tuple[int, int]:
@@ -51,9 +55,16 @@ def _merge(x: jax.Array, axis: int) -> jax.Array:
   return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
 
 
+def _rows(x):
+  """[B, K, g, bq, ...] -> [B, K, g * bq, ...]: a query group rides along the rows of a
+  canonical batched matmul (the 5-D contraction makes XLA:CPU transpose the scores)."""
+  return x.reshape(x.shape[:2] + (x.shape[2] * x.shape[3],) + x.shape[4:])
+
+
 def _scores(q, k, scale):
   """q [B, K, g, bq, D], k [B, K, bk, D] -> [B, K, g, bq, bk] float32."""
-  return jnp.einsum("bkgqd,bksd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
+  s = jnp.einsum("bkrd,bksd->bkrs", _rows(q), k, preferred_element_type=jnp.float32) * scale
+  return s.reshape(q.shape[:4] + (k.shape[2],))
 
 
 def _forward(q, k, v, meta, causal):
@@ -77,8 +88,8 @@ def _forward(q, k, v, meta, causal):
         m_new = jnp.maximum(m, s.max(-1))
         p = jnp.where(mask[:, None, None], jnp.exp(s - m_new[..., None]), 0.0)
         alpha = jnp.exp(m - m_new)
-        acc = acc * alpha[..., None] + jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vb.dtype), vb,
-                                                  preferred_element_type=jnp.float32)
+        pv = jnp.einsum("bkrs,bksd->bkrd", _rows(p.astype(vb.dtype)), vb, preferred_element_type=jnp.float32)
+        acc = acc * alpha[..., None] + pv.reshape(acc.shape)
         return m_new, l * alpha + p.sum(-1), acc
 
       return jax.lax.cond(mask.any(), update, lambda c: c, carry), None
@@ -119,11 +130,12 @@ def _attention_bwd(causal, res, d_out):
         dk, dv, dq = carry
         qb, dob = q[i], d_out[i]
         p = jnp.where(mask[:, None, None], jnp.exp(_scores(qb, kb, scale) - lse[i][..., None]), 0.0)
-        dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p, dob, preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bkgqd,bksd->bkgqs", dob, vb, preferred_element_type=jnp.float32)
+        dv = dv + jnp.einsum("bkrs,bkrd->bksd", _rows(p), _rows(dob), preferred_element_type=jnp.float32)
+        dp = jnp.einsum("bkrd,bksd->bkrs", _rows(dob), vb, preferred_element_type=jnp.float32).reshape(p.shape)
         ds = p * (dp - delta[i][..., None]) * scale
-        dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds, qb, preferred_element_type=jnp.float32)
-        dq = dq.at[i].add(jnp.einsum("bkgqs,bksd->bkgqd", ds, kb, preferred_element_type=jnp.float32))
+        dk = dk + jnp.einsum("bkrs,bkrd->bksd", _rows(ds), _rows(qb), preferred_element_type=jnp.float32)
+        dq = dq.at[i].add(jnp.einsum("bkrs,bksd->bkrd", _rows(ds), kb,
+                                     preferred_element_type=jnp.float32).reshape(qb.shape))
         return dk, dv, dq
 
       return jax.lax.cond(mask.any(), update, lambda c: c, carry), None
