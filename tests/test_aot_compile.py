@@ -155,3 +155,70 @@ ENTRY %main (a: f32[8]) -> f32[32] {
   assert got["collective-permute"] == 5 * 32            # 5 trips of 8 floats
   assert got["all-gather"] == 128 * 3 / 4               # groups of 4
   assert got["all-reduce"] == 2 * 32 * 1 / 2            # groups of 2 (mesh axis x)
+
+
+def test_trip_counts_follow_the_counters_start_and_step_and_matmuls_count_real_taps():
+  # The TPU compiler unrolls loops by two (the counter steps by 2 to the same bound) and writes
+  # dots as convolutions whose windows are mostly padding: both must be read, not guessed.
+  hlo = """HloModule m
+
+%cond (p: (s32[], f32[8,16])) -> pred[] {
+  %p = (s32[], f32[8,16]{1,0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %n = s32[] constant(9)
+  ROOT %lt = pred[] compare(%i, %n), direction=LT
+}
+
+%body (q: (s32[], f32[8,16])) -> (s32[], f32[8,16]) {
+  %q = (s32[], f32[8,16]{1,0}) parameter(0)
+  %j = s32[] get-tuple-element(%q), index=0
+  %two = s32[] constant(2)
+  %next = s32[] add(%j, %two)
+  %x = f32[8,16]{1,0} get-tuple-element(%q), index=1
+  %w = f32[16,16]{1,0} constant({...})
+  %d = f32[8,16]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %cp = f32[8,16]{1,0} collective-permute(%d), channel_id=1, source_target_pairs={{0,1},{1,0}}
+  ROOT %t = (s32[], f32[8,16]{1,0}) tuple(%next, %cp)
+}
+
+ENTRY %main (a: f32[8,16], h: bf16[64,1,32], k: bf16[4,32,16]) -> f32[8,16] {
+  %a = f32[8,16]{1,0} parameter(0)
+  %one = s32[] constant(1)
+  %init = (s32[], f32[8,16]{1,0}) tuple(%one, %a)
+  %w = (s32[], f32[8,16]{1,0}) while(%init), condition=%cond, body=%body
+  %h = bf16[64,1,32]{2,1,0} parameter(1)
+  %k = bf16[4,32,16]{2,1,0} parameter(2)
+  %c = bf16[64,4,16]{2,1,0} convolution(%h, %k), window={size=4 pad=3_3 rhs_reversal=1}, dim_labels=b0f_0io->b0f
+  ROOT %o = f32[8,16]{1,0} get-tuple-element(%w), index=1
+}
+"""
+  got = hlo_cost.collective_bytes(hlo)
+  assert got["loops"] == [4]                               # i = 1, 3, 5, 7
+  assert got["collective-permute"] == 4 * 8 * 16 * 4
+  flops = hlo_cost.matmul_flops(hlo)
+  assert flops["dot"] == 4 * 2 * 8 * 16 * 16
+  # One real input position padded by 3 on each side under a window of 4: each of the 4 output
+  # positions meets it at exactly one kernel tap, so a head axis costs nothing extra.
+  assert flops["convolution"] == 2 * 64 * 4 * 16 * 32
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_matmul_flops_of_a_tpu_compiled_step_are_the_analytic_count(remat):
+  """A scanned stack of dense layers, its gradient compiled by libtpu with the weights and the
+  batch sharded over 4 chips (the compiler writes dots as convolutions and collective matmuls as
+  loops): its matmuls are 3x the forward's, 4x under full remat, exactly."""
+  layers, batch, width = 3, 2048, 1024
+  mesh = jax.sharding.Mesh(np.array(aot_compile.tpu_devices("v5e:2x2")).reshape(4), ("fsdp",))
+  spec = lambda shape, *axes: jax.ShapeDtypeStruct(shape, jnp.bfloat16,
+                                                   sharding=jax.sharding.NamedSharding(mesh, P(*axes)))
+
+  def layer(x, w):
+    return jnp.tanh(x @ w), None
+
+  def loss(w, x):
+    y, _ = jax.lax.scan(jax.checkpoint(layer) if remat else layer, x, w)
+    return jnp.sum(y.astype(jnp.float32) ** 2)
+  hlo = jax.jit(jax.grad(loss)).lower(spec((layers, width, width), None, "fsdp"),
+                                      spec((batch, width), "fsdp")).compile().as_text()
+  forward = layers * 2 * batch * width * width
+  assert hlo_cost.matmul_flops(hlo)["total"] * 4 == (4 if remat else 3) * forward

@@ -93,9 +93,13 @@ def _chunk_scan(template_ids: tuple[int, ...], x: jax.Array, head: jax.Array, y:
       return carry, None
     # d(-log p[target]) / d logits = softmax - onehot(target), on supervised positions only.
     d_logits = jnp.exp(logp) - jax.nn.one_hot(target, logits.shape[-1], dtype=logits.dtype)
-    d_logits = jnp.where(valid[..., None], d_logits, 0.0)
-    d_x = jnp.einsum("bpcv,hv->bpch", d_logits, head.astype(jnp.float32)).astype(xc.dtype)
-    d_head = d_head + jnp.einsum("bpch,bpcv->hv", xc.astype(jnp.float32), d_logits)
+    # The two matmuls take the compute dtype, as autodiff's transposes of the logits matmul
+    # would: float32 operands double the head's gathered bytes on an FSDP mesh, and each chunk's
+    # head gradient is reduced across devices in the compute dtype, then summed in float32.
+    d_logits = jnp.where(valid[..., None], d_logits, 0.0).astype(xc.dtype)
+    d_x = jnp.einsum("bpcv,hv->bpch", d_logits, head.astype(xc.dtype), preferred_element_type=jnp.float32)
+    d_x = d_x.astype(xc.dtype)
+    d_head = d_head + jnp.einsum("bpch,bpcv->hv", xc, d_logits, preferred_element_type=xc.dtype).astype(jnp.float32)
     return carry[:3] + (d_head,), d_x
 
   zero = jnp.zeros((), jnp.int32)

@@ -65,29 +65,48 @@ def _kind(op: str) -> str | None:
   return base if base in KINDS else None
 
 
-def collective_bytes(hlo: str, largest: int = 0) -> dict:
-  """{kind: bytes per device per run of the module} for every collective kind, plus "total",
-  "loops" (the while loops' trip counts, for the record) and, with `largest`, the biggest
-  contributors as (bytes, kind, group size, runs, the op's JAX source name)."""
+def _call_graph(hlo: str) -> tuple[dict[str, list], dict[str, int], list[int]]:
+  """(computation -> its instructions as (name, type, op, rest), computation -> how many times
+  it runs per run of the module, the while loops' trip counts)."""
   comps: dict[str, list] = {}
+  roots: dict[str, str] = {}
   entry, current = None, None
   for line in hlo.splitlines():
     h = _HEADER.match(line)
     if h and not line.startswith(" "):
       current = comps.setdefault(h.group(1), [])
+      name = h.group(1)
       if line.startswith("ENTRY"):
         entry = h.group(1)
       continue
     m = _INSTR.match(line)
     if m and current is not None:
       current.append(m.groups())
+      if line.lstrip().startswith("ROOT "):
+        roots[name] = m.group(1)
   if entry is None:
     raise ValueError("no ENTRY computation in the HLO text")
 
-  def trip_count(cond: str) -> int:
-    consts = [int(c) for _, _, op, rest in comps.get(cond, []) if op == "constant"
-              for c in re.findall(r"^(\d+)\)", rest)]
-    return max(consts) if consts else 1
+  def trip_count(cond: str, body: str, init: str, caller: str) -> int:
+    """Iterations of `i = init; while i < N: ...; i += step`: N from the condition's compare,
+    step from the body's update of the same tuple element (XLA's loop unrolling makes it 2),
+    init from the caller's tuple (0 when not a constant). Without a recognisable counter, the
+    largest constant in the condition."""
+    instrs = {name: (op, rest) for name, _, op, rest in comps.get(cond, [])}
+    consts = {name: c for name in instrs for c in [_constant(instrs, name)] if c is not None}
+    for op, rest in instrs.values():
+      direction = re.search(r"direction=(LT|GT)", rest) if op == "compare" else None
+      names = _operand_names(rest)
+      if not direction or len(names) != 2:
+        continue
+      counter, bound = names if direction.group(1) == "LT" else names[::-1]
+      gte = re.search(r"index=(\d+)", instrs.get(counter, ("", ""))[1])
+      if bound not in consts or instrs.get(counter, ("",))[0] != "get-tuple-element" or not gte:
+        break
+      k = int(gte.group(1))
+      start = _element_constant(comps.get(caller, []), init, k, 0)
+      return max(0, -(-(consts[bound] - start) // _step(comps.get(body, []), roots.get(body, ""), k)))
+    return max(consts.values()) if consts else 1
 
   callers = collections.defaultdict(list)          # callee -> [(caller, factor)]
   loops = []
@@ -95,7 +114,7 @@ def collective_bytes(hlo: str, largest: int = 0) -> dict:
     for _, _, op, rest in instrs:
       refs = dict(_CALLEE.findall(rest))
       if op == "while":
-        n = trip_count(refs.get("condition", ""))
+        n = trip_count(refs.get("condition", ""), refs["body"], (_operand_names(rest) or [""])[0], name)
         loops.append(n)
         callers[refs["body"]].append((name, n))
         continue
@@ -115,6 +134,139 @@ def collective_bytes(hlo: str, largest: int = 0) -> dict:
       memo[name] = sum(runs(c) * f for c, f in callers.get(name, []))
     return memo[name]
 
+  return comps, {name: runs(name) for name in comps}, loops
+
+
+def _args(rest: str) -> str:
+  """An instruction's operand text: `rest` (what follows `op(`) up to its closing parenthesis."""
+  depth = 1
+  for i, ch in enumerate(rest):
+    depth += (ch == "(") - (ch == ")")
+    if depth == 0:
+      return rest[:i]
+  return rest
+
+
+def _operand_names(rest: str) -> list[str]:
+  return re.findall(r"%([\w.\-]+)", _args(rest))
+
+
+def _constant(table: dict, name: str) -> int | None:
+  op, rest = table.get(name, ("", ""))
+  c = re.match(r"(-?\d+)\)", rest) if op == "constant" else None
+  return int(c.group(1)) if c else None
+
+
+def _element_constant(instrs: list, tuple_name: str, k: int, default: int) -> int:
+  """The value of element k of the tuple instruction `tuple_name` when it is an integer
+  constant, else default."""
+  table = {name: (op, rest) for name, _, op, rest in instrs}
+  op, rest = table.get(tuple_name, ("", ""))
+  names = _operand_names(rest) if op == "tuple" else []
+  value = _constant(table, names[k]) if k < len(names) else None
+  return default if value is None else value
+
+
+def _step(body: list, root: str, k: int) -> int:
+  """How much a while body adds to element k of its tuple (its ROOT tuple's element k is
+  add(get-tuple-element(param, k), constant)), else 1."""
+  table = {name: (op, rest) for name, _, op, rest in body}
+  op, rest = table.get(root, ("", ""))
+  names = _operand_names(rest) if op == "tuple" else []
+  op, rest = table.get(names[k], ("", "")) if k < len(names) else ("", "")
+  steps = [c for c in (_constant(table, n) for n in _operand_names(rest)) if c] if op == "add" else []
+  return max(1, steps[0]) if steps else 1
+
+
+def _dims(type_text: str) -> list[int]:
+  """The dimensions of an HLO array type (its first array, for a tuple)."""
+  m = _SHAPE.search(type_text)
+  return [int(d) for d in m.group(2).split(",") if d] if m else []
+
+
+def _operand_types(rest: str, types: dict[str, str]) -> list[str]:
+  """The operand types of an instruction: written inline (`f32[8,16]{1,0} %a, ...`, as XLA:CPU
+  prints compiled modules) or looked up by name in its computation (the TPU compiler's form)."""
+  inline = [m.group(0) for m in _SHAPE.finditer(_args(rest))]
+  return inline or [types.get(n, "") for n in _operand_names(rest)]
+
+
+def _window(rest: str) -> dict[str, list[list[int]]]:
+  """A convolution's window attributes per spatial dimension: size, stride, pad (lo, hi),
+  lhs_dilate, rhs_dilate (absent ones at their defaults)."""
+  m = re.search(r"window=\{([^}]*)\}", rest)
+  attrs = dict(item.split("=", 1) for item in m.group(1).split()) if m else {}
+  size = [int(x) for x in attrs["size"].split("x")] if "size" in attrs else []
+  def each(key, default):
+    return [[int(v) for v in x.split("_")] for x in attrs[key].split("x")] if key in attrs else [default] * len(size)
+  return {"size": size, "stride": [x[0] for x in each("stride", [1])], "pad": each("pad", [0, 0]),
+          "lhs_dilate": [x[0] for x in each("lhs_dilate", [1])], "rhs_dilate": [x[0] for x in each("rhs_dilate", [1])]}
+
+
+def _taps(inp: int, k: int, out: int, stride: int, lo: int, lhs_dilate: int, rhs_dilate: int) -> int:
+  """(output position, kernel position) pairs of one spatial dimension that read a real input
+  element, not padding or a hole of lhs dilation."""
+  last = (inp - 1) * lhs_dilate
+  n = 0
+  for j in range(k):
+    shift = j * rhs_dilate - lo                      # input index of output 0
+    if lhs_dilate == 1:
+      first, end = max(0, -(-(-shift) // stride)), min(out - 1, (last - shift) // stride)
+      n += max(0, end - first + 1)
+    else:
+      n += sum(1 for o in range(out) if 0 <= o * stride + shift <= last and (o * stride + shift) % lhs_dilate == 0)
+  return n
+
+
+def _matmul_flops(op: str, type_text: str, operands: list[str], rest: str) -> float:
+  """2 x multiply-adds of one dot or convolution, from its result and operand shapes."""
+  out = _dims(type_text)
+  if op == "dot":
+    lhs = _dims(operands[0]) if operands else []
+    m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+    contracted = [lhs[int(i)] for i in m.group(1).split(",") if i] if m and lhs else []
+    return 2.0 * math.prod(out) * math.prod(contracted)
+  # A convolution: per (batch, output feature), input features per group x the taps that land
+  # on real input. The TPU compiler writes dots as convolutions whose windows are mostly
+  # padding (a head axis as a spatial dimension padded by its size - 1), so window size x
+  # output positions would overcount them many times over.
+  lhs, kernel = (_dims(operands[0]), _dims(operands[1])) if len(operands) > 1 else ([], [])
+  labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
+  if not lhs or not kernel or not labels:
+    return 0.0
+  lhs_l, ker_l, out_l = labels.groups()
+  w = _window(rest)
+  macs = out[out_l.index("b")] * kernel[ker_l.index("o")] * kernel[ker_l.index("i")]
+  for d in range(len(w["size"])):
+    c = str(d)
+    macs *= _taps(lhs[lhs_l.index(c)], kernel[ker_l.index(c)], out[out_l.index(c)], w["stride"][d],
+                  w["pad"][d][0], w["lhs_dilate"][d], w["rhs_dilate"][d])
+  return 2.0 * macs
+
+
+def matmul_flops(hlo: str) -> dict:
+  """FLOPs per run of the module of its dots and convolutions (the TPU compiler writes dots as
+  convolutions), with loop trip counts applied: {"dot", "convolution", "total"}. Matmuls inside
+  custom calls (Pallas kernels) are not visible here."""
+  comps, runs, _ = _call_graph(hlo)
+  out = {"dot": 0.0, "convolution": 0.0}
+  for name, instrs in comps.items():
+    if not runs[name]:
+      continue
+    types = {n: t for n, t, _, _ in instrs}
+    for _, type_text, op, rest in instrs:
+      if op in out:
+        out[op] += runs[name] * _matmul_flops(op, type_text, _operand_types(rest, types), rest)
+  out["total"] = out["dot"] + out["convolution"]
+  return out
+
+
+def collective_bytes(hlo: str, largest: int = 0) -> dict:
+  """{kind: bytes per device per run of the module} for every collective kind, plus "total",
+  "loops" (the while loops' trip counts, for the record) and, with `largest`, the biggest
+  contributors as (bytes, kind, group size, runs, the op's JAX source name)."""
+  comps, runs_of, loops = _call_graph(hlo)
+  runs = runs_of.__getitem__
   out = dict.fromkeys(KINDS, 0.0)
   parts = []
   for name, instrs in comps.items():
