@@ -204,21 +204,23 @@ ENTRY %main (a: f32[8,16], h: bf16[64,1,32], k: bf16[4,32,16]) -> f32[8,16] {
 
 @pytest.mark.parametrize("remat", [False, True])
 def test_matmul_flops_of_a_tpu_compiled_step_are_the_analytic_count(remat):
-  """A scanned stack of dense layers, its gradient compiled by libtpu with the weights and the
-  batch sharded over 4 chips (the compiler writes dots as convolutions and collective matmuls as
-  loops): its matmuls are 3x the forward's, 4x under full remat, exactly."""
-  layers, batch, width = 3, 2048, 1024
-  mesh = jax.sharding.Mesh(np.array(aot_compile.tpu_devices("v5e:2x2")).reshape(4), ("fsdp",))
+  """A scanned stack of MLP layers, its gradient compiled by libtpu for 8 v5p chips with the
+  weights and the batch sharded over all of them: the compiler writes the dots as convolutions
+  and the weight all-gathers as collective-matmul loops unrolled by two. Its matmuls are 3x
+  the forward's, 4x under full remat, exactly."""
+  layers, batch, width, hidden = 2, 8 * 1024, 1024, 4096
+  mesh = jax.sharding.Mesh(np.array(aot_compile.tpu_devices("v5p:2x2x2")).reshape(8), ("fsdp",))
   spec = lambda shape, *axes: jax.ShapeDtypeStruct(shape, jnp.bfloat16,
                                                    sharding=jax.sharding.NamedSharding(mesh, P(*axes)))
 
   def layer(x, w):
-    return jnp.tanh(x @ w), None
+    return jnp.tanh(jnp.tanh(x @ w[0]) @ w[1].T), None
 
   def loss(w, x):
     y, _ = jax.lax.scan(jax.checkpoint(layer) if remat else layer, x, w)
     return jnp.sum(y.astype(jnp.float32) ** 2)
-  hlo = jax.jit(jax.grad(loss)).lower(spec((layers, width, width), None, "fsdp"),
+  hlo = jax.jit(jax.grad(loss)).lower(spec((layers, 2, width, hidden), None, None, None, "fsdp"),
                                       spec((batch, width), "fsdp")).compile().as_text()
-  forward = layers * 2 * batch * width * width
-  assert hlo_cost.matmul_flops(hlo)["total"] * 4 == (4 if remat else 3) * forward
+  assert "windowed_dot_general" in hlo                       # the loops this test is about
+  forward = layers * 2 * 2 * batch * width * hidden
+  assert hlo_cost.matmul_flops(hlo)["total"] * 8 == (4 if remat else 3) * forward
