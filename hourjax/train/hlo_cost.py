@@ -1,11 +1,14 @@
-"""Collective traffic of a compiled program, read from its HLO text with loop trip counts applied.
+"""Collective traffic and matmul FLOPs of a compiled program, read from its HLO text with loop
+trip counts applied.
 
 XLA's `cost_analysis()` counts a loop body once and reports no communication at all, so a
 scanned 28-layer step with a ring inside each layer would be charged one layer and no ring.
 This module walks the compiled module's call graph instead: every computation gets the number
-of times it runs (a `while` body its trip count, read from the `i < N` compare of its
-condition; fusions, calls and conditional branches their caller's count, branches as if each
-ran: an upper bound), and every collective its bytes per device:
+of times it runs (a `while` body its trip count, from the start, step and bound of the counter
+its condition compares: the TPU compiler unrolls collective-matmul loops by two; fusions,
+calls and conditional branches their caller's count, branches as if each ran: an upper bound).
+`matmul_flops` counts its dots and convolutions; `collective_bytes` every collective's bytes
+per device:
 
   all-gather           result x (n-1)/n         (ring algorithm: each device sends n-1 shards)
   reduce-scatter       operand x (n-1)/n
