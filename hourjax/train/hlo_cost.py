@@ -250,7 +250,9 @@ def _matmul_flops(op: str, type_text: str, operands: list[str], rest: str) -> fl
 def matmul_flops(hlo: str) -> dict:
   """FLOPs per run of the module of its dots and convolutions (the TPU compiler writes dots as
   convolutions), with loop trip counts applied: {"dot", "convolution", "total"}. Matmuls inside
-  custom calls (Pallas kernels) are not visible here."""
+  custom calls (Pallas kernels) are not visible here, and every branch of a conditional counts
+  as if it ran: an upper bound where branches skip work (the ring's zig-zag steps run one of a
+  full, two half and an empty block: counted as two full blocks per step)."""
   comps, runs, _ = _call_graph(hlo)
   out = {"dot": 0.0, "convolution": 0.0}
   for name, instrs in comps.items():
