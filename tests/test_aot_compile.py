@@ -64,7 +64,7 @@ def test_anyres_image_stage_compiles_for_v5e(tmp_path, config):
     assert lr["memaug"] > 0 and lr["llm"] == 0 and analytic["memaug"] > 0
     visual = cfg.query_width(crop_edge(crops), tokens)
     assert visual < tokens / 2
-  llm = 3 * qwen2_forward(cfg.llm, 4, 64 - 1 + visual) / 1e12
+  llm = 3 * qwen2_forward(cfg.llm, 4, 64 - 1 + visual, head_tokens=64) / 1e12
   assert abs(analytic["llm"] / llm - 1) < 1e-9
 
 

@@ -40,6 +40,28 @@ def test_chunked_loss_and_grads_equal_full_logits(t, chunk, shards):
   assert tree_rel_err(g_mean, jax.tree.map(lambda x: x / 7.0, g_ref)) < 1e-6
 
 
+@pytest.mark.parametrize("shards", [1, 4])
+def test_head_on_supervised_positions_only_is_exact(shards):
+  """A visual batch's loss runs the head on at most `supervised_at_most` positions per shard (the
+  supervised ones first); with the tightest bound that holds, everything equals the full logits'."""
+  ks = jax.random.split(jax.random.key(1), 3)
+  hidden = jax.random.normal(ks[0], (2, 48, 16))
+  head = jax.random.normal(ks[1], (16, 50)) / 4
+  labels = jnp.where(jax.random.uniform(ks[2], (2, 48)) < 0.8, IGNORE_INDEX,
+                     jax.random.randint(ks[2], (2, 48), 0, 50))
+  shifted = jnp.roll(labels, -1, 1).at[:, -1].set(IGNORE_INDEX)
+  bound = int((shifted != IGNORE_INDEX).reshape(2, shards, -1).sum(-1).max())
+  assert 0 < bound < 48 // shards
+  full = lambda h, w: next_token_loss(jnp.einsum("bth,hv->btv", h, w), labels)
+  compact = lambda h, w: chunked_next_token_loss(h, w, labels, chunk=3, shards=shards, supervised_at_most=bound)
+  (ref, n_ref), (got, n, correct) = full(hidden, head), jax.jit(compact)(hidden, head)
+  hits = (jnp.argmax(jnp.einsum("bth,hv->btv", hidden, head), -1) == shifted) & (shifted != IGNORE_INDEX)
+  assert int(n) == int(n_ref) and int(correct) == int(hits.sum()) and rel_err(got, ref) < 1e-6
+  g_ref = jax.grad(lambda h, w: full(h, w)[0], (0, 1))(hidden, head)
+  g = jax.jit(jax.grad(lambda h, w: compact(h, w)[0], (0, 1)))(hidden, head)
+  assert tree_rel_err(g, g_ref) < 1e-6
+
+
 @pytest.mark.parametrize("tie", [True, False])
 def test_lm_loss_uses_the_models_head(tie):
   cfg = Qwen2Config(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,

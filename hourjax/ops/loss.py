@@ -41,8 +41,8 @@ def next_token_loss(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, ja
 
 
 def chunked_next_token_loss(hidden: jax.Array, head: jax.Array, labels: jax.Array, *,
-                            chunk: int = 1024, shards: int = 1,
-                            template_ids: tuple[int, ...] = ()) -> tuple[jax.Array, jax.Array, jax.Array]:
+                            chunk: int = 1024, shards: int = 1, template_ids: tuple[int, ...] = (),
+                            supervised_at_most: int = 0) -> tuple[jax.Array, jax.Array, jax.Array]:
   """next_token_loss of logits = hidden @ head, never holding more than a chunk of logits, plus
   how many supervised tokens whose label is not in `template_ids` the argmax predicts (answer
   accuracy): (total CE, count, correct).
@@ -56,22 +56,40 @@ def chunked_next_token_loss(hidden: jax.Array, head: jax.Array, labels: jax.Arra
   logits are at hand (a custom VJP): the head's three matmuls per chunk (logits, d hidden,
   d head) instead of four when the backward pass rematerialises the logits, and no second
   softmax. The counts are integers and carry no gradient.
+
+  `supervised_at_most` > 0 bounds the supervised targets of each sample, e.g. a visual batch's
+  text length (its visual tokens are never targets, and they are most of the sequence): each
+  shard's positions are first compacted to that many, supervised ones first and in order
+  (`supervised_first`), so the head runs on min(bound, T / shards) positions per shard instead
+  of all T. A bound below the true count would drop targets: it must hold for every sample.
   """
   b, t, h = hidden.shape
   labels = shift_labels(labels)
   if t % shards:
     shards = 1
   per_shard = t // shards
+  x, y = hidden.reshape(b, shards, per_shard, h), labels.reshape(b, shards, per_shard)
+  if 0 < supervised_at_most < per_shard:
+    x, y = supervised_first(x, y, supervised_at_most)
+    per_shard = supervised_at_most
   c = min(chunk, per_shard)
   pad = -per_shard % c
-  x = jnp.pad(hidden.reshape(b, shards, per_shard, h), ((0, 0), (0, 0), (0, pad), (0, 0)))
-  y = jnp.pad(labels.reshape(b, shards, per_shard), ((0, 0), (0, 0), (0, pad)),
-              constant_values=IGNORE_INDEX)
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, pad), (0, 0)))
+  y = jnp.pad(y, ((0, 0), (0, 0), (0, pad)), constant_values=IGNORE_INDEX)
   k = (per_shard + pad) // c
   x = jnp.moveaxis(x.reshape(b, shards, k, c, h), 2, 0)
   y = jnp.moveaxis(y.reshape(b, shards, k, c), 2, 0)
   total, count, correct = _chunked_loss(tuple(template_ids), x, head, y)
   return total, count, correct
+
+
+def supervised_first(hidden: jax.Array, targets: jax.Array, keep: int) -> tuple[jax.Array, jax.Array]:
+  """hidden [..., T, H] and targets [..., T] -> their first `keep` positions after a stable
+  sort that puts the supervised targets first: all of them (in order) when there are at most
+  `keep`, then unsupervised ones, whose targets stay IGNORE_INDEX. A gather along the last
+  position axis, local to each sequence shard."""
+  order = jnp.argsort(targets == IGNORE_INDEX, axis=-1, stable=True)[..., :keep]
+  return jnp.take_along_axis(hidden, order[..., None], axis=-2), jnp.take_along_axis(targets, order, axis=-1)
 
 
 def _chunk_scan(template_ids: tuple[int, ...], x: jax.Array, head: jax.Array, y: jax.Array, with_grad: bool):

@@ -4,7 +4,8 @@ Matmuls count 2 FLOPs per multiply-add. Attention counts QKᵀ and PV; causal at
 half of them (what a kernel that skips masked blocks does). Training is 3x the forward pass
 (forward, then two matmuls per matmul backward) for everything upstream of a trainable
 parameter; a frozen SigLIP on the pixel path runs forward only. Rematerialisation is not
-counted: these are model FLOPs, the numerator of MFU.
+counted: these are model FLOPs, the numerator of MFU. The vocabulary head of a visual batch counts
+its text positions only: visual tokens are never targets, and the loss skips them.
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ def _attn_proj(h: int, heads: int, kv_heads: int, head_dim: int) -> tuple[int, i
   return 2 * h * heads * head_dim, 2 * h * kv_heads * head_dim
 
 
-def qwen2_forward(c: Qwen2Config, batch: int, length: int, causal: bool = True) -> float:
+def qwen2_forward(c: Qwen2Config, batch: int, length: int, causal: bool = True,
+                  head_tokens: int | None = None) -> float:
+  """One forward pass on [batch, length] tokens; the vocabulary head on `head_tokens` of them
+  (default all: a visual batch's loss runs it on its text positions only)."""
   qo, kv = _attn_proj(c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim)
   per_token = qo + kv + 3 * c.hidden_size * c.intermediate_size
   attn = 2 * length * length * c.num_heads * c.head_dim * (0.5 if causal else 1.0)
   layer = 2 * per_token * length + 2 * attn
-  head = 2 * c.hidden_size * c.vocab_size * length
+  head = 2 * c.hidden_size * c.vocab_size * (length if head_tokens is None else min(head_tokens, length))
   return batch * (c.num_layers * layer + head)
 
 
@@ -66,7 +70,7 @@ def hour_llava_image_step(cfg: HourLlavaConfig, batch: int, text_len: int, crops
 def _hour_llava(cfg, batch, text_len, frames, tokens_per_frame, visual, memory, pixels, vision_trainable):
   width = cfg.vision.hidden_size + cfg.llm.hidden_size
   out = {
-      "llm": 3 * qwen2_forward(cfg.llm, batch, text_len - 1 + visual),
+      "llm": 3 * qwen2_forward(cfg.llm, batch, text_len - 1 + visual, head_tokens=text_len),
       "memaug": 3 * memaug_forward(cfg.memaug, batch, text_len + visual, memory) if cfg.use_memaug else 0.0,
       "projector": 3 * batch * frames * tokens_per_frame * 2 * width * cfg.llm.hidden_size,
       "vision": (3 if vision_trainable else 1) * siglip_forward(cfg.vision, batch * frames) if pixels else 0.0,
@@ -81,7 +85,7 @@ def prolongvid_step(cfg: ProLongVidConfig, batch: int, text_len: int, crops: int
   whose 729 tokens go through the projector, and `visual` LLM tokens (the bucket's width)."""
   g = cfg.vision.num_patches
   out = {
-      "llm": 3 * qwen2_forward(cfg.llm, batch, text_len - 1 + visual),
+      "llm": 3 * qwen2_forward(cfg.llm, batch, text_len - 1 + visual, head_tokens=text_len),
       "projector": 3 * batch * crops * g * 2 * (cfg.vision.hidden_size + cfg.llm.hidden_size) * cfg.llm.hidden_size,
       "vision": (3 if vision_trainable else 1) * siglip_forward(cfg.vision, batch * crops) if pixels else 0.0,
   }

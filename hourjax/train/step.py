@@ -37,8 +37,11 @@ def loss_fn(model: nn.Module, params: Any, batch: Batch, rng: jax.Array,
   out = model.apply({"params": params}, batch.input_ids, batch.attention_mask, batch.labels,
                     **batch.model_inputs(), rng=rng, head=False)
   head = model.apply({"params": params}, method=lambda m: m.llm.head_weight())
+  # Only text tokens are targets, each once: at most input_ids' width per sample, a fraction of
+  # a video's LLM sequence, so the vocabulary head skips the visual positions.
   total, count, correct = chunked_next_token_loss(out["hidden"], head, out["labels"], shards=ring_shards(),
-                                                  template_ids=template_ids)
+                                                  template_ids=template_ids,
+                                                  supervised_at_most=batch.input_ids.shape[1])
   return total / jnp.maximum(count, 1), {"supervised_tokens": count, "correct_tokens": correct,
                                          "answer_tokens": answer_tokens(out["labels"], template_ids)}
 
