@@ -5,8 +5,9 @@
   python -m launch.train --config configs/hour_llava.py:tiny,stage=3 --workdir /tmp/run \
       data.root=/tmp/synth                                   # trains on this CPU
 
-Argument: `size[,stage=N][,lr=per_module|single]`. Sizes: tiny (tests and the CPU demo), 3b
-(Qwen2.5-3B-Instruct), 7b (Qwen2-7B-Instruct). Stages: 1 image-language pretraining (MemAug
+Argument: `size[,stage=N][,lr=per_module|single]`. Sizes: tiny (tests and the CPU demo), mid
+(the released widths on few layers: CPU benchmarks and profiles), 3b (Qwen2.5-3B-Instruct), 7b
+(Qwen2-7B-Instruct). Stages: 1 image-language pretraining (MemAug
 only), 2 video-language adaptation (everything), 3 video instruction tuning (everything but
 SigLIP). lr=per_module uses the scripts' per-module flags (vision 5e-6, projector and MemAug
 1e-4, LLM 1e-5 / 2e-5); lr=single gives every trained module the base rate, which the spec
@@ -30,11 +31,19 @@ LLMS = {
                num_kv_heads=4, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=False),
     "3b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_layers=36, num_heads=16,
                num_kv_heads=2, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True),
+    # Qwen2-0.5B's widths, vocabulary and heads with 4 of its 24 layers: a model whose every
+    # matrix has a released model's shape, small enough to train and profile on a CPU.
+    "mid": dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=4, num_heads=14,
+                num_kv_heads=2, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True),
     "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                  num_kv_heads=2, rope_theta=1e6, rms_norm_eps=1e-6, tie_word_embeddings=True),
 }
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, image_size=112,
                    patch_size=14, layer_norm_eps=1e-6, use_head=False, use_post_layernorm=True)
+# The towers and MemAug depths of the small presets (the others: so400m, 4 MemAug blocks). mid keeps
+# so400m's width, so that its cached features are so400m's, on 2 of its layers.
+VISION = {"tiny": TINY_VISION, "mid": dict(SO400M, num_layers=2)}
+MEMAUG_DEPTH = {"tiny": 2, "mid": 2}
 
 # How layers run, not what they are: attention kernel (xla | dot_product | ring), nn.scan over
 # layers, remat policy (none | full | save_dots | offload_dots). Overridable per family, e.g.
@@ -50,18 +59,19 @@ FORGETTING = dict(spatial="random", spatial_keep=4, temporal="uniform", temporal
 # batch, checkpoint interval, the official data mixture (paths under data.root) and whether the
 # time instruction is added.
 STAGES = {
-    1: dict(lr=dict(memaug=1e-4), base={"7b": 1e-4, "3b": 1e-4}, batch={"7b": 128, "3b": 128},
+    1: dict(lr=dict(memaug=1e-4), base={"7b": 1e-4, "3b": 1e-4, "mid": 1e-4}, batch={"7b": 128, "3b": 128, "mid": 8},
             every=100, time_instruction=False,
             sources=[dict(annotations="LLaVA-OneVision/llava_ov_si.json", media="LLaVA-OneVision/images")]),
     2: dict(lr=dict(vision=5e-6, projector=1e-4, memaug=1e-4, llm={"7b": 1e-5, "3b": 2e-5}),
-            base={"7b": 1e-5, "3b": 2e-5}, batch={"7b": 128, "3b": 128}, every=100, time_instruction=True,
+            base={"7b": 1e-5, "3b": 2e-5, "mid": 2e-5}, batch={"7b": 128, "3b": 128, "mid": 8}, every=100,
+            time_instruction=True,
             sources=[dict(annotations="LLaVA-Video-178K/llava_video.json", media="LLaVA-Video-178K/videos",
                           strategy="first:20%"),
                      dict(annotations="LLaVA-OneVision/llava_ov_si.json", media="LLaVA-OneVision/images",
                           strategy="first:10%"),
                      dict(annotations="LLaVA-Video-178K/text.json", strategy="first:10%")]),
-    3: dict(lr=dict(projector=1e-4, memaug=1e-4, llm=2e-5), base={"7b": 2e-5, "3b": 2e-5},
-            batch={"7b": 256, "3b": 128}, every=1000, time_instruction=True,
+    3: dict(lr=dict(projector=1e-4, memaug=1e-4, llm=2e-5), base={"7b": 2e-5, "3b": 2e-5, "mid": 2e-5},
+            batch={"7b": 256, "3b": 128, "mid": 8}, every=1000, time_instruction=True,
             sources=[dict(annotations="VideoMarathon/jsons/videomarathon.json", media="VideoMarathon/videos",
                           features="VideoMarathon/features"),
                      dict(annotations="LLaVA-Video-178K/llava_video.json", media="LLaVA-Video-178K/videos",
@@ -102,9 +112,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   memaug_init = "residual_zero" if size == "tiny" else "normal"
   cfg = ml_collections.ConfigDict()
   cfg.model = ml_collections.ConfigDict(dict(
-      vision=dict(TINY_VISION if size == "tiny" else SO400M, init="normal", **EXECUTION),
+      vision=dict(VISION.get(size, SO400M), init="normal", **EXECUTION),
       llm=dict(llm, initializer_range=0.02, init=init, **EXECUTION),
-      memaug=dict(dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm), depth=2 if size == "tiny" else 4)),
+      memaug=dict(dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm), depth=MEMAUG_DEPTH.get(size, 4))),
                   init=memaug_init),
       projector_init=init,
       forgetting=dict(FORGETTING, min_memory_frames=16 if size == "tiny" else 128),

@@ -25,29 +25,17 @@ memory does not hide in the heap. Results: docs/performance.md.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
+from tools.bench.common import MALLOC_ENV, median_time, step_peak_bytes, torch_matmul_rate
+
 VOCAB = 32000
-
-
-def _median_time(fn, repeats: int) -> float:
-  fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def _token_ids(seq: int) -> np.ndarray:
@@ -112,37 +100,6 @@ def _import(path: str, attention: str):
           build.build("qwen2", dataclasses.replace(cfg.llm, attention=attention)))
 
 
-def _torch_matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-  import torch
-  x = torch.randn(n, n)
-  x @ x
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    x @ x
-    times.append(time.perf_counter() - t)
-  return 2 * n ** 3 / min(times)
-
-
-def _status_kib(field: str) -> int:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith(field + ":"):
-        return int(line.split()[1])
-  raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _step_peak_bytes(run_step) -> int:
-  """Peak resident bytes of one call of run_step above the resident set before it (Linux)."""
-  gc.collect()
-  ctypes.CDLL("libc.so.6").malloc_trim(0)
-  with open("/proc/self/clear_refs", "w") as f:     # "5" resets VmHWM to the current VmRSS
-    f.write("5")
-  before = _status_kib("VmRSS")
-  run_step()
-  return (_status_kib("VmHWM") - before) * 1024
-
-
 def _memory_child(lib: str, path: str, seq: int, attention: str) -> int:
   """One library's training-step peak memory, in this (fresh) process."""
   ids = _token_ids(seq)
@@ -153,17 +110,17 @@ def _memory_child(lib: str, path: str, seq: int, attention: str) -> int:
     step = _torch_step(hf, ids)
     step()
     hf.zero_grad(set_to_none=True)
-    return _step_peak_bytes(step)
+    return step_peak_bytes(step)
   import jax
   _, params, _, qwen = _import(path, attention)
   params = params["llm"]
   step = _jax_step(qwen, ids).lower(params).compile()
   jax.block_until_ready(step(params))
-  return _step_peak_bytes(lambda: jax.block_until_ready(step(params)))
+  return step_peak_bytes(lambda: jax.block_until_ready(step(params)))
 
 
 def _peak_memory(lib: str, path: str, seq: int, attention: str) -> int:
-  env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+  env = dict(os.environ, **MALLOC_ENV)
   cmd = [sys.executable, "-m", "tools.bench.vs_transformers", "--memory-of", lib, "--checkpoint", path,
          "--seq", str(seq), "--attention", attention]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
@@ -202,8 +159,8 @@ def main(argv=None) -> int:
     ref = hf.model.vision_tower(px_t, output_hidden_states=True).hidden_states[-1].numpy()
   err = rel_err(np.asarray(vis(params["vision"], px)), ref)
   with torch.no_grad():
-    t_hf = _median_time(lambda: hf.model.vision_tower(px_t, output_hidden_states=True), a.repeats)
-  t_hj = _median_time(lambda: vis(params["vision"], px).block_until_ready(), a.repeats)
+    t_hf = median_time(lambda: hf.model.vision_tower(px_t, output_hidden_states=True), a.repeats)
+  t_hj = median_time(lambda: vis(params["vision"], px).block_until_ready(), a.repeats)
   rows.append(("SigLIP forward", f"{a.frames} frames x 256 patches", flops.siglip_forward(hj_cfg.vision, a.frames),
                t_hf, t_hj, err))
 
@@ -215,8 +172,8 @@ def main(argv=None) -> int:
     ref = hf.lm_head(hf.model.language_model(ids_t).last_hidden_state).numpy()
   err = rel_err(np.asarray(prefill(params["llm"], ids)), ref)
   with torch.no_grad():
-    t_hf = _median_time(lambda: hf.lm_head(hf.model.language_model(ids_t).last_hidden_state), a.repeats)
-  t_hj = _median_time(lambda: prefill(params["llm"], ids).block_until_ready(), a.repeats)
+    t_hf = median_time(lambda: hf.lm_head(hf.model.language_model(ids_t).last_hidden_state), a.repeats)
+  t_hj = median_time(lambda: prefill(params["llm"], ids).block_until_ready(), a.repeats)
   rows.append(("Qwen2 prefill (logits)", f"1 x {a.seq} tokens", flops.qwen2_forward(hj_cfg.llm, 1, a.seq),
                t_hf, t_hj, err))
 
@@ -224,12 +181,12 @@ def main(argv=None) -> int:
   hf_step, grad = _torch_step(hf, ids), _jax_step(qwen, ids)
   loss_hj, _ = grad(params["llm"])
   err = rel_err(np.asarray(loss_hj), hf_step().detach().numpy())
-  t_hf = _median_time(hf_step, a.repeats)
-  t_hj = _median_time(lambda: jax.block_until_ready(grad(params["llm"])), a.repeats)
+  t_hf = median_time(hf_step, a.repeats)
+  t_hj = median_time(lambda: jax.block_until_ready(grad(params["llm"])), a.repeats)
   rows.append(("Qwen2 training step (loss + grad)", f"1 x {a.seq} tokens",
                flops.decoder_step(hj_cfg.llm, 1, a.seq)["total"], t_hf, t_hj, err))
 
-  rate_jax, rate_torch = matmul_peak(), _torch_matmul_rate()
+  rate_jax, rate_torch = matmul_peak(), torch_matmul_rate()
   rate = max(rate_jax, rate_torch)
   mem = {lib: _peak_memory(lib, path, a.seq, a.attention) for lib in ("torch", "jax")}
 
