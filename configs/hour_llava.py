@@ -62,7 +62,7 @@ STAGES = {
     1: dict(lr=dict(memaug=1e-4), base={"7b": 1e-4, "3b": 1e-4, "mid": 1e-4}, batch={"7b": 128, "3b": 128, "mid": 8},
             every=100, time_instruction=False,
             sources=[dict(annotations="LLaVA-OneVision/llava_ov_si.json", media="LLaVA-OneVision/images")]),
-    2: dict(lr=dict(vision=5e-6, projector=1e-4, memaug=1e-4, llm={"7b": 1e-5, "3b": 2e-5}),
+    2: dict(lr=dict(vision=5e-6, projector=1e-4, memaug=1e-4, llm={"7b": 1e-5, "3b": 2e-5, "mid": 2e-5}),
             base={"7b": 1e-5, "3b": 2e-5, "mid": 2e-5}, batch={"7b": 128, "3b": 128, "mid": 8}, every=100,
             time_instruction=True,
             sources=[dict(annotations="LLaVA-Video-178K/llava_video.json", media="LLaVA-Video-178K/videos",

@@ -198,7 +198,7 @@ def _compiled(study: Study, name: str, stage: str = "main"):
   cfg = model_config(study, arm)
   lr, steps = _stage(study, arm, stage)
   opt = OptimizerConfig(lr=lr, warmup_ratio=0.05)
-  mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}, jax.devices()[:1])
+  mesh = mesh_lib.one_device_mesh()
   program = program_lib.Program(program_lib.Task("hour_llava", cfg), opt, mesh, steps)
   layout = video_layout([study.frames] * study.batch, cfg.forgetting)
   score = jax.jit(lambda p, b, o: choose_option(program.model, p, b, jax.random.key(99), o))

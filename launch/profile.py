@@ -46,7 +46,7 @@ def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warm
   rng = jax.random.key(2)
   if mode == "train":         # the run's own program (its optimizer and freezing), on one device
     from hourjax.parallel import mesh as mesh_lib
-    one = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}, jax.devices()[:1])
+    one = mesh_lib.one_device_mesh()
     program = program_lib.build(run, mesh=one, steps=1000, task=task)
     fn = program.step
     args = (program.init_state(program.fresh_params(0)), data, rng)

@@ -60,6 +60,11 @@ def make_mesh(axes: Mapping[str, int], devices: Sequence[Any] | None = None) -> 
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
+def one_device_mesh() -> Mesh:
+  """Every axis 1, on the first device: one-device programs (profiles, benchmarks, the ablation)."""
+  return make_mesh({}, jax.devices()[:1])
+
+
 def abstract_mesh(axes: Mapping[str, int]) -> AbstractMesh:
   """A mesh of the given sizes without devices (for resolving specs of big configs)."""
   shape = mesh_shape(axes, math.prod(n for n in axes.values() if n > 0))

@@ -12,6 +12,7 @@ from typing import Callable
 # mapped and returned on free, so freed memory does not hide in the heap.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
+
 def median_time(fn: Callable[[], object], repeats: int) -> float:
   """Median wall time of `repeats` calls of fn after one warm-up call."""
   fn()

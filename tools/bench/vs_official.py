@@ -100,7 +100,7 @@ def hourjax_side(work: str, steps: int, overrides: list[str]) -> dict:
   batch = VideoBatch(ids, jnp.ones_like(ids), jnp.asarray(data["labels"], jnp.int32),
                      video_layout(frames, cfg.forgetting), features=jnp.asarray(pooled))
   del pooled
-  one = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}, jax.devices()[:1])
+  one = mesh_lib.one_device_mesh()
   program = program_lib.build(run, mesh=one, steps=1000, task=task)
   state = program.init_state(jax.tree.map(jnp.asarray, conv.params))
   del conv
