@@ -110,12 +110,18 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   # (docs/demo.md). SigLIP keeps HF's rule (pretrained weights replace it; the CPU demo uses it frozen).
   init = "fan_in" if size == "tiny" else "normal"
   memaug_init = "residual_zero" if size == "tiny" else "normal"
+  # MemAug's cross-attention reads a memory of thousands of tokens per video: dense scores
+  # [queries, memory] per head are the step's largest buffer at the released widths, so the
+  # real presets walk the memory in blocks (on the mid preset's CPU step: 2-3x less peak memory
+  # and 1.5x faster than dense, docs/performance.md). The tiny preset's memory is a few hundred
+  # tokens, where dense is fine.
+  memaug_attention = "xla" if size == "tiny" else "blockwise"
   cfg = ml_collections.ConfigDict()
   cfg.model = ml_collections.ConfigDict(dict(
       vision=dict(VISION.get(size, SO400M), init="normal", **EXECUTION),
       llm=dict(llm, initializer_range=0.02, init=init, **EXECUTION),
       memaug=dict(dataclasses.asdict(MemAugConfig.for_llm(Qwen2Config(**llm), depth=MEMAUG_DEPTH.get(size, 4))),
-                  init=memaug_init),
+                  init=memaug_init, attention=memaug_attention),
       projector_init=init,
       forgetting=dict(FORGETTING, min_memory_frames=16 if size == "tiny" else 128),
       feature_layer=-1, pool_size=8 if size != "tiny" else 4, use_memaug=True,

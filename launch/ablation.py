@@ -69,6 +69,9 @@ ARMS = (
 PRETRAIN = Arm("pretrain", "stage", _compress("uniform", temporal_keep=1))
 
 
+RECALL_ON = ("all", "dropped")
+
+
 @dataclasses.dataclass(frozen=True)
 class Study:
   train_videos: int = 10000
@@ -88,8 +91,17 @@ class Study:
   # arms, the paper's stage 1 (MemAug alone) for `recall_steps` of the arm's `steps`.
   pretrain_steps: int = 0
   recall_steps: int = 0
+  # What the MemAug-alone stage trains on (RECALL_ON): "all" questions, or only those whose
+  # evidence forgetting drops (needles and blinks that uniform 1/4 sampling misses), so that
+  # every answer in the stage depends on the memory, as the paper's image / short-clip stage 1
+  # does (on all questions, MemAug alone lowered the loss without the memory: docs/ablation.md).
+  recall_on: str = "all"
 
   def __post_init__(self):
+    if self.recall_on not in RECALL_ON:
+      raise ValueError(f"recall_on={self.recall_on!r}: expected one of {', '.join(RECALL_ON)}")
+    if self.recall_on != "all" and not self.recall_steps:
+      raise ValueError(f"recall_on={self.recall_on!r} chooses the MemAug-alone stage's questions: set recall_steps too")
     if not 0 <= self.recall_steps < self.steps:
       raise ValueError(f"recall_steps={self.recall_steps} must be in [0, steps={self.steps})")
     if self.recall_steps and not self.pretrain_steps:
@@ -232,20 +244,31 @@ def _batch(arrays: dict, rows: np.ndarray, layout):
 SALTS = {"main": 0, "pretrain": 1, "recall": 2}     # a stage's batch order and keys differ by it
 
 
+def stage_rows(study: Study, stage: str, data: dict) -> np.ndarray:
+  """The training rows a stage draws its batches from."""
+  if stage == "recall" and study.recall_on == "dropped":
+    rows = np.flatnonzero(data["needs_memory"])
+    if len(rows) < study.batch:
+      raise ValueError(f"recall_on=dropped: {len(rows)} training questions have dropped evidence, "
+                       f"fewer than a batch of {study.batch}")
+    return rows
+  return np.arange(len(data["input_ids"]))
+
+
 def _train(study: Study, arm: Arm, stage: str, params, data: dict, seed: int, log, on_eval=None):
   """`params` after one stage of training: the stage's program, batch order and forgetting
   randomness from `seed` (the main stage's as before the curriculum existed)."""
   _, program, layout, _ = _compiled(study, arm.name, stage)
   steps = program.steps
   salt = SALTS[stage]
-  n_train = len(data["input_ids"])
+  pool = stage_rows(study, stage, data)
   state = program.init_state(params)
   order = np.random.default_rng(seed if not salt else (seed, salt))
   rng = jax_key(seed, salt)
-  perm, at, losses = order.permutation(n_train), 0, []
+  perm, at, losses = order.permutation(pool), 0, []
   for i in range(steps):
-    if at + study.batch > n_train:
-      perm, at = order.permutation(n_train), 0
+    if at + study.batch > len(pool):
+      perm, at = order.permutation(pool), 0
     rows = np.sort(perm[at:at + study.batch])
     at += study.batch
     state, metrics = program.step(state, _batch(data, rows, layout), rng)
@@ -474,7 +497,8 @@ def curriculum(study: Study) -> str:
     return ""
   return (f" Curriculum: every arm starts from a shared stage of {study.pretrain_steps} steps (projector + "
           "LLM, no MemAug, every frame kept), and MemAug arms spend the first "
-          f"{study.recall_steps} of their {study.steps} steps training MemAug alone.")
+          f"{study.recall_steps} of their {study.steps} steps training MemAug alone"
+          + (" on the questions whose evidence forgetting drops." if study.recall_on == "dropped" else "."))
 
 
 def plot_recall(arms, results: dict, path: str) -> bool:
@@ -551,6 +575,8 @@ def main(argv=None) -> int:
                  "no MemAug, every frame) before each arm; a different study: use another --out")
   p.add_argument("--recall-steps", type=int, help="of each MemAug arm's steps, this many first train "
                  "MemAug alone (the paper's stage 1); needs --pretrain-steps")
+  p.add_argument("--recall-on", choices=RECALL_ON, help="the MemAug-alone stage's questions: all, or "
+                 "only those whose evidence forgetting drops (answers that need the memory); needs --recall-steps")
   p.add_argument("--memaug-init", help="override MemAug's init (hourjax.models.layers.INITS; a "
                  "different study: use another --out)")
   a = p.parse_args(argv)
@@ -562,7 +588,7 @@ def main(argv=None) -> int:
     study = dataclasses.replace(study, steps=a.steps)
   if a.seeds:
     study = dataclasses.replace(study, seeds=tuple(a.seeds))
-  for field in ("lr", "frames", "batch", "memaug_init", "pretrain_steps", "recall_steps"):
+  for field in ("lr", "frames", "batch", "memaug_init", "pretrain_steps", "recall_steps", "recall_on"):
     if getattr(a, field):
       study = dataclasses.replace(study, **{field: getattr(a, field)})
   study = dataclasses.replace(study, eval_every=a.eval_every)
@@ -594,7 +620,9 @@ def main(argv=None) -> int:
     if any(len(i) != 1 for i in ids):
       raise RuntimeError(f"the tokenizer must spell each option of {task!r} as one token, got {ids}")
     option_ids[task] = [i[0] for i in ids]
-  data = dict(tokenize(train_items, tokenizer), features=train_feats)
+  data = dict(tokenize(train_items, tokenizer), features=train_feats,
+              # needle / blink questions whose evidence uniform forgetting drops: only the memory has it
+              needs_memory=np.array([it.task in NEEDLES and it.needle_dropped for it in train_items]))
   test = dict(tokenize(test_items, tokenizer), features=test_feats,
               options=np.array([option_ids[it.task] for it in test_items], np.int32),
               answer=np.array([it.answer for it in test_items]), task=np.array([it.task for it in test_items]),
@@ -623,7 +651,7 @@ def main(argv=None) -> int:
   recall_png = recall_png if plot_recall(arms, results, recall_png) else None
   command = "python -m launch.ablation" + (" --smoke" if a.smoke else "") + "".join(
       f" --{f.replace('_', '-')} {getattr(study, f)}" for f in ("pretrain_steps", "recall_steps", "eval_every")
-      if getattr(study, f))
+      if getattr(study, f)) + (f" --recall-on {study.recall_on}" if study.recall_on != "all" else "")
   write_report(os.path.join(a.out, "ablation.md"), study, arms, results, command, time.time() - start, png,
                recall_png)
   log(table(study, arms, results))

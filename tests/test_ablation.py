@@ -241,3 +241,29 @@ def test_recall_mass_is_one_when_the_evidence_is_every_frame():
   frame = np.asarray(inter["intermediates"]["memory_position_ids"][0]) // (cfg.pool_size ** 2 + 1)
   ref = [w[b][rows[b]][:, frame[b] == 5].sum(-1).mean() * study.frames for b in range(2)]
   np.testing.assert_allclose(np.asarray(probe(params, batch, one)), ref, rtol=1e-5)
+
+
+def test_recall_on_dropped_trains_memaug_alone_only_where_the_answer_needs_the_memory():
+  """--recall-on dropped: the MemAug-alone stage draws only needle / blink questions whose every
+  evidence frame uniform 1/4 forgetting drops (recomputed here from the frames it retains); the
+  other stages draw every question; bad settings fail naming the field."""
+  from launch import ablation
+  from hourjax.synthetic.long_video_mcq import make_split, uniform_retained
+  frames = 96
+  items = make_split(200, 0, frames)
+  kept = set(uniform_retained(frames).tolist())
+  spans = [it.flashes[:1] if it.task == "needle" else [it.blink] if it.task == "blink" else [] for it in items]
+  needs = np.array([bool(s) and not any(f in kept for a, n, _ in s for f in range(a, a + n)) for s in spans])
+  data = {"input_ids": np.zeros((len(items), 4)),
+          "needs_memory": np.array([it.task in ablation.NEEDLES and it.needle_dropped for it in items])}
+  study = dataclasses.replace(ablation.SMOKE, pretrain_steps=2, recall_steps=1, recall_on="dropped")
+  assert 0 < needs.sum() < len(items)
+  np.testing.assert_array_equal(ablation.stage_rows(study, "recall", data), np.flatnonzero(needs))
+  for stage in ("pretrain", "main"):
+    np.testing.assert_array_equal(ablation.stage_rows(study, stage, data), np.arange(len(items)))
+  np.testing.assert_array_equal(ablation.stage_rows(dataclasses.replace(study, recall_on="all"), "recall", data),
+                                np.arange(len(items)))
+  with pytest.raises(ValueError, match="recall_on='some'"):
+    dataclasses.replace(study, recall_on="some")
+  with pytest.raises(ValueError, match="set recall_steps"):
+    dataclasses.replace(ablation.SMOKE, recall_on="dropped")

@@ -200,6 +200,8 @@ ENTRY %main (a: f32[8,16], h: bf16[64,1,32], k: bf16[4,32,16]) -> f32[8,16] {
   # One real input position padded by 3 on each side under a window of 4: each of the 4 output
   # positions meets it at exactly one kernel tap, so a head axis costs nothing extra.
   assert flops["convolution"] == 2 * 64 * 4 * 16 * 32
+  module = hlo_cost.parse(hlo)                             # read once, counted twice: the same numbers
+  assert hlo_cost.collective_bytes(module) == got and hlo_cost.matmul_flops(module) == flops
 
 
 @pytest.mark.parametrize("remat", [False, True])

@@ -8,7 +8,7 @@ of times it runs (a `while` body its trip count, from the start, step and bound 
 its condition compares: the TPU compiler unrolls collective-matmul loops by two; fusions,
 calls and conditional branches their caller's count, branches as if each ran: an upper bound).
 `matmul_flops` counts its dots and convolutions; `collective_bytes` every collective's bytes
-per device:
+per device. Both take the HLO text or, to read a large module once for both, `parse(hlo)`:
 
   all-gather           result x (n-1)/n         (ring algorithm: each device sends n-1 shards)
   reduce-scatter       operand x (n-1)/n
@@ -24,6 +24,7 @@ are counted at their `-start`.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import math
 import re
 
@@ -68,9 +69,19 @@ def _kind(op: str) -> str | None:
   return base if base in KINDS else None
 
 
-def _call_graph(hlo: str) -> tuple[dict[str, list], dict[str, int], list[int]]:
-  """(computation -> its instructions as (name, type, op, rest), computation -> how many times
-  it runs per run of the module, the while loops' trip counts)."""
+@dataclasses.dataclass(frozen=True)
+class Module:
+  """A parsed HLO module: computation -> its instructions as (name, type, op, rest), computation
+  -> how many times it runs per run of the module, and the while loops' trip counts."""
+  comps: dict[str, list]
+  runs: dict[str, int]
+  loops: list[int]
+
+
+def parse(hlo: str | Module) -> Module:
+  """The module's call graph with every computation's run count (a Module is returned as is)."""
+  if isinstance(hlo, Module):
+    return hlo
   comps: dict[str, list] = {}
   roots: dict[str, str] = {}
   entry, current = None, None
@@ -89,13 +100,21 @@ def _call_graph(hlo: str) -> tuple[dict[str, list], dict[str, int], list[int]]:
         roots[name] = m.group(1)
   if entry is None:
     raise ValueError("no ENTRY computation in the HLO text")
+  tables: dict[str, dict] = {}
+
+  def table(comp: str) -> dict:
+    """name -> (op, rest) of a computation's instructions, built once per computation rather
+    than once per while loop that reads it (the caller's table was rebuilt for every loop)."""
+    if comp not in tables:
+      tables[comp] = {name: (op, rest) for name, _, op, rest in comps.get(comp, [])}
+    return tables[comp]
 
   def trip_count(cond: str, body: str, init: str, caller: str) -> int:
     """Iterations of `i = init; while i < N: ...; i += step`: N from the condition's compare,
     step from the body's update of the same tuple element (XLA's loop unrolling makes it 2),
     init from the caller's tuple (0 when not a constant). Without a recognisable counter, the
     largest constant in the condition."""
-    instrs = {name: (op, rest) for name, _, op, rest in comps.get(cond, [])}
+    instrs = table(cond)
     consts = {name: c for name in instrs for c in [_constant(instrs, name)] if c is not None}
     for op, rest in instrs.values():
       direction = re.search(r"direction=(LT|GT)", rest) if op == "compare" else None
@@ -107,8 +126,8 @@ def _call_graph(hlo: str) -> tuple[dict[str, list], dict[str, int], list[int]]:
       if bound not in consts or instrs.get(counter, ("",))[0] != "get-tuple-element" or not gte:
         break
       k = int(gte.group(1))
-      start = _element_constant(comps.get(caller, []), init, k, 0)
-      return max(0, -(-(consts[bound] - start) // _step(comps.get(body, []), roots.get(body, ""), k)))
+      start = _element_constant(table(caller), init, k, 0)
+      return max(0, -(-(consts[bound] - start) // _step(table(body), roots.get(body, ""), k)))
     return max(consts.values()) if consts else 1
 
   callers = collections.defaultdict(list)          # callee -> [(caller, factor)]
@@ -137,7 +156,7 @@ def _call_graph(hlo: str) -> tuple[dict[str, list], dict[str, int], list[int]]:
       memo[name] = sum(runs(c) * f for c, f in callers.get(name, []))
     return memo[name]
 
-  return comps, {name: runs(name) for name in comps}, loops
+  return Module(comps, {name: runs(name) for name in comps}, loops)
 
 
 def _args(rest: str) -> str:
@@ -160,20 +179,18 @@ def _constant(table: dict, name: str) -> int | None:
   return int(c.group(1)) if c else None
 
 
-def _element_constant(instrs: list, tuple_name: str, k: int, default: int) -> int:
-  """The value of element k of the tuple instruction `tuple_name` when it is an integer
-  constant, else default."""
-  table = {name: (op, rest) for name, _, op, rest in instrs}
+def _element_constant(table: dict, tuple_name: str, k: int, default: int) -> int:
+  """The value of element k of the tuple instruction `tuple_name` (in `table`, name -> (op,
+  rest)) when it is an integer constant, else default."""
   op, rest = table.get(tuple_name, ("", ""))
   names = _operand_names(rest) if op == "tuple" else []
   value = _constant(table, names[k]) if k < len(names) else None
   return default if value is None else value
 
 
-def _step(body: list, root: str, k: int) -> int:
-  """How much a while body adds to element k of its tuple (its ROOT tuple's element k is
-  add(get-tuple-element(param, k), constant)), else 1."""
-  table = {name: (op, rest) for name, _, op, rest in body}
+def _step(table: dict, root: str, k: int) -> int:
+  """How much a while body (`table`, name -> (op, rest)) adds to element k of its tuple (its
+  ROOT tuple's element k is add(get-tuple-element(param, k), constant)), else 1."""
   op, rest = table.get(root, ("", ""))
   names = _operand_names(rest) if op == "tuple" else []
   op, rest = table.get(names[k], ("", "")) if k < len(names) else ("", "")
@@ -247,13 +264,14 @@ def _matmul_flops(op: str, type_text: str, operands: list[str], rest: str) -> fl
   return 2.0 * macs
 
 
-def matmul_flops(hlo: str) -> dict:
+def matmul_flops(hlo: str | Module) -> dict:
   """FLOPs per run of the module of its dots and convolutions (the TPU compiler writes dots as
   convolutions), with loop trip counts applied: {"dot", "convolution", "total"}. Matmuls inside
   custom calls (Pallas kernels) are not visible here, and every branch of a conditional counts
   as if it ran: an upper bound where branches skip work (the ring's zig-zag steps run one of a
   full, two half and an empty block: counted as two full blocks per step)."""
-  comps, runs, _ = _call_graph(hlo)
+  module = parse(hlo)
+  comps, runs = module.comps, module.runs
   out = {"dot": 0.0, "convolution": 0.0}
   for name, instrs in comps.items():
     if not runs[name]:
@@ -266,12 +284,13 @@ def matmul_flops(hlo: str) -> dict:
   return out
 
 
-def collective_bytes(hlo: str, largest: int = 0) -> dict:
+def collective_bytes(hlo: str | Module, largest: int = 0) -> dict:
   """{kind: bytes per device per run of the module} for every collective kind, plus "total",
   "loops" (the while loops' trip counts, for the record) and, with `largest`, the biggest
   contributors as (bytes, kind, group size, runs, the op's JAX source name)."""
-  comps, runs_of, loops = _call_graph(hlo)
-  runs = runs_of.__getitem__
+  module = parse(hlo)
+  comps, loops = module.comps, module.loops
+  runs = module.runs.__getitem__
   out = dict.fromkeys(KINDS, 0.0)
   parts = []
   for name, instrs in comps.items():

@@ -24,7 +24,7 @@ and `--steps` timed ones; the peak resident memory of those steps above the load
 batch is reported. The official loader reads unpooled cached features [T, 27, 27, 1152] and
 pools them in every step; hourjax caches them pooled to 8x8 (`launch.cache_features`), so its
 step starts from [T, 64, 1152]: the same numbers, pooled once. `--set` changes hourjax's run
-(e.g. `--set model.memaug.attention=blockwise`).
+(e.g. `--set model.memaug.attention=xla`, dense instead of the preset's blockwise).
 Results: docs/performance.md.
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--work", default="", help="keep the checkpoint and batch here (default: a temporary directory)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="a config override of hourjax's run, e.g. model.memaug.attention=blockwise")
+                 help="a config override of hourjax's run, e.g. model.memaug.attention=xla")
   p.add_argument("--side", choices=("hourjax",), help=argparse.SUPPRESS)      # the hourjax child
   a = p.parse_args(argv)
   if a.side:
