@@ -267,3 +267,13 @@ def test_recall_on_dropped_trains_memaug_alone_only_where_the_answer_needs_the_m
     dataclasses.replace(study, recall_on="some")
   with pytest.raises(ValueError, match="set recall_steps"):
     dataclasses.replace(ablation.SMOKE, recall_on="dropped")
+
+
+def test_main_stage_rates_scale_only_the_named_modules_in_the_main_stage():
+  from launch import ablation
+  study = dataclasses.replace(ablation.SMOKE, pretrain_steps=2, recall_steps=1, llm_lr_scale=0.2, memaug_lr_scale=0.1)
+  arm = ablation.ARMS[0]                                      # Hour-LLaVA: has MemAug
+  lr = study.lr
+  assert ablation._stage(study, arm, "main") == (dict(projector=lr, memaug=lr * 0.1, llm=lr * 0.2), study.steps - 1)
+  assert ablation._stage(study, arm, "recall") == (dict(memaug=lr), 1)
+  assert ablation._stage(study, arm, "pretrain") == (dict(projector=lr, llm=lr), 2)
