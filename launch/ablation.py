@@ -1,19 +1,21 @@
 """The paper's central claim at CPU scale: MemAug against token-compression baselines at the same
 number of LLM tokens, and MemAug's memory-scale and temporal-compression ablations (Hour-LLaVA
-paper Table 5, Table 4, Fig. 4), on the synthetic long-video benchmark `data/long_video_mcq.py`.
+paper Table 5, Table 4, Fig. 4), on the synthetic long-video benchmark `hourjax/synthetic/long_video_mcq.py`.
 
-  python -m launch.ablation                       # the whole study (~100 min on 2 cores)
+  python -m launch.ablation                       # the whole study (~1.5 h on 2 cores)
   python -m launch.ablation --smoke --out /tmp/s  # a few steps of the same code (the test)
 
-1. Renders the train / held-out test splits (256 s at 1 FPS, 32 px frames) and encodes them
+1. Renders the train / held-out test splits (128 s at 1 FPS, 32 px frames) and encodes them
    once with a frozen, randomly initialised tiny SigLIP (4x4 patches pooled to 2x2 tokens per
    frame): every arm reads the same cached features.
-2. Trains every arm from scratch, 3 seeds each, with the same data order, steps and optimizer
-   (projector, MemAug and LLM trained; the tiny Hour-LLaVA of configs/hour_llava.py), through
-   the real model, loss and train step.
+2. Trains every arm, 5 seeds each, with the same data order, steps and optimizer, through the
+   real model, loss and train step, by the curriculum of `Study` (a shared projector + LLM
+   stage on every frame; for MemAug arms, MemAug alone on the questions only the memory can
+   answer; then everything).
 3. Scores held-out multiple-choice accuracy per task (the option with the highest logit),
-   writes docs/ablation_results.json (re-running skips finished runs, seed by seed), the table,
-   the verdict against issue 18's bar and the plot to docs/.
+   writes ablation_results.json beside the report (re-running skips finished runs, seed by
+   seed, and refuses another study's), the table, the verdict against issue 18's bar and the
+   plots to docs/.
 """
 from __future__ import annotations
 
@@ -83,25 +85,27 @@ class Study:
   lr: float = 3e-3
   memaug_depth: int = 1      # the tiny config's 2 doubles the MemAug arms' cost
   memaug_init: str = "residual_zero"   # the tiny preset's; fan_in made recall a seed lottery
-  seeds: tuple[int, ...] = (0, 1, 2)
+  seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
   eval_every: int = 0        # also score the held-out split every this many steps (a learning curve)
   siglip_seed: int = 1234
   # The curriculum (issue 18): a shared stage that trains projector + LLM without MemAug on
   # every frame (PRETRAIN; the tiny stand-in for the LLaVA-OneVision init), then, for MemAug
   # arms, the paper's stage 1 (MemAug alone) for `recall_steps` of the arm's `steps`.
-  pretrain_steps: int = 0
-  recall_steps: int = 0
+  # The defaults are the recipe whose recall held in every seed (docs/ablation.md); 0 and 0
+  # (with recall_on="all", memaug_lr_scale=1) is the plain study every arm trained from scratch.
+  pretrain_steps: int = 300
+  recall_steps: int = 300
   # What the MemAug-alone stage trains on (RECALL_ON): "all" questions, or only those whose
-  # evidence forgetting drops (needles and blinks that uniform 1/4 sampling misses), so that
+  # evidence forgetting drops (needles and framed circles that uniform 1/4 sampling misses), so that
   # every answer in the stage depends on the memory, as the paper's image / short-clip stage 1
   # does (on all questions, MemAug alone lowered the loss without the memory: docs/ablation.md).
-  recall_on: str = "all"
+  recall_on: str = "dropped"
   # The main stage's rates for the LLM and MemAug, relative to `lr` (every arm with the module
   # alike). With both at 1 a curriculum seed lost in the main stage's first 50 steps the recall
   # its MemAug stage had learned; MemAug at 0.1 kept it, the LLM at 0.2 (the paper's stage-3
   # ratio to MemAug) did not (docs/ablation.md).
   llm_lr_scale: float = 1.0
-  memaug_lr_scale: float = 1.0
+  memaug_lr_scale: float = 0.1
 
   def __post_init__(self):
     if self.recall_on not in RECALL_ON:
@@ -115,7 +119,8 @@ class Study:
                        "set pretrain_steps too")
 
 
-SMOKE = Study(train_videos=16, test_videos=8, frames=96, steps=3, batch=4, seeds=(0,))
+SMOKE = Study(train_videos=16, test_videos=16, frames=96, steps=3, batch=4, seeds=(0,), pretrain_steps=0,
+              recall_steps=0, recall_on="all", memaug_lr_scale=1.0)
 SMOKE_ARMS = ("Hour-LLaVA (MemAug)", "keyframe")
 
 
@@ -318,10 +323,10 @@ def jax_key(seed: int, salt: int = 0):
 
 
 def evidence_frames(items, frames: int) -> np.ndarray:
-  """[N, T] bool: the frames a needle or blink question's answer is in (none for other tasks)."""
+  """[N, T] bool: the frames a needle or framed question's answer is in (none for other tasks)."""
   out = np.zeros((len(items), frames), bool)
   for k, it in enumerate(items):
-    span = it.flashes[0][:2] if it.task == "needle" else it.blink[:2] if it.task == "blink" else (0, 0)
+    span = it.flashes[0][:2] if it.task == "needle" else it.framed[:2] if it.task == "framed" else (0, 0)
     out[k, span[0]:span[0] + span[1]] = True
   return out
 
@@ -346,7 +351,7 @@ def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log, workdir:
     return np.concatenate(preds)
 
   def lift(params) -> dict[str, float]:
-    """Mean recall_mass over the dropped needle / blink test questions."""
+    """Mean recall_mass over the dropped needle / framed test questions."""
     out = {}
     for s in range(0, len(probe_rows), study.batch):
       rows = probe_rows[np.arange(s, s + study.batch) % len(probe_rows)]
@@ -397,8 +402,15 @@ def run_arm(study: Study, arm: Arm, seeds, data: dict, test: dict, log, workdir:
   return results
 
 
-NEEDLES = ("needle", "blink")    # the brief events whose frames uniform forgetting may drop
-COLUMNS = ("needle", "needle (dropped)", "blink", "blink (dropped)", "order", "counting", "control", "mean")
+NEEDLES = ("needle", "framed")    # the brief events whose frames uniform forgetting may drop
+
+
+def needs_memory(items) -> np.ndarray:
+  """Per item: a needle / framed question whose every evidence frame uniform forgetting drops, so
+  only the memory holds the answer (the MemAug-alone stage's questions under --recall-on dropped)."""
+  return np.array([it.task in NEEDLES and it.needle_dropped for it in items])
+TASK_COLUMNS = NEEDLES + ("order", "counting", "control", "mean")
+COLUMNS = tuple(c for t in TASK_COLUMNS for c in ((t, f"{t} (dropped)") if t in NEEDLES else (t,)))
 
 
 def _spread(v: np.ndarray, digits: int = 1, unit: str = "") -> str:
@@ -410,22 +422,22 @@ def _cell(runs: list[dict], key: str) -> str:
   return _spread(np.array([r["accuracy"][key] for r in runs]) * 100)
 
 
-def _lift(runs: list[dict]) -> str:
-  """The final recall_mass on the dropped needle questions (x the uniform share), mean ± sd."""
+def _lift(runs: list[dict], needle: str) -> str:
+  """The final recall_mass on the dropped `needle` questions (x the uniform share), mean ± sd."""
   final = [r["recall_mass"][-1][1] for r in runs if r.get("recall_mass")]
-  v = np.array([m["needle"] for m in final if "needle" in m])
+  v = np.array([m[needle] for m in final if needle in m])
   return _spread(v, 2, "x") if len(v) else "-"
 
 
 def table(study: Study, arms, results: dict) -> str:
-  lines = ["| arm | MemAug | LLM visual tokens | " + " | ".join(COLUMNS) + " | recall on dropped needles |",
-           "|---|---|---|" + "---|" * (len(COLUMNS) + 1)]
+  header = ["arm", "MemAug", "LLM visual tokens", *COLUMNS, *(f"MemAug on dropped {n} frames" for n in NEEDLES)]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for arm in arms:
     runs = list(results.get(arm.name, {}).values())
     if not runs:
       continue
     lines.append(f"| {arm.name} | {'yes' if arm.model['use_memaug'] else 'no'} | {llm_tokens(study, arm)} | "
-                 + " | ".join(_cell(runs, c) for c in COLUMNS) + f" | {_lift(runs)} |")
+                 + " | ".join([_cell(runs, c) for c in COLUMNS] + [_lift(runs, n) for n in NEEDLES]) + " |")
   return "\n".join(lines)
 
 
@@ -474,7 +486,7 @@ def plot(arms, results: dict, path: str) -> None:
     x_of = (lambda a: f(a)["memory_scale"]) if group == "memory" else (lambda a: 1 / f(a)["temporal_keep"])
     points = sorted([a for a in arms if a.group == group and results.get(a.name)] + [main], key=x_of)
     xs = [x_of(a) for a in points]
-    for key in ("needle", "blink", "order", "counting", "control", "mean"):
+    for key in TASK_COLUMNS:
       v = np.array([[r["accuracy"][key] * 100 for r in results[a.name].values()] for a in points])
       axis.errorbar(xs, v.mean(1), yerr=v.std(1, ddof=1) if v.shape[1] > 1 else None, marker="o",
                     capsize=3, label=key, linewidth=2.5 if key == "mean" else 1.2)
@@ -538,13 +550,15 @@ def plot_recall(arms, results: dict, path: str) -> bool:
   return True
 
 
-def write_report(doc: str, study: Study, arms, results: dict, command: str, wall: float, png: str,
+def write_report(doc: str, study: Study, arms, results: dict, command: str, overhead: float, png: str,
                  recall_png: str | None = None) -> None:
+  """The report section of `doc` (replaced in place): command, times, table, bar, plots.
+  `overhead`: the seconds this invocation spent outside training and scoring."""
   body = "\n".join([
       DOC_BEGIN, "",
       f"Command: `{command}`  ",
       f"Wall time: {sum(r['seconds'] for v in results.values() for r in v.values()) / 60:.1f} min of "
-      f"training and scoring (summed over the runs, which may span invocations) + {wall / 60:.1f} min in "
+      f"training and scoring (summed over the runs, which may span invocations) + {overhead / 60:.1f} min in "
       "the last invocation's set-up and report  ", f"Machine: {machine()}  ",
       f"Setup: {study.train_videos} training and {study.test_videos} held-out videos of {study.frames} "
       f"frames ({study.size} px, 1 FPS), {study.steps} steps of batch {study.batch}, AdamW lr "
@@ -566,22 +580,59 @@ def write_report(doc: str, study: Study, arms, results: dict, command: str, wall
     f.write(text)
 
 
-def main(argv=None) -> int:
+# The Study fields the command line sets (--steps, --seeds, ...; flag = field with dashes).
+FLAGS = ("steps", "seeds", "lr", "frames", "batch", "memaug_init", "pretrain_steps", "recall_steps", "recall_on",
+         "llm_lr_scale", "memaug_lr_scale", "eval_every")
+
+
+def command_line(study: Study, smoke: bool = False) -> str:
+  """The command that runs `study`: a flag for each FLAGS field that differs from the default study."""
+  base = SMOKE if smoke else Study()
+  flags = [f"--{f.replace('_', '-')} " + " ".join(map(str, v if isinstance(v, tuple) else [v]))
+           for f in FLAGS if (v := getattr(study, f)) != getattr(base, f)]
+  return " ".join(["python -m launch.ablation"] + ["--smoke"] * smoke + flags)
+
+
+def study_record(study: Study, benchmark: str) -> dict:
+  """What a run's results depend on: every Study field but the seeds (a study may gain seeds)
+  and eval_every (curves only), and the benchmark's items (their hash)."""
+  return dict({k: v for k, v in dataclasses.asdict(study).items() if k not in ("seeds", "eval_every")},
+              benchmark=benchmark)
+
+
+def load_results(path: str, record: dict) -> dict:
+  """The runs finished so far at `path` ({} if none), when they belong to the study `record`
+  describes; another study's results stop the run naming the first field that differs."""
+  if not os.path.exists(path):
+    return {}
+  saved = json.load(open(path))
+  if "study" not in saved:
+    raise SystemExit(f"{path} holds results without a study record (written before 2026-12-05): "
+                     "use another --out")
+  for k in sorted(set(record) | set(saved["study"])):
+    if saved["study"].get(k) != record.get(k):
+      raise SystemExit(f"{path} holds a different study's results ({k}: {saved['study'].get(k)!r} there, "
+                       f"{record.get(k)!r} here): use another --out")
+  return saved["runs"]
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, Study]:
+  """The command line and the study it describes (the default study with each given flag set)."""
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default="/tmp/hourjax_ablation", help="cached features and tokenizer")
   p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs"),
-                 help="where ablation.md and ablation.png go")
+                 help="where ablation.md, ablation.png and the results go (one study per directory: "
+                 "a re-run resumes it, another study's results stop the run)")
   p.add_argument("--smoke", action="store_true", help="tiny splits, 3 steps, 2 arms, 1 seed")
   p.add_argument("--arms", nargs="*", help="only these arms (names as in the table)")
-  p.add_argument("--steps", type=int, help="override the training steps (a different study: use "
-                 "another --workdir)")
-  p.add_argument("--seeds", type=int, nargs="*", help="override the seeds")
+  p.add_argument("--steps", type=int, help="override the training steps")
+  p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
   p.add_argument("--lr", type=float, help="override the learning rate")
   p.add_argument("--frames", type=int, help="override the video length (frames at 1 FPS)")
   p.add_argument("--batch", type=int, help="override the batch size")
-  p.add_argument("--eval-every", type=int, default=0, help="held-out accuracy every N steps too")
+  p.add_argument("--eval-every", type=int, help="held-out accuracy every N steps too")
   p.add_argument("--pretrain-steps", type=int, help="the curriculum's shared stage (projector + LLM, "
-                 "no MemAug, every frame) before each arm; a different study: use another --out")
+                 "no MemAug, every frame) before each arm; 0: none (then also --recall-steps 0 --recall-on all)")
   p.add_argument("--recall-steps", type=int, help="of each MemAug arm's steps, this many first train "
                  "MemAug alone (the paper's stage 1); needs --pretrain-steps")
   p.add_argument("--recall-on", choices=RECALL_ON, help="the MemAug-alone stage's questions: all, or "
@@ -590,22 +641,17 @@ def main(argv=None) -> int:
                  "(every arm)")
   p.add_argument("--memaug-lr-scale", type=float, help="MemAug's rate in the main stage relative to --lr "
                  "(every MemAug arm), e.g. 0.1 after a recall stage")
-  p.add_argument("--memaug-init", help="override MemAug's init (hourjax.models.layers.INITS; a "
-                 "different study: use another --out)")
+  p.add_argument("--memaug-init", help="override MemAug's init (hourjax.models.layers.INITS)")
   a = p.parse_args(argv)
+  return a, dataclasses.replace(SMOKE if a.smoke else Study(), **{
+      f: tuple(getattr(a, f)) if f == "seeds" else getattr(a, f) for f in FLAGS if getattr(a, f) is not None})
+
+
+def main(argv=None) -> int:
   from hourjax.data import chat
   from hourjax.synthetic.long_video_mcq import QUESTIONS, SPLIT_SEEDS, TASKS, make_split
 
-  study = SMOKE if a.smoke else Study()
-  if a.steps:
-    study = dataclasses.replace(study, steps=a.steps)
-  if a.seeds:
-    study = dataclasses.replace(study, seeds=tuple(a.seeds))
-  for field in ("lr", "frames", "batch", "memaug_init", "pretrain_steps", "recall_steps", "recall_on",
-                "llm_lr_scale", "memaug_lr_scale"):
-    if getattr(a, field):
-      study = dataclasses.replace(study, **{field: getattr(a, field)})
-  study = dataclasses.replace(study, eval_every=a.eval_every)
+  a, study = parse_args(argv)
   arms = [x for x in ARMS if (a.arms is None and (not a.smoke or x.name in SMOKE_ARMS)) or x.name in (a.arms or ())]
   unknown = set(a.arms or ()) - {x.name for x in ARMS}
   if unknown:
@@ -620,6 +666,11 @@ def main(argv=None) -> int:
   # Cached features and tokenizer are keyed by the items themselves: a changed benchmark
   # never reads a stale cache.
   tag = f"{study.frames}f{study.size}px_" + hashlib.sha1(repr((train_items, test_items)).encode()).hexdigest()[:10]
+  # Results live beside the report (docs/ablation_results.json): a re-run anywhere resumes them,
+  # and only them (load_results refuses another study's, before any work).
+  results_path = os.path.join(a.out, "ablation_results_smoke.json" if a.smoke else "ablation_results.json")
+  record = study_record(study, tag)
+  results = load_results(results_path, record)
   log(f"[1/3] encoding {len(train_items)} + {len(test_items)} videos with the frozen SigLIP")
   train_feats = encode_split(study, train_items, os.path.join(a.workdir, f"train_{len(train_items)}_{tag}.npy"))
   test_feats = encode_split(study, test_items, os.path.join(a.workdir, f"test_{len(test_items)}_{tag}.npy"))
@@ -635,17 +686,14 @@ def main(argv=None) -> int:
       raise RuntimeError(f"the tokenizer must spell each option of {task!r} as one token, got {ids}")
     option_ids[task] = [i[0] for i in ids]
   data = dict(tokenize(train_items, tokenizer), features=train_feats,
-              # needle / blink questions whose evidence uniform forgetting drops: only the memory has it
-              needs_memory=np.array([it.task in NEEDLES and it.needle_dropped for it in train_items]))
+              needs_memory=needs_memory(train_items))
   test = dict(tokenize(test_items, tokenizer), features=test_feats,
               options=np.array([option_ids[it.task] for it in test_items], np.int32),
               answer=np.array([it.answer for it in test_items]), task=np.array([it.task for it in test_items]),
               dropped=np.array([it.needle_dropped for it in test_items]),
               evidence=evidence_frames(test_items, study.frames))
 
-  # Results live beside the report (docs/ablation_results.json): a re-run anywhere resumes them.
-  results_path = os.path.join(a.out, "ablation_results_smoke.json" if a.smoke else "ablation_results.json")
-  results = json.load(open(results_path)) if os.path.exists(results_path) else {}
+  trained = 0.0                     # seconds of the runs this invocation trained
   log(f"[2/3] training {len(arms)} arms x {len(study.seeds)} seeds, {study.steps} steps each")
   for seed in study.seeds:          # seed-major: every finished seed is a complete table
     for arm in arms:
@@ -653,8 +701,9 @@ def main(argv=None) -> int:
         continue
       out = run_arm(study, arm, [seed], data, test, log, a.workdir)
       results.setdefault(arm.name, {})[str(seed)] = out[seed]
+      trained += out[seed]["seconds"]
       with open(results_path + ".tmp", "w") as f:
-        json.dump(results, f, indent=1)
+        json.dump({"study": record, "runs": results}, f, indent=1)
       os.replace(results_path + ".tmp", results_path)
   log("[3/3] report")
   png = os.path.join(a.out, "ablation.png")
@@ -663,13 +712,8 @@ def main(argv=None) -> int:
   plot(arms, results, png)
   recall_png = os.path.join(a.out, "ablation_recall.png")
   recall_png = recall_png if plot_recall(arms, results, recall_png) else None
-  command = "python -m launch.ablation" + (" --smoke" if a.smoke else "") + "".join(
-      f" --{f.replace('_', '-')} {getattr(study, f)}" for f in ("pretrain_steps", "recall_steps", "eval_every")
-      if getattr(study, f)) + (f" --recall-on {study.recall_on}" if study.recall_on != "all" else "") + "".join(
-      f" --{f.replace('_', '-')} {getattr(study, f)}" for f in ("llm_lr_scale", "memaug_lr_scale")
-      if getattr(study, f) != 1)
-  write_report(os.path.join(a.out, "ablation.md"), study, arms, results, command, time.time() - start, png,
-               recall_png)
+  write_report(os.path.join(a.out, "ablation.md"), study, arms, results, command_line(study, a.smoke),
+               time.time() - start - trained, png, recall_png)
   log(table(study, arms, results))
   return 0
 

@@ -16,10 +16,10 @@ from conftest import jit_apply
 
 
 def _flash_frames(pixels):
-  """Frames showing the white checkerboard: white in every quadrant."""
+  """Frames showing the white checkerboard: white in the screen's opposite corners, which only a
+  full-screen flash reaches (the framed circle's white frame is inside the shape's square)."""
   white = np.all(pixels >= 240, axis=-1)
-  h = pixels.shape[1] // 2
-  return np.flatnonzero(white[:, :h, :h].any((1, 2)) & white[:, h:, h:].any((1, 2)))
+  return np.flatnonzero(white[:, 0, 0] & white[:, -1, -1])
 
 
 def _runs(frames):
@@ -43,19 +43,15 @@ def test_answers_follow_from_the_pixels(frames):
       f = flashes[0]
       colours = {_colour_name(px[f, y, x], mcq.COLOURS) for y, x in [(0, 12), (12, 0)]}   # off-white checks
       assert item.options[item.answer] in colours
-    elif item.task == "blink":
-      centre = px[:, c, c]
-      segment = {f: colour for s0, s1, _, colour in item.segments for f in range(s0, s1)}
-      evidence = np.flatnonzero([_colour_name(centre[f], mcq.COLOURS) != segment[f] for f in range(frames)])
-      evidence = np.setdiff1d(evidence, flashes)
-      assert _runs(evidence) == 1 and len(evidence) == item.blink[1]
-      assert item.options[item.answer] == _colour_name(centre[evidence[0]], mcq.COLOURS)
-      # Only the shape's colour differs from the frames either side: same shape, same segment.
-      bare = mcq.render(dataclasses.replace(item, blink=None), frames, 32)
-      assert (segment[evidence[0] - 1] == segment[evidence[-1] + 1] == segment[evidence[0]])
-      changed = np.any(px[evidence] != bare[evidence], -1)
-      shape_mask = np.all(bare[evidence[0]] == mcq.COLOURS[segment[evidence[0]]], -1)
-      assert np.array_equal(changed[0], shape_mask)
+    elif item.task == "framed":
+      # The framed frames, read from the pixels: a corner of the square outside the circle is
+      # white (a framed video has no flash), and the circle's centre has the answer's colour.
+      evidence = np.flatnonzero(np.all(px[:, 8, 8] == mcq.WHITE, -1))
+      assert not len(flashes) and _runs(evidence) == 1 and len(evidence) == item.framed[1]
+      assert item.options[item.answer] == _colour_name(px[evidence[0], c, c], mcq.COLOURS)
+      # A busy video: the shape or its colour changes at least every 3 frames.
+      changes = np.flatnonzero(np.any(px[1:] != px[:-1], (1, 2, 3))) + 1
+      assert np.diff(np.concatenate([[0], changes, [frames]])).max() <= 3
     elif item.task == "order":
       after = flashes[-1] + 1
       assert item.options[item.answer] == _colour_name(px[after, c, c], mcq.COLOURS)
@@ -75,13 +71,34 @@ def test_splits_are_balanced_and_the_needle_is_often_forgotten():
   for task in mcq.TASKS:
     answers = np.bincount([i.answer for i in items if i.task == task], minlength=4)
     assert answers.sum() == 500 and answers.min() > 500 / 4 * 0.75, (task, answers)
-  for task in ("needle", "blink"):
+  for task in ("needle", "framed"):
     dropped = np.mean([i.needle_dropped for i in items if i.task == task])
     assert 0.35 < dropped < 0.65, (task, dropped)
   assert mcq.make_split(8, seed=0, frames=128) == items[:8]          # reproducible from the seed
   assert mcq.make_split(8, seed=1, frames=128) != items[:8]
   with pytest.raises(ValueError, match="at least 96"):
     mcq.plan("needle", np.random.default_rng(0), frames=50)
+
+
+def test_keyframe_forgetting_finds_the_flash_for_free_and_not_the_framed_circle():
+  """The benchmark's two needles against the surprise heuristic (keyframe forgetting, on the
+  pixels as frame embeddings, keeping 1/4 of the frames): it keeps the flash of every needle
+  video, and the framed circle no more often than uniform 1/4 sampling does."""
+  import jax.numpy as jnp
+  from hourjax.models.forgetting import temporal_keyframe
+  frames = 128
+  items = mcq.make_split(200, seed=7, frames=frames)
+  kept = {}
+  for task in ("needle", "framed"):
+    its = [it for it in items if it.task == task]
+    px = np.stack([mcq.render(it, frames, 32) for it in its]).reshape(len(its), frames, -1) / 255.0
+    chosen = np.asarray(temporal_keyframe(jnp.asarray(px, jnp.float32), jnp.ones((len(its), frames), bool),
+                                          jnp.full((len(its),), frames // 4), frames // 4))
+    spans = [it.framed if task == "framed" else it.flashes[0] for it in its]
+    kept[task] = np.mean([bool(set(range(s, s + n)) & set(k.tolist())) for (s, n, _), k in zip(spans, chosen)])
+    kept[task + " uniform"] = 1 - np.mean([it.needle_dropped for it in its])
+  assert kept["needle"] == 1.0, kept
+  assert kept["framed"] <= kept["framed uniform"], kept
 
 
 def test_written_split_decodes_to_the_rendered_frames(tmp_path):
@@ -149,12 +166,17 @@ def test_smoke_study_writes_table_and_plot(tmp_path, smoke_work):
   for arm in ablation.SMOKE_ARMS:
     assert f"| {arm} |" in doc
   assert (out / "ablation.png").stat().st_size > 10_000
-  results = json.loads((out / "ablation_results_smoke.json").read_text())
+  results = json.loads((out / "ablation_results_smoke.json").read_text())["runs"]
   acc = results["Hour-LLaVA (MemAug)"]["0"]["accuracy"]
   assert set(mcq.TASKS) <= set(acc) and all(0 <= v <= 1 for v in acc.values() if v == v)
-  # A re-run trains nothing and rewrites the same section in place.
+  # A re-run trains nothing and rewrites the same section in place; another study's run there
+  # stops, naming what differs, and leaves the results as they were.
   assert ablation.main(["--smoke", "--workdir", str(work), "--out", str(out)]) == 0
   assert (out / "ablation.md").read_text().count(ablation.DOC_BEGIN) == 1
+  before = (out / "ablation_results_smoke.json").read_text()
+  with pytest.raises(SystemExit, match=r"different study's results \(lr: 0.003 there, 0.01 here\)"):
+    ablation.main(["--smoke", "--lr", "0.01", "--workdir", str(work), "--out", str(out)])
+  assert (out / "ablation_results_smoke.json").read_text() == before
 
 
 def test_dropped_frames_reach_the_llm_only_through_memaug():
@@ -205,7 +227,7 @@ def test_curriculum_smoke_records_recall_on_the_dropped_needles(tmp_path, smoke_
           "--eval-every", "1", "--workdir", str(work), "--out", str(out)]
   assert ablation.main(argv) == 0
   assert len(list(work.glob("pretrain_*_s0.pkl"))) == 1
-  run = json.loads((out / "ablation_results_smoke.json").read_text())["Hour-LLaVA (MemAug)"]["0"]
+  run = json.loads((out / "ablation_results_smoke.json").read_text())["runs"]["Hour-LLaVA (MemAug)"]["0"]
   steps = [s for s, _ in run["recall_mass"]]
   assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == ablation.SMOKE.steps
   assert all(v > 0 for _, m in run["recall_mass"] for v in m.values())
@@ -244,7 +266,7 @@ def test_recall_mass_is_one_when_the_evidence_is_every_frame():
 
 
 def test_recall_on_dropped_trains_memaug_alone_only_where_the_answer_needs_the_memory():
-  """--recall-on dropped: the MemAug-alone stage draws only needle / blink questions whose every
+  """--recall-on dropped: the MemAug-alone stage draws only needle / framed questions whose every
   evidence frame uniform 1/4 forgetting drops (recomputed here from the frames it retains); the
   other stages draw every question; bad settings fail naming the field."""
   from launch import ablation
@@ -252,10 +274,10 @@ def test_recall_on_dropped_trains_memaug_alone_only_where_the_answer_needs_the_m
   frames = 96
   items = make_split(200, 0, frames)
   kept = set(uniform_retained(frames).tolist())
-  spans = [it.flashes[:1] if it.task == "needle" else [it.blink] if it.task == "blink" else [] for it in items]
+  spans = [it.flashes[:1] if it.task == "needle" else [it.framed] if it.task == "framed" else [] for it in items]
   needs = np.array([bool(s) and not any(f in kept for a, n, _ in s for f in range(a, a + n)) for s in spans])
   data = {"input_ids": np.zeros((len(items), 4)),
-          "needs_memory": np.array([it.task in ablation.NEEDLES and it.needle_dropped for it in items])}
+          "needs_memory": ablation.needs_memory(items)}
   study = dataclasses.replace(ablation.SMOKE, pretrain_steps=2, recall_steps=1, recall_on="dropped")
   assert 0 < needs.sum() < len(items)
   np.testing.assert_array_equal(ablation.stage_rows(study, "recall", data), np.flatnonzero(needs))
@@ -277,3 +299,21 @@ def test_main_stage_rates_scale_only_the_named_modules_in_the_main_stage():
   assert ablation._stage(study, arm, "main") == (dict(projector=lr, memaug=lr * 0.1, llm=lr * 0.2), study.steps - 1)
   assert ablation._stage(study, arm, "recall") == (dict(memaug=lr), 1)
   assert ablation._stage(study, arm, "pretrain") == (dict(projector=lr, llm=lr), 2)
+
+
+def test_the_report_command_runs_the_study_it_reports():
+  """The command line written into the report parses back to the very study it describes (each
+  field the command line sets, the tuple of seeds included), for the full study and the smoke one."""
+  import shlex
+  from launch import ablation
+  assert ablation.command_line(ablation.Study()) == "python -m launch.ablation"
+  changed = dict(steps=700, seeds=(0, 1, 2, 3, 4), lr=1e-3, frames=96, batch=8, memaug_init="fan_in",
+                 pretrain_steps=300, recall_steps=300, recall_on="dropped", llm_lr_scale=0.2,
+                 memaug_lr_scale=0.1, eval_every=50)
+  assert set(changed) == set(ablation.FLAGS)
+  for base, smoke in ((ablation.Study(), False), (ablation.SMOKE, True)):
+    for fields in (changed, dict(seeds=(3,), memaug_lr_scale=0.5)):
+      study = dataclasses.replace(base, **fields)
+      argv = shlex.split(ablation.command_line(study, smoke))
+      assert argv[:3] == ["python", "-m", "launch.ablation"] and ("--smoke" in argv) == smoke
+      assert ablation.parse_args(argv[3:])[1] == study

@@ -6,7 +6,7 @@ from launch import demo
 
 
 def test_demo_trains_restores_and_answers(tmp_path, capsys):
-  assert demo.main(["--workdir", str(tmp_path), "--steps", "16", "--videos", "4",
+  assert demo.main(["--workdir", str(tmp_path), "--steps", "16", "--videos", "4", "--seconds", "6", "12",
                     "mesh.fsdp=4", "mesh.sequence=2"]) == 0       # the 8 test devices
   out = json.load(open(tmp_path / "demo.json"))
   assert out["restored_equal"] and out["train"]["last_step"] == 16
