@@ -4,6 +4,7 @@ smoke mode (the same script, a few steps)."""
 import dataclasses
 import json
 import os
+import shlex
 
 import jax
 import numpy as np
@@ -64,6 +65,7 @@ def test_answers_follow_from_the_pixels(frames):
     layout = video_layout([frames], ForgettingConfig(min_memory_frames=frames))
     retained = set(layout.retained_frames[0][layout.retained_frames[0] >= 0].tolist())
     assert item.needle_dropped == (not retained & set(evidence.tolist()))
+    assert set(evidence.tolist()) == {f for s, n in item.evidence for f in range(s, s + n)}
 
 
 def test_splits_are_balanced_and_the_needle_is_often_forgotten():
@@ -94,8 +96,8 @@ def test_keyframe_forgetting_finds_the_flash_for_free_and_not_the_framed_circle(
     px = np.stack([mcq.render(it, frames, 32) for it in its]).reshape(len(its), frames, -1) / 255.0
     chosen = np.asarray(temporal_keyframe(jnp.asarray(px, jnp.float32), jnp.ones((len(its), frames), bool),
                                           jnp.full((len(its),), frames // 4), frames // 4))
-    spans = [it.framed if task == "framed" else it.flashes[0] for it in its]
-    kept[task] = np.mean([bool(set(range(s, s + n)) & set(k.tolist())) for (s, n, _), k in zip(spans, chosen)])
+    kept[task] = np.mean([bool(set(range(s, s + n)) & set(k.tolist())) for it, k in zip(its, chosen)
+                          for s, n in it.evidence])
     kept[task + " uniform"] = 1 - np.mean([it.needle_dropped for it in its])
   assert kept["needle"] == 1.0, kept
   assert kept["framed"] <= kept["framed uniform"], kept
@@ -233,6 +235,7 @@ def test_curriculum_smoke_records_recall_on_the_dropped_needles(tmp_path, smoke_
   assert all(v > 0 for _, m in run["recall_mass"] for v in m.values())
   doc = (out / "ablation.md").read_text()
   assert "Curriculum:" in doc and "ablation_recall.png" in doc and (out / "ablation_recall.png").exists()
+  assert f"--arms 'Hour-LLaVA (MemAug)' --out {shlex.quote(str(out))}" in doc      # the command reruns this very report
 
 
 def test_recall_mass_is_one_when_the_evidence_is_every_frame():
@@ -303,17 +306,25 @@ def test_main_stage_rates_scale_only_the_named_modules_in_the_main_stage():
 
 def test_the_report_command_runs_the_study_it_reports():
   """The command line written into the report parses back to the very study it describes (each
-  field the command line sets, the tuple of seeds included), for the full study and the smoke one."""
-  import shlex
+  field the command line sets, the tuple of seeds included), its arms and its --out, for the
+  full study, the smoke one and the plain study (no curriculum) run from the full study's base."""
   from launch import ablation
   assert ablation.command_line(ablation.Study()) == "python -m launch.ablation"
-  changed = dict(steps=700, seeds=(0, 1, 2, 3, 4), lr=1e-3, frames=96, batch=8, memaug_init="fan_in",
-                 pretrain_steps=300, recall_steps=300, recall_on="dropped", llm_lr_scale=0.2,
-                 memaug_lr_scale=0.1, eval_every=50)
+  changed = dict(steps=700, seeds=(5, 6), lr=1e-3, frames=112, batch=8, memaug_init="fan_in",
+                 pretrain_steps=200, recall_steps=100, recall_on="dropped", llm_lr_scale=0.2,
+                 memaug_lr_scale=0.3, eval_every=50)
   assert set(changed) == set(ablation.FLAGS)
+  for base in (ablation.Study(), ablation.SMOKE):   # each value differs from both bases (recall_on has two)
+    assert all(getattr(base, f) != v for f, v in changed.items() if f != "recall_on"), base
+  plain = dict(pretrain_steps=0, recall_steps=0, recall_on="all", memaug_lr_scale=1.0)
+  arms = ["keyframe", "memory 25%"]
   for base, smoke in ((ablation.Study(), False), (ablation.SMOKE, True)):
-    for fields in (changed, dict(seeds=(3,), memaug_lr_scale=0.5)):
+    for fields in (changed, plain, dict(seeds=(3,), memaug_lr_scale=0.5)):
       study = dataclasses.replace(base, **fields)
-      argv = shlex.split(ablation.command_line(study, smoke))
-      assert argv[:3] == ["python", "-m", "launch.ablation"] and ("--smoke" in argv) == smoke
-      assert ablation.parse_args(argv[3:])[1] == study
+      for names, out in ((None, None), (arms, "docs/a study")):
+        argv = shlex.split(ablation.command_line(study, smoke, names, out))
+        assert argv[:3] == ["python", "-m", "launch.ablation"] and ("--smoke" in argv) == smoke
+        args, parsed = ablation.parse_args(argv[3:])
+        assert parsed == study and args.arms == names
+        assert args.out == (out or ablation.DOCS)
+  assert "--arms" not in ablation.command_line(ablation.Study(), arms=[x.name for x in ablation.ARMS])

@@ -75,6 +75,12 @@ class Item:
                                                 # busy video
 
   @property
+  def evidence(self) -> tuple[tuple[int, int], ...]:
+    """(start, length) of each event the answer is read from or anchored on: the framed circle,
+    else the flashes (the needle's colour, the order question's moment, the counted flashes)."""
+    return (self.framed[:2],) if self.framed else tuple(f[:2] for f in self.flashes)
+
+  @property
   def question(self) -> str:
     return QUESTIONS[self.task][0]
 
@@ -127,10 +133,10 @@ def plan(task: str, rng: np.random.Generator, frames: int = 256) -> Item:
             "order": lambda: colours.index(segments[chosen[0]][3]),
             "counting": lambda: count - 1,
             "control": lambda: list(BACKGROUNDS).index(background)}[task]()
+  item = Item(task, answer, background, tuple(segments), flashes, False, framed)
   kept = set(uniform_retained(frames).tolist())
-  evidence = [framed] if framed else flashes
-  dropped = not any(f in kept for s, n, _ in evidence for f in range(s, s + n))
-  return Item(task, answer, background, tuple(segments), flashes, dropped, framed)
+  return dataclasses.replace(item, needle_dropped=not any(
+      f in kept for s, n in item.evidence for f in range(s, s + n)))
 
 
 def render(item: Item, frames: int = 256, size: int = 32) -> np.ndarray:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -126,11 +127,16 @@ def hourjax_side(work: str, steps: int, overrides: list[str]) -> dict:
           "flops": program.task.flops(batch, program.opt_cfg)["total"]}
 
 
-def _child(cmd: list[str]) -> dict:
-  out = subprocess.run(cmd, capture_output=True, text=True)
+def _child(cmd: list[str], env: dict[str, str]) -> dict:
+  """Runs one side in a fresh process (with `env` added) and returns its report, plus the
+  process's system CPU seconds and minor page faults (loading and compiling included)."""
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
   if out.returncode:
     raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{out.stderr[-4000:]}")
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return dict(json.loads(out.stdout.strip().splitlines()[-1]), system_s=after.ru_stime - before.ru_stime,
+              minor_faults=after.ru_minflt - before.ru_minflt)
 
 
 def main(argv=None) -> int:
@@ -145,6 +151,9 @@ def main(argv=None) -> int:
   p.add_argument("--work", default="", help="keep the checkpoint and batch here (default: a temporary directory)")
   p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="a config override of hourjax's run, e.g. model.memaug.attention=xla")
+  p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                 help="an environment variable for both sides' processes, e.g. "
+                 "GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (malloc asks for transparent huge pages)")
   p.add_argument("--side", choices=("hourjax",), help=argparse.SUPPRESS)      # the hourjax child
   a = p.parse_args(argv)
   if a.side:
@@ -154,6 +163,10 @@ def main(argv=None) -> int:
     raise SystemExit(f"--official {a.official!r}: not a checkout of github.com/jylins/hourllava")
   if not os.path.exists(a.python):
     raise SystemExit(f"--python {a.python!r} does not exist: create the official environment (see --help)")
+  bad = [e for e in a.env if "=" not in e or not e.split("=", 1)[0]]
+  if bad:
+    raise SystemExit(f"--env {bad[0]!r}: expected KEY=VALUE")
+  env = dict(e.split("=", 1) for e in a.env)
   frames = [int(t) for t in a.frames.split(",")]
   if a.text <= PROMPT:
     raise SystemExit(f"--text {a.text}: must exceed the {PROMPT} prompt tokens")
@@ -163,9 +176,9 @@ def main(argv=None) -> int:
   lr = _run(a.set).train.optimizer.lr
   official = _child([a.python, "-m", "tools.bench.official_step", "--official", a.official, "--work", work,
                      "--steps", str(a.steps + a.warmup),
-                     "--lr", f"projector={lr.projector},memaug={lr.memaug},llm={lr.llm}"])
+                     "--lr", f"projector={lr.projector},memaug={lr.memaug},llm={lr.llm}"], env)
   ours = _child([sys.executable, "-m", "tools.bench.vs_official", "--side", "hourjax", "--work", work,
-                 "--steps", str(a.steps + a.warmup)] + [f"--set={o}" for o in a.set])
+                 "--steps", str(a.steps + a.warmup)] + [f"--set={o}" for o in a.set], env)
   t_off, t_hj = (statistics.median(side["step_s"][a.warmup:]) for side in (official, ours))
   diffs = [abs(x - y) / abs(y) for x, y in zip(ours["losses"], official["losses"])]
   print("| batch | official (s/step) | hourjax (s/step) | speed-up | peak memory official | hourjax "
@@ -177,7 +190,10 @@ def main(argv=None) -> int:
   print(f"\nlosses official {official['losses']}\nlosses hourjax  {ours['losses']}\n"
         f"hourjax: compile {ours['compile_s']:.0f} s, {ours['flops'] / 1e12:.2f} TFLOP/step (analytic, padded batch), "
         f"{ours['flops'] / t_hj / 1e9:.0f} GFLOP/s; torch {official['torch']} ({official['threads']} threads), "
-        f"jax {ours['jax']}; step times official {official['step_s']}, hourjax {ours['step_s']}")
+        f"jax {ours['jax']}; step times official {official['step_s']}, hourjax {ours['step_s']}"
+        + "".join(f"\n{name}: {side['system_s']:.0f} s system CPU time, {side['minor_faults'] / 1e6:.2f} M minor page "
+                  "faults (the whole process)" for name, side in (("official", official), ("hourjax", ours)))
+        + (f"\nenvironment of both sides: {' '.join(a.env)}" if a.env else ""))
   if max(diffs) > 1e-3:
     print(f"the two sides' losses differ (max relative difference {max(diffs):.1e}): not the same computation",
           file=sys.stderr)
