@@ -129,6 +129,11 @@ SMOKE = Study(train_videos=16, test_videos=16, frames=96, steps=3, batch=4, seed
 SMOKE_ARMS = ("Hour-LLaVA (MemAug)", "keyframe")
 
 
+def default_arms(smoke: bool = False) -> list[str]:
+  """The arms a run without --arms trains: every arm, or SMOKE_ARMS with --smoke."""
+  return [x.name for x in ARMS if not smoke or x.name in SMOKE_ARMS]
+
+
 def model_config(study: Study, arm: Arm | None = None):
   """The tiny Hour-LLaVA of configs/hour_llava.py with 32 px frames and 2x2 tokens per frame."""
   from hourjax.config import load, model_config as to_dataclass
@@ -595,8 +600,7 @@ def command_line(study: Study, smoke: bool = False, arms=None, out: str | None =
   base = SMOKE if smoke else Study()
   flags = [f"--{f.replace('_', '-')} " + " ".join(map(str, v if isinstance(v, tuple) else [v]))
            for f in FLAGS if (v := getattr(study, f)) != getattr(base, f)]
-  default_arms = [x.name for x in ARMS if not smoke or x.name in SMOKE_ARMS]
-  if arms is not None and list(arms) != default_arms:
+  if arms is not None and list(arms) != default_arms(smoke):
     flags.append("--arms " + " ".join(map(shlex.quote, arms)))
   if out is not None:
     flags.append(f"--out {shlex.quote(out)}")
@@ -662,7 +666,8 @@ def main(argv=None) -> int:
   from hourjax.synthetic.long_video_mcq import QUESTIONS, SPLIT_SEEDS, TASKS, make_split
 
   a, study = parse_args(argv)
-  arms = [x for x in ARMS if (a.arms is None and (not a.smoke or x.name in SMOKE_ARMS)) or x.name in (a.arms or ())]
+  names = default_arms(a.smoke) if a.arms is None else a.arms
+  arms = [x for x in ARMS if x.name in names]
   unknown = set(a.arms or ()) - {x.name for x in ARMS}
   if unknown:
     raise SystemExit(f"unknown arms {sorted(unknown)}; expected some of {[x.name for x in ARMS]}")
