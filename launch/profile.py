@@ -4,6 +4,7 @@ XLA profiler trace.
   python -m launch.profile --config configs/hour_llava.py:tiny,stage=3 --mode train --frames 64 --text 256 \\
       --batch 2 --steps 10 --trace /tmp/trace       # tensorboard --logdir /tmp/trace (Profile tab)
   python -m launch.profile --config configs/hour_llava.py:7b,stage=3 --mode prefill --peak-flops 459e12 ...
+  python -m launch.profile --mode train --steps 3 --ops 15    # where the step's time goes
 
 Runs --warmup + --steps steps on a random batch of the given bucket and prints the median step
 time, tokens per second (text + visual LLM tokens), the compiled program's FLOPs
@@ -36,7 +37,7 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warmup: int,
-            peak_flops: float, trace: str = "") -> dict:
+            peak_flops: float, trace: str = "", ops: int = 0) -> dict:
   import jax
   from hourjax.synthetic.batches import synthetic_batch
   from hourjax.train import program as program_lib
@@ -80,12 +81,21 @@ def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warm
       args = (out[0], data, rng)
     if i >= warmup:
       times.append(time.perf_counter() - t)
-  if trace:
-    with jax.profiler.trace(trace):
-      for _ in range(min(3, steps)):
-        out = once(args)
-        if mode == "train":
-          args = (out[0], data, rng)
+  if trace or ops:
+    import tempfile
+    from hourjax.train import op_profile
+    trace = trace or tempfile.mkdtemp(prefix="hourjax_trace_")
+    state = [args]
+
+    def traced_step():
+      out = once(state[0])
+      if mode == "train":
+        state[0] = (out[0], data, rng)
+
+    traced = min(3, steps)
+    wall = op_profile.traced(traced_step, traced, trace)
+    ops_table = (op_profile.format_table(op_profile.breakdown(trace, compiled.as_text(), traced, wall), top=ops,
+                                         peak_flops=peak_flops) if ops else "")
   median = statistics.median(times)
   k = cfg.forgetting.spatial_count(cfg.pool_size ** 2)
   from hourjax.models.forgetting import num_retained
@@ -98,7 +108,7 @@ def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warm
           "peak_flops_per_device": peak_flops,
           "memory": {k: getattr(mem, k, None) for k in ("temp_size_in_bytes", "argument_size_in_bytes",
                                                          "output_size_in_bytes", "generated_code_size_in_bytes")},
-          "trace": trace}
+          "trace": trace, **({"ops_table": ops_table} if ops else {})}
 
 
 def main(argv=None) -> int:
@@ -112,6 +122,8 @@ def main(argv=None) -> int:
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--peak-flops", type=float, default=0.0, help="per device; 0: measure a float32 matmul here")
   p.add_argument("--trace", default="", help="directory for a jax.profiler trace (TensorBoard / XProf)")
+  p.add_argument("--ops", type=int, default=0, metavar="N",
+                 help="trace 3 steps and print where the time goes: by kind and the N slowest instructions")
   p.add_argument("overrides", nargs="*", help="config overrides: --config.key=value (or key=value)")
   from hourjax.config import split_overrides
   own, flags_ = split_overrides(sys.argv[1:] if argv is None else argv)
@@ -124,11 +136,13 @@ def main(argv=None) -> int:
     checked.mesh, checked.data.batch_size = {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1}, a.batch
     validate(checked, devices=1, processes=1)
   peak = a.peak_flops or matmul_peak()
-  r = profile(run, a.mode, a.batch, a.frames, a.text, a.steps, a.warmup, peak, a.trace)
+  r = profile(run, a.mode, a.batch, a.frames, a.text, a.steps, a.warmup, peak, a.trace, a.ops)
   print(f"{r['mode']}: median {r['median_step_s'] * 1e3:.1f} ms/step, {r['tokens_per_s']:,.0f} LLM tokens/s, "
         f"{r['flops'] / 1e9:.2f} GFLOP/step (compiled), {r['flops_per_s'] / 1e9:.1f} GFLOP/s, MFU {r['mfu']:.1%} "
         f"of {peak / 1e9:.0f} GFLOP/s/device; temp memory {r['memory']['temp_size_in_bytes'] or 0:,} B; "
         f"compile {r['compile_s']:.1f} s" + (f"; trace in {r['trace']}" if r['trace'] else ""))
+  if a.ops:
+    print(r.pop("ops_table"))
   print(json.dumps(r))
   return 0
 

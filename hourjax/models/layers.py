@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hourjax.ops import dense as dense_ops
 from hourjax.parallel import axes as ax
 
 Dtype = Any
@@ -43,13 +44,14 @@ def dense(features: int | Sequence[int], names: Sequence[str], *, use_bias: bool
           init_std: float | None = 0.02, precision: jax.lax.PrecisionLike = None) -> nn.DenseGeneral:
   """DenseGeneral whose kernel carries logical names `names` ([*in, *out]); bias gets the out names.
   `init_std` None: N(0, 1/fan_in), fan_in the product of the input axes (DenseGeneral hands its
-  initialiser the kernel flattened to [in, out])."""
+  initialiser the kernel flattened to [in, out]). Its matmul's backward pass is written out
+  (`ops.dense`: the weight gradient in the kernel's layout, no transposed copies)."""
   n_in = 1 if isinstance(in_axes, int) else len(in_axes)
   kernel = (nn.initializers.variance_scaling(1.0, "fan_in", "normal") if init_std is None
             else nn.initializers.zeros if init_std == 0 else nn.initializers.normal(init_std))
   return nn.DenseGeneral(
       features=features, axis=in_axes, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-      precision=precision, name=name,
+      precision=precision, name=name, dot_general=dense_ops.dot_general,
       kernel_init=nn.with_logical_partitioning(kernel, tuple(names)),
       bias_init=nn.with_logical_partitioning(nn.initializers.zeros, tuple(names[n_in:])))
 

@@ -8,7 +8,9 @@ of times it runs (a `while` body its trip count, from the start, step and bound 
 its condition compares: the TPU compiler unrolls collective-matmul loops by two; fusions,
 calls and conditional branches their caller's count, branches as if each ran: an upper bound).
 `matmul_flops` counts its dots and convolutions; `collective_bytes` every collective's bytes
-per device. Both take the HLO text or, to read a large module once for both, `parse(hlo)`:
+per device; `executed` what each instruction the runtime runs is (matmul, data movement, ...)
+and its matmul FLOPs, to read a profile by. They take the HLO text or, to read a large module
+once for several, `parse(hlo)`:
 
   all-gather           result x (n-1)/n         (ring algorithm: each device sends n-1 shards)
   reduce-scatter       operand x (n-1)/n
@@ -326,4 +328,65 @@ def collective_bytes(hlo: str | Module, largest: int = 0) -> dict:
   out["loops"] = sorted(loops)
   if largest:
     out["largest"] = sorted(parts, reverse=True)[:largest]
+  return out
+
+
+# What moves or views data without arithmetic: a fusion of only these is a copy or transpose.
+_MOVES = frozenset({"parameter", "constant", "bitcast", "reshape", "copy", "transpose", "slice", "dynamic-slice",
+                    "dynamic-update-slice", "concatenate", "pad", "broadcast", "reverse", "tuple",
+                    "get-tuple-element", "iota", "copy-start", "copy-done"})
+_CONTROL = frozenset({"while", "conditional", "call"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Executed:
+  """One instruction the runtime executes (a fusion counts as one): its kind ("matmul",
+  "data movement", "collective", "control" or "elementwise/reduction"), the matmul FLOPs of
+  one execution (dots and convolutions, inside its fusion too) and its JAX source name."""
+  kind: str
+  flops: float
+  source: str
+
+
+def executed(hlo: str | Module) -> dict[str, Executed]:
+  """Instruction name -> Executed, for every instruction outside fused computations (names are
+  unique in an HLO module, and a profiler trace names its events by them)."""
+  module = parse(hlo)
+  comps = module.comps
+  fused = {callee for instrs in comps.values() for _, _, op, rest in instrs if op == "fusion"
+           for callee in [dict(_CALLEE.findall(rest)).get("calls")] if callee}
+  memo: dict[str, tuple[float, bool]] = {}
+
+  def inside(comp: str) -> tuple[float, bool]:
+    """(matmul FLOPs, moves data only) of one execution of a fused computation."""
+    if comp not in memo:
+      instrs = comps.get(comp, [])
+      types = {n: t for n, t, _, _ in instrs}
+      flops, moves = 0.0, True
+      for _, type_text, op, rest in instrs:
+        if op in ("dot", "convolution"):
+          flops += _matmul_flops(op, type_text, _operand_types(rest, types), rest)
+        elif op == "fusion":
+          f, m = inside(dict(_CALLEE.findall(rest)).get("calls", ""))
+          flops, moves = flops + f, moves and m
+        moves = moves and op in _MOVES | {"fusion"}
+      memo[comp] = flops, moves
+    return memo[comp]
+
+  out = {}
+  for comp, instrs in comps.items():
+    if comp in fused:
+      continue
+    types = {n: t for n, t, _, _ in instrs}
+    for name, type_text, op, rest in instrs:
+      if op in ("dot", "convolution"):
+        flops, moves = _matmul_flops(op, type_text, _operand_types(rest, types), rest), False
+      elif op == "fusion":
+        flops, moves = inside(dict(_CALLEE.findall(rest)).get("calls", ""))
+      else:
+        flops, moves = 0.0, op in _MOVES
+      kind = ("matmul" if flops else "collective" if _kind(op) or op.endswith("-done") and _kind(op[:-5])
+              else "control" if op in _CONTROL else "data movement" if moves else "elementwise/reduction")
+      src = re.search(r'op_name="([^"]*)"', rest)
+      out[name] = Executed(kind, flops, src.group(1) if src else "")
   return out

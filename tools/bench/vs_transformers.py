@@ -5,6 +5,7 @@ memory; and the roofline that bounds any speed-up on this machine.
 
   .venv/bin/python -m tools.bench.vs_transformers [--seq 2048] [--frames 16] [--repeats 5]
   .venv/bin/python -m tools.bench.vs_transformers --attention blockwise   # the decoder's attention
+  .venv/bin/python -m tools.bench.vs_transformers --attention blockwise --ops 15   # + where hourjax's step goes
 
 The transformers model is built with random weights, saved, and converted with
 `hourjax.convert.import_torch`, so both sides compute the same function (checked: relative
@@ -20,7 +21,9 @@ Peak memory: each library's training step runs once more in a fresh process with
 model loaded and the step warmed up (compiled, for hourjax); the step's peak resident set
 (VmHWM, reset before the step) minus the resident set before it. Both processes run with the
 same glibc settings (allocations of 64 KiB and more are mapped and returned on free), so freed
-memory does not hide in the heap. Results: docs/performance.md.
+memory does not hide in the heap. --ops N traces hourjax's training step and prints its time by
+kind of instruction and its N slowest instructions (`hourjax/train/op_profile.py`). Results:
+docs/performance.md.
 """
 from __future__ import annotations
 
@@ -133,6 +136,8 @@ def main(argv=None) -> int:
   p.add_argument("--frames", type=int, default=16)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--attention", default="xla", help="the decoder's attention (ops.attention.IMPLEMENTATIONS)")
+  p.add_argument("--ops", type=int, default=0, metavar="N",
+                 help="trace hourjax's training step: its time by kind and the N slowest instructions")
   p.add_argument("--memory-of", choices=("torch", "jax"), help=argparse.SUPPRESS)   # the peak-memory child
   p.add_argument("--checkpoint", help=argparse.SUPPRESS)
   a = p.parse_args(argv)
@@ -187,6 +192,14 @@ def main(argv=None) -> int:
                flops.decoder_step(hj_cfg.llm, 1, a.seq)["total"], t_hf, t_hj, err))
 
   rate_jax, rate_torch = matmul_peak(), torch_matmul_rate()
+  ops_table = ""
+  if a.ops:
+    from hourjax.train import op_profile
+    compiled = grad.lower(params["llm"]).compile()
+    trace = tempfile.mkdtemp(prefix="hourjax_trace_")
+    wall = op_profile.traced(lambda: jax.block_until_ready(compiled(params["llm"])), 2, trace)
+    ops_table = op_profile.format_table(op_profile.breakdown(trace, compiled.as_text(), 2, wall), top=a.ops,
+                                        peak_flops=rate_jax)
   rate = max(rate_jax, rate_torch)
   mem = {lib: _peak_memory(lib, path, a.seq, a.attention) for lib in ("torch", "jax")}
 
@@ -204,6 +217,8 @@ def main(argv=None) -> int:
         f"GFLOP/s; ceiling = transformers' time / (GFLOP / the better rate); at XLA's rate: / (GFLOP / jax's rate).")
   print(f"training step peak resident memory above the loaded model: transformers {mem['torch'] / 2**20:.0f} MiB, "
         f"hourjax {mem['jax'] / 2**20:.0f} MiB ({mem['jax'] / mem['torch']:.2f}x)")
+  if ops_table:
+    print(f"\nhourjax's training step, traced (shares of the traced step; XLA's matmul rate as the peak):\n{ops_table}")
   print(f"(decoder attention {a.attention}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"jax {jax.__version__}, {os.cpu_count()} CPUs)")
   return 0
