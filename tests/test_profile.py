@@ -11,7 +11,7 @@ from launch import profile
 def test_profile_train_step_and_trace(tmp_path):
   run = get_config("tiny,stage=3")
   r = profile.profile(run, "train", batch=2, frames=32, text=64, steps=2, warmup=1, peak_flops=1e11,
-                      trace=str(tmp_path))
+                      trace=str(tmp_path), ops=5)
   cfg = model_config(run.model)
   # The compiled FLOPs are of the order of the analytic count (which omits softmax, norms, ...).
   from hourjax.models.forgetting import video_layout
@@ -23,6 +23,11 @@ def test_profile_train_step_and_trace(tmp_path):
   assert r["median_step_s"] > 0 and abs(r["mfu"] - r["flops_per_s"] / (1e11 * jax.device_count())) < 1e-12
   assert r["memory"]["temp_size_in_bytes"] > 0
   assert glob.glob(os.path.join(str(tmp_path), "plugins", "profile", "*", "*.xplane.pb"))
+  # --ops: the traced step by kind of instruction, then its 5 slowest instructions
+  table = r["ops_table"].splitlines()
+  assert table[2].startswith("| matmul |") and any(line.startswith("| idle") for line in table)
+  slowest = table[table.index("") + 3:]
+  assert len(slowest) == 5 and all(line.count("|") == 7 for line in slowest)
 
 
 def test_step_flops_are_their_components_summed_for_every_batch_kind():

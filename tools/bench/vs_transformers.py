@@ -6,6 +6,7 @@ memory; and the roofline that bounds any speed-up on this machine.
   .venv/bin/python -m tools.bench.vs_transformers [--seq 2048] [--frames 16] [--repeats 5]
   .venv/bin/python -m tools.bench.vs_transformers --attention blockwise   # the decoder's attention
   .venv/bin/python -m tools.bench.vs_transformers --attention blockwise --ops 15   # + where hourjax's step goes
+  .venv/bin/python -m tools.bench.vs_transformers --attention blockwise --autodiff-dense   # A/B of ops/dense.py
 
 The transformers model is built with random weights, saved, and converted with
 `hourjax.convert.import_torch`, so both sides compute the same function (checked: relative
@@ -122,10 +123,10 @@ def _memory_child(lib: str, path: str, seq: int, attention: str) -> int:
   return step_peak_bytes(lambda: jax.block_until_ready(step(params)))
 
 
-def _peak_memory(lib: str, path: str, seq: int, attention: str) -> int:
+def _peak_memory(lib: str, path: str, seq: int, attention: str, autodiff_dense: bool = False) -> int:
   env = dict(os.environ, **MALLOC_ENV)
   cmd = [sys.executable, "-m", "tools.bench.vs_transformers", "--memory-of", lib, "--checkpoint", path,
-         "--seq", str(seq), "--attention", attention]
+         "--seq", str(seq), "--attention", attention] + ["--autodiff-dense"] * autodiff_dense
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
   return json.loads(out.strip().splitlines()[-1])["peak_bytes"]
 
@@ -138,9 +139,15 @@ def main(argv=None) -> int:
   p.add_argument("--attention", default="xla", help="the decoder's attention (ops.attention.IMPLEMENTATIONS)")
   p.add_argument("--ops", type=int, default=0, metavar="N",
                  help="trace hourjax's training step: its time by kind and the N slowest instructions")
+  p.add_argument("--autodiff-dense", action="store_true",
+                 help="dense layers' backward by autodiff of lax.dot_general (before ops/dense.py), for A/B")
   p.add_argument("--memory-of", choices=("torch", "jax"), help=argparse.SUPPRESS)   # the peak-memory child
   p.add_argument("--checkpoint", help=argparse.SUPPRESS)
   a = p.parse_args(argv)
+  if a.autodiff_dense:
+    from jax import lax
+    from hourjax.ops import dense
+    dense.dot_general = lax.dot_general     # layers.dense looks it up at each call
   if a.memory_of:
     print(json.dumps({"peak_bytes": _memory_child(a.memory_of, a.checkpoint, a.seq, a.attention)}))
     return 0
@@ -201,7 +208,7 @@ def main(argv=None) -> int:
     ops_table = op_profile.format_table(op_profile.breakdown(trace, compiled.as_text(), 2, wall), top=a.ops,
                                         peak_flops=rate_jax)
   rate = max(rate_jax, rate_torch)
-  mem = {lib: _peak_memory(lib, path, a.seq, a.attention) for lib in ("torch", "jax")}
+  mem = {lib: _peak_memory(lib, path, a.seq, a.attention, a.autodiff_dense) for lib in ("torch", "jax")}
 
   print("| part | shape | GFLOP | transformers (s) | hourjax (s) | speed-up | ceiling | ceiling at XLA's rate "
         "| rel. err |")
@@ -209,17 +216,19 @@ def main(argv=None) -> int:
   for name, shape, f, t_hf, t_hj, err in rows:
     print(f"| {name} | {shape} | {f / 1e9:.1f} | {t_hf:.3f} | {t_hj:.3f} | {t_hf / t_hj:.2f}x | "
           f"{t_hf * rate / f:.2f}x | {t_hf * rate_jax / f:.2f}x | {err:.1e} |")
-  print("\n| part | transformers GFLOP/s | share of matmul rate | hourjax GFLOP/s | share of matmul rate |")
+  print("\n| part | transformers GFLOP/s | of torch's matmul rate | hourjax GFLOP/s | of XLA's matmul rate |")
   print("|---|---|---|---|---|")
   for name, _, f, t_hf, t_hj, _ in rows:
-    print(f"| {name} | {f / t_hf / 1e9:.0f} | {f / t_hf / rate:.0%} | {f / t_hj / 1e9:.0f} | {f / t_hj / rate:.0%} |")
+    print(f"| {name} | {f / t_hf / 1e9:.0f} | {f / t_hf / rate_torch:.0%} | {f / t_hj / 1e9:.0f} | "
+          f"{f / t_hj / rate_jax:.0%} |")
   print(f"\nfloat32 matmul rate (2048^2, best of 5): jax {rate_jax / 1e9:.0f} GFLOP/s, torch {rate_torch / 1e9:.0f} "
         f"GFLOP/s; ceiling = transformers' time / (GFLOP / the better rate); at XLA's rate: / (GFLOP / jax's rate).")
   print(f"training step peak resident memory above the loaded model: transformers {mem['torch'] / 2**20:.0f} MiB, "
         f"hourjax {mem['jax'] / 2**20:.0f} MiB ({mem['jax'] / mem['torch']:.2f}x)")
   if ops_table:
     print(f"\nhourjax's training step, traced (shares of the traced step; XLA's matmul rate as the peak):\n{ops_table}")
-  print(f"(decoder attention {a.attention}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+  dense_bwd = "; dense backward by autodiff" if a.autodiff_dense else ""
+  print(f"(decoder attention {a.attention}{dense_bwd}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"jax {jax.__version__}, {os.cpu_count()} CPUs)")
   return 0
 
