@@ -67,33 +67,26 @@ def profile(run, mode: str, batch: int, frames: int, text: int, steps: int, warm
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", 0.0))
   mem = compiled.memory_analysis()
-  times = []
+  state = [args]
 
-  def once(args):
-    out = compiled(*args)
+  def step():                 # one step, blocking; a training step's state feeds the next
+    out = compiled(*state[0])
     jax.block_until_ready(out)
-    return out
+    if mode == "train":
+      state[0] = (out[0], data, rng)
 
+  times = []
   for i in range(warmup + steps):
     t = time.perf_counter()
-    out = once(args)
-    if mode == "train":
-      args = (out[0], data, rng)
+    step()
     if i >= warmup:
       times.append(time.perf_counter() - t)
   if trace or ops:
     import tempfile
     from hourjax.train import op_profile
     trace = trace or tempfile.mkdtemp(prefix="hourjax_trace_")
-    state = [args]
-
-    def traced_step():
-      out = once(state[0])
-      if mode == "train":
-        state[0] = (out[0], data, rng)
-
     traced = min(3, steps)
-    wall = op_profile.traced(traced_step, traced, trace)
+    wall = op_profile.traced(step, traced, trace)
     ops_table = (op_profile.format_table(op_profile.breakdown(trace, compiled.as_text(), traced, wall), top=ops,
                                          peak_flops=peak_flops) if ops else "")
   median = statistics.median(times)

@@ -41,6 +41,8 @@ def _dense(x, w, contract, precision):
 
 
 def _dense_fwd(x, w, contract, precision):
+  # The bare dot_general, not _dense: a remat policy sees through this rule to the dot only
+  # when the dot is here (calling _dense hides it, and save_dots would save no matmul output).
   return _forward(x, w, contract, precision), (x, w)
 
 

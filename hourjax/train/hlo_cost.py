@@ -353,24 +353,21 @@ def executed(hlo: str | Module) -> dict[str, Executed]:
   unique in an HLO module, and a profiler trace names its events by them)."""
   module = parse(hlo)
   comps = module.comps
-  fused = {callee for instrs in comps.values() for _, _, op, rest in instrs if op == "fusion"
-           for callee in [dict(_CALLEE.findall(rest)).get("calls")] if callee}
+  fused = {_callee(rest) for instrs in comps.values() for _, _, op, rest in instrs if op == "fusion"}
   memo: dict[str, tuple[float, bool]] = {}
 
-  def inside(comp: str) -> tuple[float, bool]:
-    """(matmul FLOPs, moves data only) of one execution of a fused computation."""
+  def cost(type_text: str, op: str, rest: str, types: dict[str, str]) -> tuple[float, bool]:
+    """(matmul FLOPs, moves data only) of one execution of an instruction (a fusion: its body)."""
+    if op in ("dot", "convolution"):
+      return _matmul_flops(op, type_text, _operand_types(rest, types), rest), False
+    if op != "fusion":
+      return 0.0, op in _MOVES
+    comp = _callee(rest)
     if comp not in memo:
       instrs = comps.get(comp, [])
       types = {n: t for n, t, _, _ in instrs}
-      flops, moves = 0.0, True
-      for _, type_text, op, rest in instrs:
-        if op in ("dot", "convolution"):
-          flops += _matmul_flops(op, type_text, _operand_types(rest, types), rest)
-        elif op == "fusion":
-          f, m = inside(dict(_CALLEE.findall(rest)).get("calls", ""))
-          flops, moves = flops + f, moves and m
-        moves = moves and op in _MOVES | {"fusion"}
-      memo[comp] = flops, moves
+      parts = [cost(t, o, r, types) for _, t, o, r in instrs]
+      memo[comp] = sum(f for f, _ in parts), all(m for _, m in parts)
     return memo[comp]
 
   out = {}
@@ -379,14 +376,14 @@ def executed(hlo: str | Module) -> dict[str, Executed]:
       continue
     types = {n: t for n, t, _, _ in instrs}
     for name, type_text, op, rest in instrs:
-      if op in ("dot", "convolution"):
-        flops, moves = _matmul_flops(op, type_text, _operand_types(rest, types), rest), False
-      elif op == "fusion":
-        flops, moves = inside(dict(_CALLEE.findall(rest)).get("calls", ""))
-      else:
-        flops, moves = 0.0, op in _MOVES
+      flops, moves = cost(type_text, op, rest, types)
       kind = ("matmul" if flops else "collective" if _kind(op) or op.endswith("-done") and _kind(op[:-5])
               else "control" if op in _CONTROL else "data movement" if moves else "elementwise/reduction")
       src = re.search(r'op_name="([^"]*)"', rest)
       out[name] = Executed(kind, flops, src.group(1) if src else "")
   return out
+
+
+def _callee(rest: str) -> str:
+  """The computation a fusion instruction calls."""
+  return dict(_CALLEE.findall(rest)).get("calls", "")

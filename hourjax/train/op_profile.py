@@ -123,9 +123,8 @@ def breakdown(trace_dir: str, hlo: str, steps: int, wall_s: float | None = None)
   loops = frozenset(n for n, e in executed.items() if e.kind == "control")
   seconds, runs, busy = op_seconds(trace_dir, _module_name(hlo), loops)
   unknown = hlo_cost.Executed("elementwise/reduction", 0.0, "")
-  ops = sorted((Op(n, s / steps, runs[n] / steps, executed.get(n, unknown).flops * runs[n] / steps,
-                   executed.get(n, unknown).kind, executed.get(n, unknown).source)
-                for n, s in seconds.items()), key=lambda o: -o.seconds)
+  ops = sorted((Op(n, s / steps, runs[n] / steps, e.flops * runs[n] / steps, e.kind, e.source)
+                for n, s in seconds.items() for e in [executed.get(n, unknown)]), key=lambda o: -o.seconds)
   by_kind = {k: {"seconds": sum(o.seconds for o in ops if o.kind == k),
                  "flops": sum(o.flops for o in ops if o.kind == k)} for k in KINDS}
   out = {"ops": ops, "by_kind": by_kind, "busy_s": busy / steps, "steps": steps}

@@ -82,13 +82,13 @@ def _torch_step(hf, ids: np.ndarray):
   return step
 
 
-def _jax_step(qwen, ids: np.ndarray):
-  """hourjax's training step on the same tokens: (params) -> (loss, grads), jitted."""
+def _jax_step(qwen, ids: np.ndarray, params):
+  """hourjax's training step on the same tokens: (params) -> (loss, grads), compiled for `params`."""
   import jax
   from hourjax.data.batch import PackedBatch
   from hourjax.train.step import lm_loss_fn
   batch = PackedBatch(ids, ids, np.broadcast_to(np.arange(ids.shape[1]), ids.shape), np.ones_like(ids))
-  return jax.jit(jax.value_and_grad(lambda p: lm_loss_fn(qwen, p, batch)[0]))
+  return jax.jit(jax.value_and_grad(lambda p: lm_loss_fn(qwen, p, batch)[0])).lower(params).compile()
 
 
 def _import(path: str, attention: str):
@@ -118,7 +118,7 @@ def _memory_child(lib: str, path: str, seq: int, attention: str) -> int:
   import jax
   _, params, _, qwen = _import(path, attention)
   params = params["llm"]
-  step = _jax_step(qwen, ids).lower(params).compile()
+  step = _jax_step(qwen, ids, params)
   jax.block_until_ready(step(params))
   return step_peak_bytes(lambda: jax.block_until_ready(step(params)))
 
@@ -190,7 +190,7 @@ def main(argv=None) -> int:
                t_hf, t_hj, err))
 
   # 3. decoder training step: mean next-token CE and its gradient
-  hf_step, grad = _torch_step(hf, ids), _jax_step(qwen, ids)
+  hf_step, grad = _torch_step(hf, ids), _jax_step(qwen, ids, params["llm"])
   loss_hj, _ = grad(params["llm"])
   err = rel_err(np.asarray(loss_hj), hf_step().detach().numpy())
   t_hf = median_time(hf_step, a.repeats)
@@ -202,10 +202,9 @@ def main(argv=None) -> int:
   ops_table = ""
   if a.ops:
     from hourjax.train import op_profile
-    compiled = grad.lower(params["llm"]).compile()
     trace = tempfile.mkdtemp(prefix="hourjax_trace_")
-    wall = op_profile.traced(lambda: jax.block_until_ready(compiled(params["llm"])), 2, trace)
-    ops_table = op_profile.format_table(op_profile.breakdown(trace, compiled.as_text(), 2, wall), top=a.ops,
+    wall = op_profile.traced(lambda: jax.block_until_ready(grad(params["llm"])), 2, trace)
+    ops_table = op_profile.format_table(op_profile.breakdown(trace, grad.as_text(), 2, wall), top=a.ops,
                                         peak_flops=rate_jax)
   rate = max(rate_jax, rate_torch)
   mem = {lib: _peak_memory(lib, path, a.seq, a.attention, a.autodiff_dense) for lib in ("torch", "jax")}
